@@ -1,0 +1,96 @@
+"""Code systems, canonical URLs and the security-label vocabulary used throughout.
+
+Every URL that fhir-images itself defines lives under :data:`CANONICAL_BASE`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import IntEnum
+
+CANONICAL_BASE = "https://fhir-images.org/fhir"
+
+# HL7 terminology
+V3_CONFIDENTIALITY = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
+V3_ACT_CODE = "http://terminology.hl7.org/CodeSystem/v3-ActCode"
+V3_ACT_REASON = "http://terminology.hl7.org/CodeSystem/v3-ActReason"
+V3_OBSERVATION_VALUE = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue"
+V3_ROLE_CODE = "http://terminology.hl7.org/CodeSystem/v3-RoleCode"
+V3_DATA_OPERATION = "http://terminology.hl7.org/CodeSystem/v3-DataOperation"
+MEDIA_TYPE = "http://terminology.hl7.org/CodeSystem/media-type"
+CONSENT_SCOPE = "http://terminology.hl7.org/CodeSystem/consentscope"
+CONSENT_ACTION = "http://terminology.hl7.org/CodeSystem/consentaction"
+PROVENANCE_PARTICIPANT = "http://terminology.hl7.org/CodeSystem/provenance-participant-type"
+DICOM = "http://dicom.nema.org/resources/ontology/DCM"
+LOINC = "http://loinc.org"
+SNOMED = "http://snomed.info/sct"
+
+# Local definitions (published as CodeSystems and NamingSystems in profiles/)
+LOCAL_SENSITIVITY = f"{CANONICAL_BASE}/CodeSystem/image-sensitivity"
+LOCAL_IMAGE_KIND = f"{CANONICAL_BASE}/CodeSystem/image-kind"
+LOCAL_DECISION_REASON = f"{CANONICAL_BASE}/CodeSystem/decision-reason"
+SID_SHA256 = f"{CANONICAL_BASE}/sid/sha256"
+SID_SUBMISSION = f"{CANONICAL_BASE}/sid/submission"
+EXT_REMOTE_CONSULTATION = f"{CANONICAL_BASE}/StructureDefinition/remote-consultation"
+EXT_METADATA_STRIPPED = f"{CANONICAL_BASE}/StructureDefinition/metadata-stripped"
+
+GMC_RECORDINGS_POLICY = (
+    "https://www.gmc-uk.org/professional-standards/the-professional-standards/"
+    "making-and-using-visual-and-audio-recordings-of-patients"
+)
+
+
+class Confidentiality(IntEnum):
+    """HL7 v3 confidentiality codes, ordered from least to most restrictive."""
+
+    U = 0
+    L = 1
+    M = 2
+    N = 3
+    R = 4
+    V = 5
+
+
+@dataclass(frozen=True, order=True)
+class Label:
+    """One security label: a system and a code (a Coding in ``meta.security``)."""
+
+    system: str
+    code: str
+
+    def as_coding(self) -> dict[str, str]:
+        return {"system": self.system, "code": self.code}
+
+
+def conf(code: Confidentiality) -> Label:
+    return Label(V3_CONFIDENTIALITY, code.name)
+
+
+# Sensitivity (v3-ActCode) and the local codes HL7 lacks
+PHY = Label(V3_ACT_CODE, "PHY")
+ADOL = Label(V3_ACT_CODE, "ADOL")
+SDV = Label(V3_ACT_CODE, "SDV")
+VIO = Label(V3_ACT_CODE, "VIO")
+INTIMATE = Label(LOCAL_SENSITIVITY, "intimate")
+YOUNG_CHILD = Label(LOCAL_SENSITIVITY, "young-child")
+
+# Handling caveats (v3-ActCode)
+CPLYCD = Label(V3_ACT_CODE, "CPLYCD")
+NORDSCLCDS = Label(V3_ACT_CODE, "NORDSCLCDS")
+NOREUSE = Label(V3_ACT_CODE, "NOREUSE")
+MINEC = Label(V3_ACT_CODE, "MINEC")
+HUAPRV = Label(V3_ACT_CODE, "HUAPRV")
+NOPAT = Label(V3_ACT_CODE, "NOPAT")
+
+# Integrity / provenance (v3-ObservationValue)
+PATAST = Label(V3_OBSERVATION_VALUE, "PATAST")
+SDMAST = Label(V3_OBSERVATION_VALUE, "SDMAST")
+PACQAST = Label(V3_OBSERVATION_VALUE, "PACQAST")
+CLINAST = Label(V3_OBSERVATION_VALUE, "CLINAST")
+DEVAST = Label(V3_OBSERVATION_VALUE, "DEVAST")
+
+# Purpose of use (v3-ActReason)
+TREAT = "TREAT"
+COC = "COC"
+TRAIN = "TRAIN"
+HRESCH = "HRESCH"

@@ -1,0 +1,229 @@
+"""Ingest: intake -> policy -> mapping -> outbox, for one image.
+
+Nothing is half-written: bad input leaves nothing behind; a refused image
+leaves nothing in the outbox; a held image is kept whole in the held area; a
+stored image is a complete ready entry (Bundle, bytes, decision).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from ._context import ClinicalContext, ConsentRecord
+from ._exceptions import InvalidContext, OutboxError
+from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
+from ._mapping import MappedSubmission, map_submission
+from ._outbox import Entry, Outbox
+from ._policy import Decision, Outcome, Policy, decide
+
+log = logging.getLogger("fhir_images.ingest")
+
+
+@dataclass(frozen=True)
+class IngestResult:
+    decision: Decision
+    facts: ImageFacts
+    entry: Entry | None
+    mapped: MappedSubmission | None = None
+    duplicate_of: str | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The machine-readable result (the CLI's ``--json``)."""
+        return {
+            "decision": self.decision.outcome.value,
+            "policy": self.decision.policy,
+            "reasons": [r.as_dict() for r in self.decision.reasons],
+            "security": [label.as_coding() for label in self.decision.labels.all()],
+            "consent": self.decision.consent.value,
+            "age_band": self.decision.age_band,
+            "media_type": self.facts.media_type,
+            "size": self.facts.size,
+            "sha256": self.facts.sha256_hex,
+            "metadata_removed": list(self.facts.metadata_removed),
+            "outbox_entry": str(self.entry.path) if self.entry else None,
+            "duplicate_of": self.duplicate_of,
+        }
+
+
+def _decision_json(decision: Decision) -> dict[str, Any]:
+    return {
+        "outcome": decision.outcome.value,
+        "policy": decision.policy,
+        "consent": decision.consent.value,
+        "age_band": decision.age_band,
+        "reasons": [r.as_dict() for r in decision.reasons],
+        "security": [label.as_coding() for label in decision.labels.all()],
+    }
+
+
+def _facts_json(facts: ImageFacts) -> dict[str, Any]:
+    return {k: v for k, v in dataclasses.asdict(facts).items() if v is not None}
+
+
+def facts_from_json(data: dict[str, Any]) -> ImageFacts:
+    """Rebuild the facts stored in an outbox entry."""
+    fields = {f.name for f in dataclasses.fields(ImageFacts)}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in data.items() if k in fields
+    }
+    return ImageFacts(**values)
+
+
+def load_structured(path: Path) -> Any:
+    """Read a JSON or YAML file. Raises InvalidContext with the reason."""
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise InvalidContext(f"cannot read {path}: {exc.strerror}") from exc
+    try:
+        if Path(path).suffix.lower() == ".json":
+            return json.loads(text)
+        return yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise InvalidContext(
+            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
+        ) from exc
+
+
+def _validation_message(what: str, exc: ValidationError) -> str:
+    parts = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"]) or what
+        parts.append(f"{loc}: {err['msg']}")
+    return f"invalid {what}: " + "; ".join(parts)
+
+
+def parse_context(data: Any) -> ClinicalContext:
+    try:
+        return ClinicalContext.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidContext(_validation_message("context", exc)) from None
+
+
+def parse_consent(data: Any) -> ConsentRecord | None:
+    if data is None:
+        return None
+    try:
+        return ConsentRecord.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidContext(_validation_message("consent", exc)) from None
+
+
+def ingest(
+    source: Path | bytes,
+    context: ClinicalContext,
+    consent: ConsentRecord | None = None,
+    *,
+    outbox: Outbox,
+    policy: str | Policy = "default",
+    claimed_type: str | None = None,
+    limits: Limits | None = None,
+) -> IngestResult:
+    """Take one image or recording through intake, policy and mapping into the outbox.
+
+    ``claimed_type`` defaults to what a path's extension claims. Raises
+    :class:`BadInput` subclasses for unusable input (nothing is written).
+    """
+    if claimed_type is None and isinstance(source, Path):
+        claimed_type = claimed_type_from_name(source.name)
+    decision = decide(context, consent, policy=policy)  # raises before any work if inconsistent
+    result = intake(source, claimed_type=claimed_type, limits=limits, workdir=outbox.root / ".tmp")
+    facts = result.facts
+    try:
+        if decision.outcome is Outcome.REFUSE:
+            return IngestResult(decision, facts, None)
+        files = {"context.json": context.model_dump_json(indent=2).encode()}
+        if consent is not None:
+            files["consent.json"] = consent.model_dump_json(indent=2).encode()
+        meta = {
+            "created": context.captured.isoformat(),
+            "patient": context.patient,
+            "sha256": facts.sha256_hex,
+            "media_type": facts.media_type,
+            "size": facts.size,
+            "decision": _decision_json(decision),
+            "facts": _facts_json(facts),
+        }
+        if decision.outcome is Outcome.HOLD:
+            entry = outbox.write(
+                "held",
+                meta=meta,
+                files=files,
+                content_from=result.path,
+                content_name="content" + facts.extension,
+            )
+            return IngestResult(decision, facts, entry)
+        existing = outbox.find(sha256=facts.sha256_hex, patient=context.patient)
+        if existing is not None:
+            return IngestResult(decision, facts, existing, duplicate_of=existing.id)
+        mapped = map_submission(context, consent, facts, decision)
+        files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
+        meta["binary_placeholder"] = mapped.binary_placeholder
+        entry = outbox.write(
+            "ready",
+            meta=meta,
+            files=files,
+            content_from=result.path,
+            content_name="content" + facts.extension,
+            entry_id=mapped.submission_id,
+        )
+        return IngestResult(decision, facts, entry, mapped)
+    finally:
+        result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
+
+
+def recheck(
+    outbox: Outbox,
+    entry_id: str,
+    consent: ConsentRecord | None = None,
+    *,
+    context: ClinicalContext | None = None,
+    policy: str | Policy | None = None,
+) -> IngestResult:
+    """Re-run the decision for a held entry, with newly recorded consent or context.
+
+    If the image may now be stored, the entry moves to ready; otherwise it stays
+    held with the new decision recorded. A held image is never dropped here.
+    """
+    entry = outbox.get(entry_id)
+    if entry.state != "held":
+        raise OutboxError(f"entry {entry_id} is {entry.state}, not held")
+    ctx = context or parse_context(entry.read_json("context.json"))
+    if consent is None and (entry.path / "consent.json").exists():
+        consent = parse_consent(entry.read_json("consent.json"))
+    pack = policy or entry.meta["decision"]["policy"]
+    decision = decide(ctx, consent, policy=pack)
+    facts = facts_from_json(entry.meta["facts"])
+    files = {"context.json": ctx.model_dump_json(indent=2).encode()}
+    if consent is not None:
+        files["consent.json"] = consent.model_dump_json(indent=2).encode()
+    meta = {**entry.meta, "decision": _decision_json(decision)}
+    if decision.outcome is not Outcome.STORE:
+        return IngestResult(decision, facts, _rewrite_held(entry, meta, files))
+    mapped = map_submission(ctx, consent, facts, decision, submission_id=entry.id)
+    files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
+    meta["binary_placeholder"] = mapped.binary_placeholder
+    new = outbox.move(entry, "ready", meta=meta, files=files)
+    return IngestResult(decision, facts, new, mapped)
+
+
+def _rewrite_held(entry: Entry, meta: dict[str, Any], files: dict[str, bytes]) -> Entry:
+    """Replace a held entry's decision and consent in place, atomically per file."""
+    for name, data in {**files, "entry.json": json.dumps(meta, indent=2).encode()}.items():
+        tmp = entry.path / f".{name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, entry.path / name)
+    return Entry(entry.id, "held", entry.path, meta)

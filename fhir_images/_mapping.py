@@ -1,0 +1,363 @@
+"""Mapping: a decision to store -> FHIR R4 resources and one transaction Bundle.
+
+No HTTP here. The image bytes are not put in the Bundle: ``Media.content.url``
+holds a ``urn:uuid`` placeholder for the Binary, which the sender uploads raw
+(POST /Binary) first and then substitutes (see :class:`MappedSubmission`).
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir.resources.R4B.bundle import Bundle
+from fhir.resources.R4B.consent import Consent
+from fhir.resources.R4B.encounter import Encounter
+from fhir.resources.R4B.media import Media
+from fhir.resources.R4B.provenance import Provenance
+
+from . import _codes as c
+from ._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
+from ._intake import ImageFacts
+from ._policy import Decision, Outcome, SecurityLabels
+
+_MODALITY = {
+    ImageKind.PHOTO: ("XC", "External-camera Photography"),
+    ImageKind.VIDEO: ("XC", "External-camera Photography"),
+    ImageKind.ULTRASOUND: ("US", "Ultrasound"),
+    ImageKind.ENDOSCOPY: ("ES", "Endoscopy"),
+    ImageKind.XRAY: ("DX", "Digital Radiography"),
+    ImageKind.PATHOLOGY_SLIDE: ("SM", "Slide Microscopy"),
+}
+
+
+@dataclass(frozen=True)
+class MappedSubmission:
+    """What will be sent for one image.
+
+    ``binary_placeholder`` appears in ``Media.content.url``; the sender uploads
+    the stored bytes as a Binary and replaces the placeholder with the Binary's
+    relative URL (``Binary/{id}``) before posting ``bundle``.
+    """
+
+    submission_id: str
+    bundle: Bundle
+    media: Media
+    consent: Consent | None
+    provenance: Provenance
+    encounter: Encounter | None
+    binary_placeholder: str
+
+    def bundle_json(self) -> dict[str, Any]:
+        return self.bundle.model_dump(mode="json", exclude_none=True)
+
+
+def _meta(labels: list[c.Label], submission_id: str) -> dict[str, Any]:
+    return {
+        "security": [label.as_coding() for label in labels],
+        "tag": [{"system": c.SID_SUBMISSION, "code": submission_id}],
+    }
+
+
+def _coded(coded: Any) -> dict[str, Any]:
+    coding = {
+        k: v
+        for k, v in (("system", coded.system), ("code", coded.code), ("display", coded.display))
+        if v
+    }
+    out: dict[str, Any] = {}
+    if coded.code:
+        out["coding"] = [coding]
+    if coded.display:
+        out["text"] = coded.display
+    return out
+
+
+def _iso(dt: datetime) -> str:
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def build_media(
+    ctx: ClinicalContext,
+    facts: ImageFacts,
+    decision: Decision,
+    *,
+    submission_id: str,
+    binary_url: str,
+    encounter_ref: str | None,
+) -> Media:
+    labels = decision.labels
+    notes = [f"Clinical relevance and purpose: {ctx.purpose}"]
+    if ctx.remote:
+        notes.append("Made or received during a remote consultation.")
+    if ctx.best_interests:
+        notes.append(f"Best interests of the child: {ctx.best_interests}")
+    if facts.metadata_removed:
+        notes.append("Removed before storage: " + ", ".join(facts.metadata_removed) + ".")
+    if facts.converted_from:
+        notes.append(f"Stored as {facts.media_type}, converted from {facts.converted_from}.")
+    consent_note = {
+        "implicit": "Consent implicit in the consent to the investigation (GMC).",
+        "recorded": "Consent recorded: see the linked Consent.",
+        "missing": "No consent recorded.",
+    }[decision.consent.value]
+    notes.append(consent_note)
+    now = datetime.now(UTC)
+    data: dict[str, Any] = {
+        "resourceType": "Media",
+        "meta": _meta(labels.all(), submission_id),
+        "identifier": [
+            {"system": c.SID_SHA256, "value": facts.sha256_hex},
+            {"system": c.SID_SUBMISSION, "value": submission_id},
+        ],
+        "status": "completed",
+        "type": {
+            "coding": [
+                {
+                    "system": c.MEDIA_TYPE,
+                    "code": facts.category,
+                    "display": facts.category.capitalize(),
+                }
+            ]
+        },
+        "subject": {"reference": ctx.patient},
+        "createdDateTime": _iso(ctx.captured),
+        "issued": _iso(now),
+        "reasonCode": [
+            {"text": ctx.purpose, **(_coded(ctx.purpose_code) if ctx.purpose_code else {})}
+        ],
+        "content": {
+            "contentType": facts.media_type,
+            "url": binary_url,
+            "size": facts.size,
+            "hash": facts.sha1_b64,
+            "creation": _iso(ctx.captured),
+            **({"title": ctx.title} if ctx.title else {}),
+        },
+        "note": [{"text": text} for text in notes],
+        "extension": [{"url": c.EXT_REMOTE_CONSULTATION, "valueBoolean": ctx.remote}],
+    }
+    if ctx.kind in _MODALITY:
+        code, display = _MODALITY[ctx.kind]
+        data["modality"] = {"coding": [{"system": c.DICOM, "code": code, "display": display}]}
+    if encounter_ref:
+        data["encounter"] = {"reference": encounter_ref}
+    if ctx.operator:
+        data["operator"] = {"reference": ctx.operator}
+    if ctx.body_site:
+        data["bodySite"] = _coded(ctx.body_site)
+    if ctx.device_name:
+        data["deviceName"] = ctx.device_name
+    for key, value in (("width", facts.width), ("height", facts.height)):
+        if value:
+            data[key] = value
+    if facts.category == "image" and facts.frames:
+        data["frames"] = facts.frames
+    if facts.duration_s is not None:
+        data["duration"] = round(facts.duration_s, 3)
+    return Media.model_validate(data)
+
+
+def _provision(
+    permit: bool, actions: list[str], purpose: str, anonymised: bool = False
+) -> dict[str, Any]:
+    p: dict[str, Any] = {
+        "type": "permit" if permit else "deny",
+        "action": [{"coding": [{"system": c.CONSENT_ACTION, "code": a}]} for a in actions],
+        "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}],
+    }
+    if anonymised:
+        p["securityLabel"] = [{"system": c.V3_OBSERVATION_VALUE, "code": "ANONYED"}]
+    return p
+
+
+def consent_provisions(perms: Permissions) -> list[dict[str, Any]]:
+    """Nested provisions, one per permission, each a permit or an explicit deny."""
+    return [
+        _provision(perms.view and perms.store, ["collect", "access", "use"], c.TREAT),
+        _provision(perms.second_opinion, ["disclose"], c.COC),
+        _provision(perms.teaching, ["use", "disclose"], c.TRAIN, anonymised=True),
+        _provision(perms.research, ["use", "disclose"], c.HRESCH, anonymised=True),
+    ]
+
+
+def build_consent(
+    ctx: ClinicalContext,
+    consent: ConsentRecord,
+    labels: SecurityLabels,
+    *,
+    submission_id: str,
+    media_ref: str,
+) -> Consent:
+    giver = ctx.patient if consent.given_by is ConsentGiver.PATIENT else consent.giver
+    assert giver is not None  # validated by ConsentRecord
+    discussion = consent.discussion or "Consent discussion not summarised."
+    data: dict[str, Any] = {
+        "resourceType": "Consent",
+        "meta": _meta(labels.without_provenance().all(), submission_id),
+        "identifier": [{"system": c.SID_SUBMISSION, "value": submission_id}],
+        "status": "active",
+        "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
+        "category": [
+            {"coding": [{"system": c.LOINC, "code": "59284-0", "display": "Patient Consent"}]},
+            {
+                "coding": [
+                    {"system": c.V3_ACT_CODE, "code": "ICOL", "display": "information collection"}
+                ]
+            },
+            {
+                "coding": [
+                    {"system": c.V3_ACT_CODE, "code": "IDSCL", "display": "information disclosure"}
+                ]
+            },
+        ],
+        "patient": {"reference": ctx.patient},
+        "dateTime": _iso(consent.date),
+        "performer": [{"reference": giver}],
+        "sourceAttachment": {
+            "contentType": "text/plain; charset=utf-8",
+            "data": base64.b64encode(discussion.encode()).decode(),
+            "title": f"Consent discussion ({consent.method}), taken by {consent.taken_by}",
+            "creation": _iso(consent.date),
+        },
+        "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
+        "provision": {
+            "type": "deny",
+            "period": {"start": _iso(consent.date)},
+            "data": [{"meaning": "instance", "reference": {"reference": media_ref}}],
+            "provision": consent_provisions(consent.permissions),
+        },
+    }
+    if ctx.organization:
+        data["organization"] = [{"reference": ctx.organization}]
+    if consent.confirmed:
+        data["verification"] = [
+            {
+                "verified": True,
+                "verifiedWith": {"reference": giver},
+                "verificationDate": _iso(consent.date),
+            }
+        ]
+    return Consent.model_validate(data)
+
+
+def build_provenance(
+    ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str, targets: list[str]
+) -> Provenance:
+    agents: list[dict[str, Any]] = []
+    author: dict[str, Any] = {
+        "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
+        "who": (
+            {"reference": ctx.operator}
+            if ctx.operator
+            else {"display": f"made by: {ctx.made_by.value.replace('_', ' ')}"}
+        ),
+    }
+    if ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER):
+        author["onBehalfOf"] = {"reference": ctx.patient}
+    agents.append(author)
+    if ctx.recorded_by:
+        agents.append(
+            {
+                "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "enterer"}]},
+                "who": {"reference": ctx.recorded_by},
+            }
+        )
+    data: dict[str, Any] = {
+        "resourceType": "Provenance",
+        "meta": _meta(labels.without_provenance().all(), submission_id),
+        "target": [{"reference": t} for t in targets],
+        "occurredDateTime": _iso(ctx.captured),
+        "recorded": _iso(datetime.now(UTC)),
+        "activity": {"coding": [{"system": c.V3_DATA_OPERATION, "code": "CREATE"}]},
+        "agent": agents,
+    }
+    return Provenance.model_validate(data)
+
+
+def build_encounter(
+    ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str
+) -> Encounter:
+    """A virtual Encounter (class VR) for a remote consultation that has none in the record."""
+    return Encounter.model_validate(
+        {
+            "resourceType": "Encounter",
+            "meta": _meta([c.conf(labels.confidentiality)], submission_id),
+            "identifier": [{"system": c.SID_SUBMISSION, "value": submission_id}],
+            "status": "finished",
+            "class": {"system": c.V3_ACT_CODE, "code": "VR", "display": "virtual"},
+            "subject": {"reference": ctx.patient},
+            "period": {"start": _iso(ctx.captured), "end": _iso(ctx.captured)},
+        }
+    )
+
+
+def _entry(full_url: str, resource: Any, if_none_exist: str) -> dict[str, Any]:
+    return {
+        "fullUrl": full_url,
+        "resource": resource.model_dump(mode="json", exclude_none=True),
+        "request": {
+            "method": "POST",
+            "url": resource.get_resource_type(),
+            "ifNoneExist": if_none_exist,
+        },
+    }
+
+
+def map_submission(
+    ctx: ClinicalContext,
+    consent: ConsentRecord | None,
+    facts: ImageFacts,
+    decision: Decision,
+    *,
+    submission_id: str | None = None,
+) -> MappedSubmission:
+    """Build the resources and the transaction Bundle for a decision to store."""
+    if decision.outcome is not Outcome.STORE:
+        raise ValueError(f"only a decision to store is mapped (this one is {decision.outcome})")
+    sid = submission_id or str(uuid.uuid4())
+    media_url = f"urn:uuid:{uuid.uuid4()}"
+    binary_url = f"urn:uuid:{uuid.uuid4()}"
+    tag_query = f"_tag={c.SID_SUBMISSION}|{sid}"
+    labels = decision.labels
+
+    entries: list[dict[str, Any]] = []
+    encounter = None
+    encounter_ref = ctx.encounter
+    if ctx.remote and not ctx.encounter:
+        encounter = build_encounter(ctx, labels, submission_id=sid)
+        encounter_ref = f"urn:uuid:{uuid.uuid4()}"
+        entries.append(_entry(encounter_ref, encounter, f"identifier={c.SID_SUBMISSION}|{sid}"))
+
+    media = build_media(
+        ctx, facts, decision, submission_id=sid, binary_url=binary_url, encounter_ref=encounter_ref
+    )
+    entries.append(
+        _entry(
+            media_url, media, f"identifier={c.SID_SHA256}|{facts.sha256_hex}&subject={ctx.patient}"
+        )
+    )
+    targets = [media_url]
+    consent_res = None
+    if consent is not None:
+        consent_url = f"urn:uuid:{uuid.uuid4()}"
+        consent_res = build_consent(ctx, consent, labels, submission_id=sid, media_ref=media_url)
+        entries.append(_entry(consent_url, consent_res, f"identifier={c.SID_SUBMISSION}|{sid}"))
+        targets.append(consent_url)
+    provenance = build_provenance(ctx, labels, submission_id=sid, targets=targets)
+    entries.append(_entry(f"urn:uuid:{uuid.uuid4()}", provenance, tag_query))
+
+    # DS4P: the Bundle carries only the high-water mark; caveats and sensitivity codes that would
+    # reveal private facts stay on the entries.
+    bundle = Bundle.model_validate(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "meta": {"security": [c.conf(labels.confidentiality).as_coding()]},
+            "entry": entries,
+        }
+    )
+    return MappedSubmission(sid, bundle, media, consent_res, provenance, encounter, binary_url)

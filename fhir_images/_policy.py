@@ -1,0 +1,524 @@
+"""Policy: clinical context + consent record -> a decision with reasons and labels.
+
+Pure functions, no I/O. A policy pack is a name, a tuple of small check
+functions and a label function. Each check returns the findings it makes;
+the decision is the most serious outcome among them (refuse > hold > store).
+Every finding names the rule it comes from (G1-G13 of the GMC guidance as
+summarised in the domain brief, or S1 for the strict pack).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from . import _codes as c
+from ._codes import Confidentiality, Label
+from ._context import (
+    IMPLICIT_CONSENT_KINDS,
+    ClinicalContext,
+    ConsentGiver,
+    ConsentRecord,
+    Maker,
+)
+from ._exceptions import InvalidContext, PolicyNotFound
+
+ADULT_AGE = 18
+PRESUMED_COMPETENT_AGE = 16  # Family Law Reform Act 1969 s8; Mental Capacity Act 2005
+ADOLESCENT_AGE = 12
+
+
+class Outcome(StrEnum):
+    STORE = "store"
+    HOLD = "hold"
+    REFUSE = "refuse"
+
+
+_SEVERITY = {Outcome.STORE: 0, Outcome.HOLD: 1, Outcome.REFUSE: 2}
+
+
+class ConsentState(StrEnum):
+    IMPLICIT = "implicit"
+    RECORDED = "recorded"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class Reason:
+    """One finding: the rule, what it decided, and what a clinician should read."""
+
+    rule: str
+    outcome: Outcome
+    text: str
+    code: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {
+            "rule": self.rule,
+            "outcome": self.outcome.value,
+            "code": self.code,
+            "text": self.text,
+        }
+
+
+@dataclass(frozen=True)
+class SecurityLabels:
+    confidentiality: Confidentiality
+    sensitivity: tuple[Label, ...] = ()
+    caveats: tuple[Label, ...] = ()
+    provenance: tuple[Label, ...] = ()
+
+    def all(self) -> list[Label]:
+        """Every label, confidentiality first, as they go in ``meta.security``."""
+        return [c.conf(self.confidentiality), *self.sensitivity, *self.caveats, *self.provenance]
+
+    def without_provenance(self) -> SecurityLabels:
+        return SecurityLabels(self.confidentiality, self.sensitivity, self.caveats, ())
+
+
+@dataclass(frozen=True)
+class Decision:
+    outcome: Outcome
+    reasons: tuple[Reason, ...]
+    labels: SecurityLabels
+    consent: ConsentState
+    policy: str
+    age_band: str
+    notes: tuple[str, ...] = field(default=())
+
+    @property
+    def blocking(self) -> tuple[Reason, ...]:
+        """The reasons that stop the image from being stored."""
+        return tuple(r for r in self.reasons if r.outcome is not Outcome.STORE)
+
+
+# ---------------------------------------------------------------- facts the checks share
+
+
+@dataclass(frozen=True)
+class Situation:
+    ctx: ClinicalContext
+    consent: ConsentRecord | None
+
+    @property
+    def age(self) -> int:
+        return self.ctx.age_years()
+
+    @property
+    def child(self) -> bool:
+        return self.age < ADULT_AGE
+
+    @property
+    def implicit_kind(self) -> bool:
+        return self.ctx.kind in IMPLICIT_CONSENT_KINDS
+
+    @property
+    def intimate(self) -> bool:
+        """Intimate, or not stated (fail closed)."""
+        return self.ctx.intimate is not False
+
+    @property
+    def patient_made(self) -> bool:
+        return self.ctx.made_by is not Maker.CLINICIAN
+
+    @property
+    def unsolicited(self) -> bool:
+        return self.ctx.solicited is not True
+
+    @property
+    def parent_unsolicited_unusual(self) -> bool:
+        """G6: sent unsolicited by a parent, and not a routine face-to-face image or intimate."""
+        return (
+            self.ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER)
+            and self.unsolicited
+            and (self.intimate or self.ctx.routine_in_person is not True)
+        )
+
+    @property
+    def age_band(self) -> str:
+        if not self.child:
+            return "adult"
+        return "adolescent" if self.age >= ADOLESCENT_AGE else "young-child"
+
+
+Check = Callable[[Situation], Iterable[Reason]]
+
+
+def _r(rule: str, outcome: Outcome, code: str, text: str) -> Reason:
+    return Reason(rule, outcome, text, code)
+
+
+STORE, HOLD, REFUSE = Outcome.STORE, Outcome.HOLD, Outcome.REFUSE
+
+# ----------------------------------------------------------------------- default checks
+
+
+def check_purpose(s: Situation) -> Iterable[Reason]:
+    if not (s.ctx.purpose or "").strip():
+        yield _r(
+            "G8",
+            REFUSE,
+            "purpose-missing",
+            "No clinical purpose recorded. Record the clinical relevance and purpose of the "
+            "image (why it is needed for this patient's care); it justifies its use and storage.",
+        )
+    else:
+        yield _r("G8", STORE, "purpose-recorded", "Clinical relevance and purpose recorded.")
+
+
+def check_consent_needed(s: Situation) -> Iterable[Reason]:
+    consent = s.consent
+    if s.implicit_kind and consent is None:
+        yield _r(
+            "G3",
+            STORE,
+            "consent-implicit",
+            f"Consent is implicit for {s.ctx.kind.value.replace('_', ' ')} images: it is part "
+            "of the consent to the investigation; no separate consent is needed.",
+        )
+        return
+    if consent is None:
+        if s.parent_unsolicited_unusual:
+            yield _r(
+                "G6",
+                HOLD,
+                "consent-unconfirmed-unsolicited",
+                "Sent unsolicited by a parent or carer, and intimate or not an image that would "
+                "be taken in a normal face-to-face consultation: implied consent is not enough. "
+                "Confirm with a person with parental responsibility that they consent to you "
+                "viewing, storing and (if needed) sharing it, and record that discussion.",
+            )
+        else:
+            rule = "G4" if s.patient_made else "G1"
+            yield _r(
+                rule,
+                HOLD,
+                "consent-missing",
+                "No consent recorded. Record the patient's consent (or, for a child who cannot "
+                "consent, that of a person with parental responsibility): that you explained "
+                "why the image helps their care, what form it takes, and that it is stored "
+                "securely.",
+            )
+        return
+    perms = consent.permissions
+    if not perms.store or not perms.view:
+        yield _r(
+            "G1",
+            REFUSE,
+            "consent-refused",
+            "The consent record does not allow the image to be "
+            + (
+                "viewed and stored"
+                if not perms.view and not perms.store
+                else "stored"
+                if not perms.store
+                else "viewed"
+            )
+            + " in the record. Do not store it; record the discussion in the notes instead.",
+        )
+
+
+def check_consent_quality(s: Situation) -> Iterable[Reason]:
+    consent = s.consent
+    if consent is None:
+        return
+    ex = consent.explained
+    missing = [
+        name
+        for name, ok in (
+            ("why it helps care", ex.why),
+            ("its form", ex.form),
+            ("secure storage", ex.secure_storage),
+        )
+        if not ok
+    ]
+    if missing and not s.implicit_kind:
+        yield _r(
+            "G1",
+            HOLD,
+            "consent-explanation-incomplete",
+            "The consent record does not show that you explained "
+            + ", ".join(missing)
+            + ". Record those points of the consent discussion.",
+        )
+    perms = consent.permissions
+    if (perms.teaching or perms.research) and not ex.secondary_uses:
+        yield _r(
+            "G2",
+            HOLD,
+            "secondary-use-unexplained",
+            "Teaching or research use is permitted but the record does not show that secondary "
+            "uses (in anonymised or coded form) were explained. Record that discussion, or "
+            "record the permission as not given.",
+        )
+    if not (consent.discussion or "").strip() and not s.implicit_kind:
+        yield _r(
+            "G8",
+            HOLD,
+            "discussion-not-recorded",
+            "Record the key elements of the consent discussion.",
+        )
+    if consent.method == "implied" and not s.implicit_kind:
+        if s.parent_unsolicited_unusual:
+            yield _r(
+                "G6",
+                HOLD,
+                "implied-consent-insufficient",
+                "Implied consent is not enough for an unsolicited image that is intimate or "
+                "would not be taken in a normal face-to-face consultation: confirm consent to "
+                "view, store and share with a person with parental responsibility.",
+            )
+        elif s.intimate:
+            yield _r(
+                "G1",
+                HOLD,
+                "implied-consent-intimate",
+                "Intimate (or not stated as not intimate): explicit consent is needed, "
+                "not implied consent.",
+            )
+        elif s.child:
+            yield _r(
+                "G5",
+                HOLD,
+                "implied-consent-child",
+                "For a child's image, record explicit consent from a person with parental "
+                "responsibility or from the competent young person.",
+            )
+    if s.parent_unsolicited_unusual and not consent.confirmed:
+        yield _r(
+            "G6",
+            HOLD,
+            "consent-unconfirmed-unsolicited",
+            "Sent unsolicited and intimate or unusual: record that consent to viewing, storing "
+            "and sharing was confirmed with a person with parental responsibility.",
+        )
+
+
+def check_who_consented(s: Situation) -> Iterable[Reason]:
+    consent = s.consent
+    if consent is None:
+        return
+    if consent.given_by is ConsentGiver.PATIENT:
+        if consent.giver and consent.giver != s.ctx.patient:
+            raise InvalidContext("the consent record's giver is not the patient in the context")
+        if s.child and s.age < PRESUMED_COMPETENT_AGE and consent.gillick_competent is not True:
+            yield _r(
+                "G5",
+                HOLD,
+                "young-person-competence-unassessed",
+                "The patient is under 16: they can consent for themselves only if assessed as "
+                "competent (Gillick). Record that assessment, or obtain consent from a person "
+                "with parental responsibility.",
+            )
+        return
+    if not s.child:
+        yield _r(
+            "G5",
+            HOLD,
+            "adult-consent-by-other",
+            "The patient is an adult: consent comes from the patient. (If they lack capacity, "
+            "follow the Mental Capacity Act best-interests process; that is outside this tool.)",
+        )
+        return
+    if (
+        consent.given_by is ConsentGiver.RELATIVE_OR_CARER
+        or consent.parental_responsibility is False
+    ):
+        yield _r(
+            "G5",
+            HOLD,
+            "no-parental-responsibility",
+            "Consent was given by someone without parental responsibility. Obtain consent from "
+            "a person with parental responsibility, or from the young person if competent.",
+        )
+
+
+def check_child_best_interests(s: Situation) -> Iterable[Reason]:
+    if s.child and not s.implicit_kind and not (s.ctx.best_interests or "").strip():
+        yield _r(
+            "G7",
+            HOLD,
+            "best-interests-not-recorded",
+            "Record why keeping this image is in the child's best interests (a safeguarding "
+            "lead may advise).",
+        )
+
+
+def check_remote(s: Situation) -> Iterable[Reason]:
+    if s.ctx.remote:
+        yield _r(
+            "G9",
+            STORE,
+            "remote-consultation",
+            "Marked in the record as coming from a remote consultation.",
+        )
+
+
+def check_sensitive(s: Situation) -> Iterable[Reason]:
+    if s.ctx.safeguarding_concern:
+        yield _r(
+            "G12",
+            STORE,
+            "safeguarding",
+            "Safeguarding concern: labelled very restricted, not to be shown to the patient or "
+            "family without a clinician's authorisation; discuss with the safeguarding lead.",
+        )
+    if s.ctx.intimate is None and not s.implicit_kind:
+        yield _r(
+            "G12",
+            STORE,
+            "intimacy-unknown",
+            "Not stated whether the image is intimate: treated as intimate.",
+        )
+    elif s.intimate and not s.implicit_kind:
+        yield _r(
+            "G12",
+            STORE,
+            "intimate",
+            "Intimate image: flagged as particularly sensitive for disclosure.",
+        )
+
+
+def check_strict_intimate_child(s: Situation) -> Iterable[Reason]:
+    if s.child and s.intimate and not s.implicit_kind:
+        yield _r(
+            "S1",
+            REFUSE,
+            "strict-intimate-under-18",
+            "Local policy (NHS England / RCPCH principles for remote intimate assessments): "
+            "intimate images of under-18s should not be requested or received, and are not "
+            "stored in the record. Arrange a face-to-face assessment; if there is a "
+            "safeguarding concern, follow local safeguarding procedures. Delete the image "
+            "from the device it arrived on.",
+        )
+
+
+# ------------------------------------------------------------------------------- labels
+
+
+def default_labels(s: Situation) -> SecurityLabels:
+    """Security labels for the Media (see the README's labelling table)."""
+    conf = Confidentiality.N
+    sens: list[Label] = []
+    cav: list[Label] = []
+
+    def raise_to(level: Confidentiality) -> None:
+        nonlocal conf
+        conf = max(conf, level)
+
+    if not s.implicit_kind:
+        cav.append(c.CPLYCD)
+    if s.patient_made:
+        cav.append(c.NORDSCLCDS)
+    if s.child and not s.implicit_kind:
+        raise_to(Confidentiality.R)
+        sens.append(c.PHY)
+        sens.append(c.ADOL if s.age >= ADOLESCENT_AGE else c.YOUNG_CHILD)
+        cav += [c.NORDSCLCDS, c.NOREUSE]
+    if (s.intimate and not s.implicit_kind) or (s.implicit_kind and s.ctx.intimate):
+        sens += [c.PHY, c.INTIMATE]
+        if s.child:
+            raise_to(Confidentiality.V)
+            cav += [c.HUAPRV, c.NOREUSE, c.NORDSCLCDS]
+        else:
+            raise_to(Confidentiality.R)
+            cav.append(c.MINEC)
+    if s.ctx.safeguarding_concern:
+        raise_to(Confidentiality.V)
+        sens.append(c.SDV if s.child else c.VIO)
+        cav += [c.NOPAT, c.HUAPRV]
+
+    if s.implicit_kind and s.ctx.made_by is Maker.CLINICIAN:
+        prov = c.DEVAST
+    else:
+        consent = s.consent
+        prov = {
+            Maker.CLINICIAN: c.CLINAST,
+            Maker.PATIENT: c.PATAST,
+            Maker.PARENT: (
+                c.PACQAST
+                if consent is not None
+                and consent.given_by is ConsentGiver.PARENT
+                and consent.parental_responsibility is False
+                else c.SDMAST
+            ),
+            Maker.RELATIVE_OR_CARER: c.PACQAST,
+        }[s.ctx.made_by]
+    return SecurityLabels(conf, _unique(sens), _unique(cav), (prov,))
+
+
+def _unique(labels: list[Label]) -> tuple[Label, ...]:
+    return tuple(dict.fromkeys(labels))
+
+
+# ------------------------------------------------------------------------------- packs
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    description: str
+    checks: tuple[Check, ...]
+    labels: Callable[[Situation], SecurityLabels] = default_labels
+
+    def decide(self, ctx: ClinicalContext, consent: ConsentRecord | None = None) -> Decision:
+        s = Situation(ctx, consent)
+        reasons = [reason for check in self.checks for reason in check(s)]
+        outcome = max((r.outcome for r in reasons), key=_SEVERITY.__getitem__, default=STORE)
+        if s.implicit_kind and consent is None:
+            state = ConsentState.IMPLICIT
+        else:
+            state = ConsentState.RECORDED if consent is not None else ConsentState.MISSING
+        return Decision(
+            outcome=outcome,
+            reasons=tuple(reasons),
+            labels=self.labels(s),
+            consent=state,
+            policy=self.name,
+            age_band=s.age_band,
+        )
+
+
+_DEFAULT_CHECKS: tuple[Check, ...] = (
+    check_purpose,
+    check_consent_needed,
+    check_who_consented,
+    check_consent_quality,
+    check_child_best_interests,
+    check_remote,
+    check_sensitive,
+)
+
+DEFAULT = Policy(
+    "default",
+    "GMC 'Making and using visual and audio recordings of patients' as applied by the "
+    "Medical Protection article on storing images in medical records.",
+    _DEFAULT_CHECKS,
+)
+
+STRICT = Policy(
+    "strict",
+    "The default policy, plus: intimate images of under-18s are not stored "
+    "(NHS England / RCPCH principles for remote intimate assessments).",
+    (*_DEFAULT_CHECKS, check_strict_intimate_child),
+)
+
+POLICIES: dict[str, Policy] = {p.name: p for p in (DEFAULT, STRICT)}
+
+
+def get_policy(name: str) -> Policy:
+    try:
+        return POLICIES[name]
+    except KeyError:
+        raise PolicyNotFound(
+            f"no policy named {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
+        ) from None
+
+
+def decide(
+    ctx: ClinicalContext, consent: ConsentRecord | None = None, *, policy: str | Policy = "default"
+) -> Decision:
+    """Decide whether an image may go into the record, and how it is labelled."""
+    pack = policy if isinstance(policy, Policy) else get_policy(policy)
+    return pack.decide(ctx, consent)

@@ -1,0 +1,454 @@
+"""The ``fhir-images`` command: a thin shell over the library.
+
+Exit codes (``ingest`` and ``outbox recheck``):
+  0  stored (written to the outbox as ready, or already there)
+  1  an unexpected error (outbox not writable, ...)
+  2  bad input (unreadable or unsupported file, type mismatch, invalid context or consent)
+  3  held: not yet allowed into the record (e.g. consent must be confirmed)
+  4  refused: must not be stored
+With several inputs the most serious wins, in the order 2, 4, 3, 0.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from . import _codes
+from ._exceptions import BadInput, FhirImagesError
+from ._ingest import (
+    ingest,
+    load_structured,
+    parse_consent,
+    parse_context,
+    recheck,
+)
+from ._intake import Limits
+from ._outbox import Outbox, default_outbox
+from ._policy import POLICIES, Outcome
+from ._version import __version__
+
+_CASE_SUFFIXES = {".yaml", ".yml", ".json"}
+EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_HELD, EXIT_REFUSED = 0, 1, 2, 3, 4
+_OUTCOME_EXIT = {Outcome.STORE: EXIT_OK, Outcome.HOLD: EXIT_HELD, Outcome.REFUSE: EXIT_REFUSED}
+_PRECEDENCE = [EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_HELD, EXIT_ERROR, EXIT_OK]
+
+err = Console(stderr=True)
+
+
+def _worst(codes: list[int]) -> int:
+    for code in _PRECEDENCE:
+        if code in codes:
+            return code
+    return EXIT_OK
+
+
+def _label_text(security: list[dict[str, str]]) -> str:
+    short = {_codes.V3_CONFIDENTIALITY: "conf", _codes.LOCAL_SENSITIVITY: "local"}
+    return " ".join(
+        f"{short[s['system']]}:{s['code']}" if s["system"] in short else s["code"] for s in security
+    )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="fhir-images")
+@click.option("-v", "--verbose", count=True, help="Log progress to stderr (no patient data).")
+def main(verbose: int) -> None:
+    """Clinical images and recordings into FHIR R4 Media and Consent, with security labels."""
+    logging.basicConfig(
+        level=logging.WARNING - 10 * min(verbose, 2),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+# ------------------------------------------------------------------------------- ingest
+
+_CONTEXT_FLAGS: list[tuple[str, str, dict[str, Any]]] = [
+    ("--patient", "patient", {"help": "Patient reference, e.g. Patient/123."}),
+    ("--birth-date", "birth_date", {"help": "Patient's birth date (YYYY-MM-DD)."}),
+    ("--captured", "captured", {"help": "When the image was made (ISO 8601); default now."}),
+    (
+        "--made-by",
+        "made_by",
+        {
+            "type": click.Choice(["clinician", "patient", "parent", "relative_or_carer"]),
+            "help": "Who made the image.",
+        },
+    ),
+    (
+        "--operator",
+        "operator",
+        {"help": "Reference to who made it (Practitioner/.., Patient/.., RelatedPerson/..)."},
+    ),
+    (
+        "--kind",
+        "kind",
+        {
+            "type": click.Choice(
+                [
+                    "photo",
+                    "video",
+                    "audio",
+                    "xray",
+                    "ultrasound",
+                    "endoscopy",
+                    "pathology_slide",
+                    "internal_organ",
+                    "organ_function",
+                ]
+            ),
+            "help": "What it is; the GMC implicit-consent kinds need no consent.",
+        },
+    ),
+    ("--encounter", "encounter", {"help": "Encounter reference, when known."}),
+    ("--purpose", "purpose", {"help": "Clinical relevance and purpose (required to store)."}),
+    (
+        "--best-interests",
+        "best_interests",
+        {"help": "For a child: why keeping it is in their best interests."},
+    ),
+    ("--device-name", "device_name", {"help": "Device used."}),
+    ("--recorded-by", "recorded_by", {"help": "Practitioner entering it into the record."}),
+    ("--organization", "organization", {"help": "Organization reference."}),
+    ("--title", "title", {"help": "A title for the image."}),
+]
+
+
+def _context_options(f: Any) -> Any:
+    for flag, dest, kwargs in reversed(_CONTEXT_FLAGS):
+        f = click.option(flag, dest, default=None, **kwargs)(f)
+    for flag, dest, help_ in (
+        ("--solicited/--unsolicited", "solicited", "Asked for by the clinician, or not."),
+        (
+            "--intimate/--not-intimate",
+            "intimate",
+            "Shows an intimate area (unstated = treated as intimate).",
+        ),
+        (
+            "--routine-in-person/--not-routine-in-person",
+            "routine_in_person",
+            "Would be taken in a normal face-to-face consultation.",
+        ),
+        ("--remote/--face-to-face", "remote", "From a remote consultation."),
+        ("--safeguarding/--no-safeguarding", "safeguarding_concern", "Safeguarding concern."),
+    ):
+        f = click.option(flag, dest, default=None, help=help_)(f)
+    f = click.option(
+        "--body-site",
+        "body_site",
+        default=None,
+        help="SNOMED CT code and/or text: 'CODE', 'CODE|text' or '|text'.",
+    )(f)
+    return f
+
+
+def _body_site(value: str | None) -> dict[str, str] | None:
+    if not value:
+        return None
+    code, _, text = value.partition("|")
+    return {k: v for k, v in (("code", code.strip()), ("display", text.strip())) if v}
+
+
+def _context_from(flags: dict[str, Any], base: dict[str, Any] | None) -> dict[str, Any]:
+    data = dict(base or {})
+    for key, value in flags.items():
+        if value is not None:
+            data[key] = _body_site(value) if key == "body_site" else value
+    return data
+
+
+@main.command("ingest")
+@click.argument("paths", nargs=-1, type=click.Path(path_type=Path))
+@click.option(
+    "--context",
+    "context_file",
+    type=click.Path(path_type=Path),
+    help="Clinical context file (YAML/JSON); flags override it.",
+)
+@click.option(
+    "--consent",
+    "consent_file",
+    type=click.Path(path_type=Path),
+    help="Consent record file (YAML/JSON).",
+)
+@click.option("--content-type", default=None, help="The type the sender claimed (checked).")
+@click.option(
+    "--policy",
+    "policy_name",
+    default=None,
+    type=click.Choice(sorted(POLICIES)),
+    help="Policy pack (default: 'default', or the case file's).",
+)
+@click.option(
+    "--outbox",
+    "outbox_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Outbox folder (default $FHIR_IMAGES_OUTBOX or ./fhir-images-outbox).",
+)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines).")
+@_context_options
+def ingest_cmd(
+    paths: tuple[Path, ...],
+    context_file: Path | None,
+    consent_file: Path | None,
+    content_type: str | None,
+    policy_name: str | None,
+    outbox_dir: Path | None,
+    as_json: bool,
+    **flags: Any,
+) -> None:
+    """Decide whether images may go into the record, and write them to the outbox.
+
+    PATHS are images or recordings, with the context given as flags (or --context), or case
+    files (.yaml, .yml, .json) that name an image with its context, consent and policy.
+    """
+    if not paths:
+        raise click.UsageError("give image paths or case files")
+    try:
+        outbox = Outbox(outbox_dir or default_outbox())
+        limits = Limits.from_env()
+    except (FhirImagesError, ValueError) as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+
+    jobs = [(str(p), ("case" if p.suffix.lower() in _CASE_SUFFIXES else "path", p)) for p in paths]
+    rows: list[dict[str, Any]] = []
+    codes: list[int] = []
+    for label, (how, where) in jobs:
+        try:
+            if how == "case":
+                image, ctx, consent, pack = _load_case(where)
+            else:
+                base = load_structured(context_file) if context_file else None
+                ctx = parse_context(_context_from(flags, base))
+                consent = parse_consent(load_structured(consent_file)) if consent_file else None
+                image, pack = where, "default"
+            result = ingest(
+                image,
+                ctx,
+                consent,
+                outbox=outbox,
+                policy=policy_name or pack,
+                claimed_type=content_type,
+                limits=limits,
+            )
+        except BadInput as exc:
+            codes.append(EXIT_BAD_INPUT)
+            rows.append(
+                {
+                    "file": label,
+                    "decision": "bad-input",
+                    "error_type": type(exc).__name__,
+                    "error": str(exc),
+                }
+            )
+            continue
+        except FhirImagesError as exc:
+            codes.append(EXIT_ERROR)
+            rows.append(
+                {
+                    "file": label,
+                    "decision": "error",
+                    "error_type": type(exc).__name__,
+                    "error": str(exc),
+                }
+            )
+            continue
+        codes.append(_OUTCOME_EXIT[result.decision.outcome])
+        rows.append({"file": label, **result.summary()})
+
+    if as_json:
+        for row in rows:
+            click.echo(json.dumps(row))
+    else:
+        _print_table(rows)
+    sys.exit(_worst(codes))
+
+
+def _load_case(path: Path) -> tuple[Path, Any, Any, str]:
+    data = load_structured(path)
+    if not isinstance(data, dict) or "image" not in data or "context" not in data:
+        raise BadInputCase(
+            f"{path}: a case file needs 'image' and 'context' (and optional 'consent', 'policy')"
+        )
+    image = (path.parent / str(data["image"])).resolve()
+    consent = data.get("consent")
+    if isinstance(consent, str):
+        consent = load_structured(path.parent / consent)
+    return (
+        image,
+        parse_context(data["context"]),
+        parse_consent(consent),
+        str(data.get("policy", "default")),
+    )
+
+
+class BadInputCase(BadInput):
+    """A case file without the required keys."""
+
+
+def _print_table(rows: list[dict[str, Any]]) -> None:
+    console = Console()
+    table = Table(show_lines=True)
+    for col in ("File", "Decision", "Consent", "Labels", "Reasons"):
+        table.add_column(col, overflow="fold")
+    colours = {
+        "store": "green",
+        "hold": "yellow",
+        "refuse": "red",
+        "bad-input": "magenta",
+        "error": "red",
+    }
+    for row in rows:
+        decision = row["decision"]
+        shown = {"store": "stored", "hold": "held", "refuse": "refused"}.get(decision, decision)
+        if row.get("duplicate_of"):
+            shown += " (already in outbox)"
+        if "error" in row:
+            table.add_row(row["file"], f"[{colours[decision]}]{decision}[/]", "", "", row["error"])
+            continue
+        blocking = [r for r in row["reasons"] if r["outcome"] != "store"]
+        reasons = "\n".join(f"{r['rule']}: {r['text']}" for r in blocking) or ", ".join(
+            f"{r['rule']} {r['code']}" for r in row["reasons"]
+        )
+        table.add_row(
+            Path(row["file"]).name,
+            f"[{colours[decision]}]{shown}[/]",
+            row["consent"],
+            _label_text(row["security"]),
+            reasons,
+        )
+    console.print(table)
+
+
+# ------------------------------------------------------------------------------- outbox
+
+
+@main.group("outbox")
+def outbox_group() -> None:
+    """List, recheck and discard outbox entries."""
+
+
+_outbox_option = click.option(
+    "--outbox", "outbox_dir", type=click.Path(path_type=Path), default=None, help="Outbox folder."
+)
+
+
+@outbox_group.command("list")
+@click.option("--state", type=click.Choice(["ready", "held"]), default=None)
+@click.option("--json", "as_json", is_flag=True)
+@_outbox_option
+def outbox_list(state: str | None, as_json: bool, outbox_dir: Path | None) -> None:
+    """List entries (no patient identifiers are shown)."""
+    outbox = Outbox(outbox_dir or default_outbox())
+    rows = [
+        {
+            "id": e.id,
+            "state": e.state,
+            "media_type": e.meta.get("media_type"),
+            "size": e.meta.get("size"),
+            "decision": e.meta["decision"]["outcome"],
+            "blocking": [
+                r["rule"] for r in e.meta["decision"]["reasons"] if r["outcome"] != "store"
+            ],
+            "security": e.meta["decision"]["security"],
+        }
+        for e in outbox.entries(state)  # type: ignore[arg-type]
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("Id", "State", "Type", "Bytes", "Labels", "Waiting on"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["id"],
+            r["state"],
+            str(r["media_type"]),
+            str(r["size"]),
+            _label_text(r["security"]),
+            ", ".join(r["blocking"]),
+        )
+    Console().print(table)
+
+
+@outbox_group.command("recheck")
+@click.argument("entry_id")
+@click.option(
+    "--consent",
+    "consent_file",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The newly recorded consent (YAML/JSON).",
+)
+@click.option(
+    "--context",
+    "context_file",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="A corrected clinical context, if needed.",
+)
+@click.option("--json", "as_json", is_flag=True)
+@_outbox_option
+def outbox_recheck(
+    entry_id: str,
+    consent_file: Path,
+    context_file: Path | None,
+    as_json: bool,
+    outbox_dir: Path | None,
+) -> None:
+    """Record consent for a held entry and decide again; it moves to ready if allowed."""
+    outbox = Outbox(outbox_dir or default_outbox())
+    try:
+        consent = parse_consent(load_structured(consent_file))
+        ctx = parse_context(load_structured(context_file)) if context_file else None
+        result = recheck(outbox, entry_id, consent, context=ctx)
+    except BadInput as exc:
+        err.print(f"[magenta]bad input:[/magenta] {exc}")
+        sys.exit(EXIT_BAD_INPUT)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    row = {"file": entry_id, **result.summary()}
+    if as_json:
+        click.echo(json.dumps(row))
+    else:
+        _print_table([row])
+    sys.exit(_OUTCOME_EXIT[result.decision.outcome])
+
+
+@outbox_group.command("discard")
+@click.argument("entry_id")
+@click.option("--by", required=True, help="Practitioner reference of the clinician discarding it.")
+@click.option("--reason", required=True, help="Why it is discarded.")
+@_outbox_option
+def outbox_discard(entry_id: str, by: str, reason: str, outbox_dir: Path | None) -> None:
+    """Discard an entry; a record of who, when and why is kept (without the image)."""
+    outbox = Outbox(outbox_dir or default_outbox())
+    try:
+        outbox.discard(entry_id, by=by, reason=reason)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo(f"discarded {entry_id}; record kept in {outbox.root / 'discarded'}")
+
+
+@main.command("policies")
+def policies_cmd() -> None:
+    """List the policy packs."""
+    for name, pack in sorted(POLICIES.items()):
+        click.echo(f"{name}: {pack.description}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,72 @@
+"""Builders for contexts and consent records used across the tests."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from fhir_images import ClinicalContext, ConsentRecord
+
+CAPTURED = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
+
+
+def make_context(**overrides: Any) -> ClinicalContext:
+    """An adult's own solicited photo from a video consultation; override what a test needs."""
+    data: dict[str, Any] = {
+        "patient": "Patient/p1",
+        "birth_date": "1985-06-30",
+        "captured": CAPTURED,
+        "made_by": "patient",
+        "operator": "Patient/p1",
+        "kind": "photo",
+        "solicited": True,
+        "intimate": False,
+        "remote": True,
+        "purpose": "Rash on forearm; baseline to judge response to treatment.",
+    }
+    data.update(overrides)
+    return ClinicalContext.model_validate(data)
+
+
+def make_consent(**overrides: Any) -> ConsentRecord:
+    """A complete, explicit consent from the (adult) patient; override what a test needs."""
+    data: dict[str, Any] = {
+        "given_by": "patient",
+        "date": CAPTURED,
+        "taken_by": "Practitioner/gp1",
+        "method": "verbal",
+        "confirmed": True,
+        "explained": {"why": True, "form": True, "secure_storage": True, "secondary_uses": True},
+        "permissions": {"view": True, "store": True, "second_opinion": True},
+        "discussion": "Explained purpose, form and secure storage; agreed.",
+    }
+    data.update(overrides)
+    return ConsentRecord.model_validate(data)
+
+
+def parent_consent(**overrides: Any) -> ConsentRecord:
+    return make_consent(
+        **{
+            "given_by": "parent",
+            "giver": "RelatedPerson/mum1",
+            "relationship": "MTH",
+            "parental_responsibility": True,
+            **overrides,
+        }
+    )
+
+
+def child_context(**overrides: Any) -> ClinicalContext:
+    """A parent's unsolicited photo of a young child's intimate area."""
+    return make_context(
+        **{
+            "patient": "Patient/c1",
+            "birth_date": "2024-08-02",
+            "made_by": "parent",
+            "operator": "RelatedPerson/mum1",
+            "solicited": False,
+            "intimate": True,
+            "best_interests": "Avoids re-examination; needed to decide treatment.",
+            **overrides,
+        }
+    )

@@ -1,0 +1,275 @@
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fhir_images import __version__, synthetic
+from fhir_images.cli import main
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+
+#: What each bundled example case must come out as (exit code, decision, confidentiality).
+EXPECTED = {
+    "01-ultrasound-implicit.yaml": (0, "store", "N"),
+    "02-adult-rash-video-consultation.yaml": (0, "store", "N"),
+    "03-parent-unsolicited-intimate-unconfirmed.yaml": (3, "hold", "V"),
+    "04-parent-unsolicited-intimate-confirmed.yaml": (0, "store", "V"),
+    "05-strict-policy-intimate-child.yaml": (4, "refuse", "V"),
+    "06-no-purpose.yaml": (4, "refuse", "N"),
+    "07-pdf-renamed-jpg.yaml": (2, "bad-input", None),
+    "08-clinician-wound-photo.yaml": (0, "store", "N"),
+    "09-teen-own-photo-heic.yaml": (0, "store", "R"),
+    "10-grandparent-no-parental-responsibility.yaml": (3, "hold", "R"),
+    "11-video-consultation-recording.yaml": (4, "refuse", "N"),
+    "12-auscultation-audio.yaml": (0, "store", "N"),
+}
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_version():
+    result = run("--version")
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_every_example_case_is_covered():
+    assert {p.name for p in (EXAMPLES / "cases").glob("*.yaml")} == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_example_case(name, tmp_path):
+    code, decision, conf = EXPECTED[name]
+    result = run(
+        "ingest", "--json", "--outbox", str(tmp_path / "ob"), str(EXAMPLES / "cases" / name)
+    )
+    assert result.exit_code == code, result.output
+    row = json.loads(result.output)
+    assert row["decision"] == decision
+    if conf is None:
+        assert row["error_type"] == "UnsupportedMediaType"
+        assert not any(any((tmp_path / "ob" / s).iterdir()) for s in ("ready", "held"))
+        return
+    assert {"decision", "reasons", "security", "consent", "outbox_entry"} <= set(row)
+    confs = [s["code"] for s in row["security"] if s["system"].endswith("v3-Confidentiality")]
+    assert confs == [conf]
+    for reason in row["reasons"]:
+        assert reason["rule"][0] in "GS" and reason["text"]
+    if decision == "refuse":
+        assert row["outbox_entry"] is None
+    else:
+        assert Path(row["outbox_entry"]).is_dir()
+
+
+def test_required_situations_cite_their_rules(tmp_path):
+    def reasons(name):
+        result = run(
+            "ingest", "--json", "--outbox", str(tmp_path / name), str(EXAMPLES / "cases" / name)
+        )
+        return {(r["rule"], r["outcome"]) for r in json.loads(result.output)["reasons"]}
+
+    assert ("G3", "store") in reasons("01-ultrasound-implicit.yaml")
+    assert ("G9", "store") in reasons("02-adult-rash-video-consultation.yaml")
+    assert ("G6", "hold") in reasons("03-parent-unsolicited-intimate-unconfirmed.yaml")
+    assert ("S1", "refuse") in reasons("05-strict-policy-intimate-child.yaml")
+    assert ("G8", "refuse") in reasons("06-no-purpose.yaml")
+
+
+def test_gps_example_is_stored_without_gps_and_same_orientation(tmp_path):
+    result = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(EXAMPLES / "cases" / "02-adult-rash-video-consultation.yaml"),
+    )
+    row = json.loads(result.output)
+    stored = Path(row["outbox_entry"]) / "content.jpg"
+    original = Image.open(EXAMPLES / "images" / "rash-forearm-gps.jpg")
+    kept = Image.open(io.BytesIO(stored.read_bytes()))
+    assert original.getexif().get_ifd(0x8825), "the example must carry GPS"
+    assert not kept.getexif().get_ifd(0x8825)
+    assert kept.getexif().get(0x0112) == original.getexif().get(0x0112) == 6
+    assert "GPS location" in row["metadata_removed"]
+
+
+def test_context_as_flags(tmp_path):
+    img = tmp_path / "photo.jpg"
+    img.write_bytes(synthetic.jpeg())
+    consent = EXAMPLES / "consent" / "adult-remote-rash.yaml"
+    result = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(img),
+        "--patient",
+        "Patient/ex-adult-1",
+        "--birth-date",
+        "1985-06-30",
+        "--made-by",
+        "patient",
+        "--operator",
+        "Patient/ex-adult-1",
+        "--solicited",
+        "--not-intimate",
+        "--remote",
+        "--purpose",
+        "Rash review",
+        "--body-site",
+        "14975008|Forearm",
+        "--consent",
+        str(consent),
+    )
+    assert result.exit_code == 0, result.output
+    row = json.loads(result.output)
+    assert row["decision"] == "store" and row["consent"] == "recorded"
+
+
+def test_invalid_context_is_bad_input(tmp_path):
+    img = tmp_path / "photo.jpg"
+    img.write_bytes(synthetic.jpeg())
+    result = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(img),
+        "--patient",
+        "Mr Smith",
+        "--birth-date",
+        "1985-06-30",
+        "--made-by",
+        "patient",
+    )
+    assert result.exit_code == 2
+    row = json.loads(result.output)
+    assert row["decision"] == "bad-input" and "patient" in row["error"]
+    assert "Mr Smith" not in row["error"], "identifiers are not echoed back"
+
+
+def test_png_named_jpg_is_a_type_mismatch(tmp_path):
+    img = tmp_path / "photo.jpg"
+    img.write_bytes(synthetic.png())
+    result = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(img),
+        "--patient",
+        "Patient/1",
+        "--birth-date",
+        "1985-06-30",
+        "--made-by",
+        "patient",
+        "--purpose",
+        "x",
+    )
+    assert result.exit_code == 2
+    assert json.loads(result.output)["error_type"] == "ContentTypeMismatch"
+
+
+def test_missing_file_is_bad_input(tmp_path):
+    result = run(
+        "ingest",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(tmp_path / "nope.jpg"),
+        "--patient",
+        "Patient/1",
+        "--birth-date",
+        "1985-06-30",
+        "--made-by",
+        "patient",
+    )
+    assert result.exit_code == 2
+    assert "cannot read" in result.output
+
+
+def test_broken_case_file_is_bad_input(tmp_path):
+    case = tmp_path / "case.yaml"
+    case.write_text("image: [unclosed\n")
+    result = run("ingest", "--outbox", str(tmp_path / "ob"), str(case))
+    assert result.exit_code == 2
+
+
+def test_several_inputs_worst_exit_code_wins(tmp_path):
+    cases = EXAMPLES / "cases"
+    result = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(cases / "01-ultrasound-implicit.yaml"),
+        str(cases / "03-parent-unsolicited-intimate-unconfirmed.yaml"),
+    )
+    assert result.exit_code == 3
+    assert len(result.output.strip().splitlines()) == 2
+
+
+def test_human_table(tmp_path):
+    result = run(
+        "ingest",
+        "--outbox",
+        str(tmp_path / "ob"),
+        str(EXAMPLES / "cases" / "03-parent-unsolicited-intimate-unconfirmed.yaml"),
+    )
+    assert result.exit_code == 3
+    assert "held" in result.output and "G6" in result.output
+
+
+def test_outbox_list_recheck_discard(tmp_path):
+    ob = str(tmp_path / "ob")
+    run(
+        "ingest",
+        "--outbox",
+        ob,
+        str(EXAMPLES / "cases" / "03-parent-unsolicited-intimate-unconfirmed.yaml"),
+        str(EXAMPLES / "cases" / "10-grandparent-no-parental-responsibility.yaml"),
+    )
+    listing = json.loads(run("outbox", "list", "--json", "--outbox", ob).output)
+    assert [e["state"] for e in listing] == ["held", "held"]
+    assert "ex-child" not in json.dumps(listing), "the listing shows no patient identifiers"
+    child = next(e for e in listing if "G6" in e["blocking"])
+    other = next(e for e in listing if e is not child)
+
+    result = run(
+        "outbox",
+        "recheck",
+        child["id"],
+        "--json",
+        "--outbox",
+        ob,
+        "--consent",
+        str(EXAMPLES / "consent" / "parent-confirmed.yaml"),
+    )
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["decision"] == "store"
+
+    result = run(
+        "outbox",
+        "discard",
+        other["id"],
+        "--outbox",
+        ob,
+        "--by",
+        "Practitioner/gp1",
+        "--reason",
+        "Grandparent sent it by mistake",
+    )
+    assert result.exit_code == 0
+    listing = json.loads(run("outbox", "list", "--json", "--outbox", ob).output)
+    assert [(e["id"], e["state"]) for e in listing] == [(child["id"], "ready")]
+    assert (
+        run(
+            "outbox", "discard", "no-such-id", "--outbox", ob, "--by", "P/1", "--reason", "x"
+        ).exit_code
+        == 1
+    )

@@ -1,0 +1,192 @@
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+from fhir.resources.R4B.bundle import Bundle
+
+from fhir_images import _codes as c
+from fhir_images import decide, intake, map_submission, synthetic
+
+from ..factories import child_context, make_consent, make_context, parent_consent
+
+
+def _mapped(ctx, consent, workdir, data=None):
+    facts = intake(data or synthetic.jpeg(gps=True), workdir=workdir).facts
+    return map_submission(ctx, consent, facts, decide(ctx, consent)), facts
+
+
+def _entries(mapped):
+    return {e["resource"]["resourceType"]: e for e in mapped.bundle_json()["entry"]}
+
+
+def test_bundle_is_a_valid_transaction_with_conditional_creates(workdir):
+    mapped, facts = _mapped(make_context(), make_consent(), workdir)
+    data = mapped.bundle_json()
+    Bundle.model_validate(data)  # round-trips through the R4B model
+    assert data["type"] == "transaction"
+    entries = _entries(mapped)
+    assert set(entries) == {"Encounter", "Media", "Consent", "Provenance"}
+    for entry in entries.values():
+        assert entry["fullUrl"].startswith("urn:uuid:")
+        assert entry["request"]["method"] == "POST"
+        assert entry["request"]["ifNoneExist"]
+    media_req = entries["Media"]["request"]["ifNoneExist"]
+    assert f"{c.SID_SHA256}|{facts.sha256_hex}" in media_req
+    assert "subject=Patient/p1" in media_req  # the same bytes for another patient are not merged
+
+
+def test_media_fields(workdir):
+    ctx = make_context(
+        body_site={"code": "14975008", "display": "Forearm"},
+        device_name="Phone",
+        title="Forearm rash",
+    )
+    mapped, facts = _mapped(ctx, make_consent(), workdir)
+    media = _entries(mapped)["Media"]["resource"]
+    assert media["status"] == "completed"
+    assert media["type"]["coding"][0] == {
+        "system": c.MEDIA_TYPE,
+        "code": "image",
+        "display": "Image",
+    }
+    assert media["modality"]["coding"][0]["code"] == "XC"
+    assert media["subject"] == {"reference": "Patient/p1"}
+    assert media["operator"] == {"reference": "Patient/p1"}
+    assert media["reasonCode"][0]["text"] == ctx.purpose
+    assert media["bodySite"]["coding"][0]["code"] == "14975008"
+    assert (media["width"], media["height"]) == (640, 480)
+    content = media["content"]
+    assert content["contentType"] == "image/jpeg"
+    assert content["size"] == facts.size
+    assert content["hash"] == facts.sha1_b64
+    assert content["url"] == mapped.binary_placeholder
+    assert "data" not in content, "image bytes never go inline in Media"
+    notes = " ".join(n["text"] for n in media["note"])
+    assert "purpose" in notes and "remote consultation" in notes and "GPS" in notes
+
+
+def test_remote_consultation_marked_with_a_virtual_encounter(workdir):
+    mapped, _ = _mapped(make_context(remote=True), make_consent(), workdir)
+    entries = _entries(mapped)
+    enc = entries["Encounter"]
+    assert enc["resource"]["class"]["code"] == "VR"
+    assert entries["Media"]["resource"]["encounter"]["reference"] == enc["fullUrl"]
+    ext = entries["Media"]["resource"]["extension"][0]
+    assert ext == {"url": c.EXT_REMOTE_CONSULTATION, "valueBoolean": True}
+
+
+def test_known_encounter_is_referenced_not_created(workdir):
+    mapped, _ = _mapped(
+        make_context(remote=True, encounter="Encounter/e1"), make_consent(), workdir
+    )
+    entries = _entries(mapped)
+    assert "Encounter" not in entries
+    assert entries["Media"]["resource"]["encounter"] == {"reference": "Encounter/e1"}
+
+
+def test_face_to_face_has_no_encounter_and_is_marked_not_remote(workdir):
+    mapped, _ = _mapped(make_context(remote=False), make_consent(), workdir)
+    entries = _entries(mapped)
+    assert "Encounter" not in entries
+    assert entries["Media"]["resource"]["extension"][0]["valueBoolean"] is False
+
+
+def test_implicit_consent_has_no_consent_resource(workdir):
+    ctx = make_context(
+        kind="ultrasound", made_by="clinician", operator="Practitioner/s", remote=False
+    )
+    mapped, _ = _mapped(ctx, None, workdir, synthetic.png())
+    assert mapped.consent is None
+    assert set(_entries(mapped)) == {"Media", "Provenance"}
+    media = _entries(mapped)["Media"]["resource"]
+    assert media["modality"]["coding"][0]["code"] == "US"
+
+
+def test_consent_provisions_say_what_was_permitted_and_refused(workdir):
+    consent = make_consent(
+        permissions={
+            "view": True,
+            "store": True,
+            "second_opinion": True,
+            "teaching": False,
+            "research": False,
+        }
+    )
+    mapped, _ = _mapped(make_context(), consent, workdir)
+    entries = _entries(mapped)
+    res = entries["Consent"]["resource"]
+    assert res["status"] == "active"
+    assert res["scope"]["coding"][0]["code"] == "patient-privacy"
+    assert res["policy"][0]["uri"] == c.GMC_RECORDINGS_POLICY
+    assert res["performer"] == [{"reference": "Patient/p1"}]
+    root = res["provision"]
+    assert root["type"] == "deny"
+    assert root["data"] == [
+        {"meaning": "instance", "reference": {"reference": entries["Media"]["fullUrl"]}}
+    ]
+    by_purpose = {p["purpose"][0]["code"]: p["type"] for p in root["provision"]}
+    assert by_purpose == {"TREAT": "permit", "COC": "permit", "TRAIN": "deny", "HRESCH": "deny"}
+    discussion = base64.b64decode(res["sourceAttachment"]["data"]).decode()
+    assert discussion == consent.discussion
+
+
+def test_teaching_permit_is_for_anonymised_data_only(workdir):
+    consent = make_consent(permissions={"view": True, "store": True, "teaching": True})
+    mapped, _ = _mapped(make_context(), consent, workdir)
+    teaching = next(
+        p
+        for p in _entries(mapped)["Consent"]["resource"]["provision"]["provision"]
+        if p["purpose"][0]["code"] == "TRAIN"
+    )
+    assert teaching["type"] == "permit"
+    assert teaching["securityLabel"] == [{"system": c.V3_OBSERVATION_VALUE, "code": "ANONYED"}]
+
+
+def test_parent_consent_names_the_parent_and_verification(workdir):
+    mapped, _ = _mapped(child_context(), parent_consent(), workdir)
+    entries = _entries(mapped)
+    res = entries["Consent"]["resource"]
+    assert res["performer"] == [{"reference": "RelatedPerson/mum1"}]
+    assert res["verification"][0]["verified"] is True
+    prov = entries["Provenance"]["resource"]
+    author = prov["agent"][0]
+    assert author["who"] == {"reference": "RelatedPerson/mum1"}
+    assert author["onBehalfOf"] == {"reference": "Patient/c1"}
+    assert {t["reference"] for t in prov["target"]} == {
+        entries["Media"]["fullUrl"],
+        entries["Consent"]["fullUrl"],
+    }
+
+
+def test_labels_on_each_resource_and_high_water_mark_on_bundle(workdir):
+    mapped, _ = _mapped(child_context(), parent_consent(), workdir)
+    data = mapped.bundle_json()
+    assert data["meta"]["security"] == [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]
+    for entry in data["entry"]:
+        labels = entry["resource"]["meta"]["security"]
+        conf = [lab for lab in labels if lab["system"] == c.V3_CONFIDENTIALITY]
+        assert conf == [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]
+    media_codes = {lab["code"] for lab in _entries(mapped)["Media"]["resource"]["meta"]["security"]}
+    assert {"PHY", "intimate", "HUAPRV", "SDMAST"} <= media_codes
+    bundle_text = json.dumps(data["meta"])
+    assert "intimate" not in bundle_text and "PHY" not in bundle_text
+
+
+def test_only_a_decision_to_store_is_mapped(workdir):
+    ctx = child_context()
+    facts = intake(synthetic.jpeg(), workdir=workdir).facts
+    with pytest.raises(ValueError, match="store"):
+        map_submission(ctx, None, facts, decide(ctx, None))
+
+
+def test_video_duration_mapped(tmp_path, workdir):
+    path = synthetic.write_mp4(tmp_path / "v.mp4", 5000, duration_s=95.0)
+    ctx = make_context(kind="video", made_by="clinician", operator="Practitioner/x")
+    facts = intake(path, workdir=workdir).facts
+    mapped = map_submission(ctx, make_consent(), facts, decide(ctx, make_consent()))
+    media = _entries(mapped)["Media"]["resource"]
+    assert media["type"]["coding"][0]["code"] == "video"
+    assert media["duration"] == 95.0
+    assert "frames" not in media

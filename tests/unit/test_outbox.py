@@ -1,0 +1,153 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+
+import pytest
+
+from fhir_images import (
+    EntryNotFound,
+    Outbox,
+    OutboxError,
+    Outcome,
+    UnsupportedMediaType,
+    ingest,
+    recheck,
+    synthetic,
+)
+
+from ..factories import child_context, make_consent, make_context, parent_consent
+
+
+def _mode(path) -> int:
+    return stat.S_IMODE(os.stat(path).st_mode)
+
+
+def test_stored_image_is_a_complete_ready_entry(outbox):
+    result = ingest(synthetic.jpeg(gps=True), make_context(), make_consent(), outbox=outbox)
+    assert result.decision.outcome is Outcome.STORE
+    entry = result.entry
+    assert entry is not None and entry.state == "ready"
+    names = {p.name for p in entry.path.iterdir()}
+    assert names == {"entry.json", "bundle.json", "context.json", "consent.json", "content.jpg"}
+    bundle = json.loads(entry.bundle_path.read_text())
+    media = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+    assert media["content"]["url"] == entry.meta["binary_placeholder"]
+    assert media["content"]["size"] == entry.content_path.stat().st_size
+
+
+def test_entries_are_owner_only(outbox):
+    result = ingest(synthetic.jpeg(), child_context(), None, outbox=outbox)
+    assert result.entry is not None and result.entry.state == "held"
+    assert _mode(result.entry.path) == 0o700
+    for p in result.entry.path.iterdir():
+        assert _mode(p) == 0o600, p.name
+    for sub in ("ready", "held", "discarded"):
+        assert _mode(outbox.root / sub) == 0o700
+
+
+def test_held_image_is_kept_not_dropped(outbox):
+    result = ingest(synthetic.jpeg(gps=True), child_context(), None, outbox=outbox)
+    assert result.decision.outcome is Outcome.HOLD
+    [held] = list(outbox.entries("held"))
+    assert held.content_path.exists()
+    assert not (held.path / "bundle.json").exists(), "a held image is not ready to send"
+    assert list(outbox.entries("ready")) == []
+
+
+def test_refused_image_leaves_nothing(outbox):
+    result = ingest(synthetic.jpeg(), make_context(purpose=None), make_consent(), outbox=outbox)
+    assert result.decision.outcome is Outcome.REFUSE
+    assert result.entry is None
+    assert list(outbox.entries()) == []
+    assert list((outbox.root / ".tmp").iterdir()) == []
+
+
+def test_bad_input_leaves_nothing(outbox, tmp_path):
+    path = tmp_path / "letter.jpg"
+    path.write_bytes(synthetic.pdf())
+    with pytest.raises(UnsupportedMediaType):
+        ingest(path, make_context(), make_consent(), outbox=outbox)
+    assert list(outbox.entries()) == []
+    assert list((outbox.root / ".tmp").iterdir()) == []
+
+
+def test_crash_while_writing_leaves_no_entry(outbox, monkeypatch):
+    def boom(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "rename", boom)
+    with pytest.raises(OutboxError, match="No space"):
+        ingest(synthetic.jpeg(), make_context(), make_consent(), outbox=outbox)
+    monkeypatch.undo()
+    assert list(outbox.entries()) == []
+    assert list((outbox.root / ".tmp").iterdir()) == []
+
+
+def test_same_image_same_patient_is_not_queued_twice(outbox):
+    data = synthetic.jpeg()
+    first = ingest(data, make_context(), make_consent(), outbox=outbox)
+    second = ingest(data, make_context(), make_consent(), outbox=outbox)
+    assert second.duplicate_of == first.entry.id
+    assert len(list(outbox.entries("ready"))) == 1
+    other = ingest(
+        data,
+        make_context(patient="Patient/p2", operator="Patient/p2"),
+        make_consent(),
+        outbox=outbox,
+    )
+    assert other.duplicate_of is None
+    assert len(list(outbox.entries("ready"))) == 2
+
+
+def test_recheck_with_confirmed_consent_moves_held_to_ready(outbox):
+    held = ingest(synthetic.jpeg(), child_context(), None, outbox=outbox).entry
+    result = recheck(outbox, held.id, parent_consent())
+    assert result.decision.outcome is Outcome.STORE
+    assert result.entry.state == "ready" and result.entry.id == held.id
+    assert not held.path.exists()
+    assert (result.entry.path / "bundle.json").exists()
+
+
+def test_recheck_with_insufficient_consent_stays_held(outbox):
+    held = ingest(synthetic.jpeg(), child_context(), None, outbox=outbox).entry
+    result = recheck(outbox, held.id, parent_consent(parental_responsibility=False))
+    assert result.decision.outcome is Outcome.HOLD
+    assert outbox.get(held.id).state == "held"
+    reasons = outbox.get(held.id).meta["decision"]["reasons"]
+    assert any(r["rule"] == "G5" and r["outcome"] == "hold" for r in reasons)
+
+
+def test_recheck_keeps_the_policy_it_was_held_under(outbox):
+    ctx = child_context(intimate=False)
+    held = ingest(synthetic.jpeg(), ctx, None, outbox=outbox, policy="strict").entry
+    assert held.state == "held"
+    result = recheck(outbox, held.id, parent_consent())
+    assert result.decision.policy == "strict"
+
+
+def test_recheck_that_refuses_keeps_the_image_until_discarded(outbox):
+    held = ingest(synthetic.jpeg(), make_context(), None, outbox=outbox).entry
+    result = recheck(outbox, held.id, make_consent(permissions={"view": True, "store": False}))
+    assert result.decision.outcome is Outcome.REFUSE
+    assert outbox.get(held.id).state == "held", "refused on recheck: kept until discarded"
+
+
+def test_discard_is_recorded_without_the_image(outbox):
+    held = ingest(synthetic.jpeg(), child_context(), None, outbox=outbox).entry
+    with pytest.raises(OutboxError, match="who"):
+        outbox.discard(held.id, by="", reason="duplicate")
+    record = outbox.discard(held.id, by="Practitioner/gp1", reason="Parent withdrew the photo")
+    assert record["by"] == "Practitioner/gp1" and record["was"] == "held"
+    assert not held.path.exists()
+    assert outbox.discarded()[0]["reason"] == "Parent withdrew the photo"
+    with pytest.raises(EntryNotFound):
+        outbox.get(held.id)
+
+
+def test_outbox_folder_unusable(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(OutboxError):
+        Outbox(blocker / "outbox")
