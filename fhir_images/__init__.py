@@ -24,20 +24,33 @@ from ._context import (
     Permissions,
     Relationship,
 )
+from ._delivery import DeliveryResult, push
 from ._exceptions import (
+    AuthenticationFailed,
     BadInput,
+    BadResponse,
     ContentTypeMismatch,
     CorruptMedia,
     EntryNotFound,
     FhirImagesError,
+    IncompatibleServer,
     InputTooLarge,
     InvalidContext,
+    InvalidRequest,
+    LabelError,
+    LabelVerificationFailed,
     OutboxError,
     PolicyNotFound,
+    RateLimited,
+    ResourceNotFound,
+    ServerError,
+    ServerUnavailable,
     UnsupportedMediaType,
+    VersionConflict,
 )
 from ._ingest import IngestResult, ingest, load_structured, parse_consent, parse_context, recheck
 from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
+from ._labels import apply_labels, plan_label_change
 from ._mapping import MappedSubmission, map_submission
 from ._outbox import Entry, Outbox
 from ._policy import (
@@ -51,12 +64,16 @@ from ._policy import (
     decide,
     get_policy,
 )
+from ._transport import PROFILES, FhirClient, RetryPolicy, ServerProfile
 from ._version import __version__
 
 __all__ = [
     "IMPLICIT_CONSENT_KINDS",
     "POLICIES",
+    "PROFILES",
+    "AuthenticationFailed",
     "BadInput",
+    "BadResponse",
     "ClinicalContext",
     "Coded",
     "ConsentGiver",
@@ -65,16 +82,22 @@ __all__ = [
     "ContentTypeMismatch",
     "CorruptMedia",
     "Decision",
+    "DeliveryResult",
     "Entry",
     "EntryNotFound",
     "Explained",
+    "FhirClient",
     "FhirImagesError",
     "ImageFacts",
     "ImageKind",
+    "IncompatibleServer",
     "IngestResult",
     "InputTooLarge",
     "IntakeResult",
     "InvalidContext",
+    "InvalidRequest",
+    "LabelError",
+    "LabelVerificationFailed",
     "Limits",
     "Maker",
     "MappedSubmission",
@@ -84,11 +107,19 @@ __all__ = [
     "Permissions",
     "Policy",
     "PolicyNotFound",
+    "RateLimited",
     "Reason",
     "Relationship",
+    "ResourceNotFound",
+    "RetryPolicy",
     "SecurityLabels",
+    "ServerError",
+    "ServerProfile",
+    "ServerUnavailable",
     "UnsupportedMediaType",
+    "VersionConflict",
     "__version__",
+    "apply_labels",
     "decide",
     "get_policy",
     "ingest",
@@ -97,6 +128,8 @@ __all__ = [
     "map_submission",
     "parse_consent",
     "parse_context",
+    "plan_label_change",
+    "push",
     "recheck",
     "sniff",
 ]

@@ -11,17 +11,32 @@ catches them all. The hierarchy::
     │   ├── CorruptMedia          the content claims a format but cannot be read as it
     │   └── InvalidContext        the clinical context or consent record is invalid
     ├── PolicyNotFound            no policy pack of that name
-    └── OutboxError               the local outbox could not be read or written
-        └── EntryNotFound         no outbox entry with that id
+    ├── OutboxError               the local outbox could not be read or written
+    │   └── EntryNotFound         no outbox entry with that id
+    ├── ServerError               a FHIR server answered with an error, or not at all
+    │   ├── ServerUnavailable     connection failed, 502/503/504, or timed out    (retry_safe)
+    │   ├── RateLimited           429 Too Many Requests                           (retry_safe)
+    │   ├── AuthenticationFailed  401 or 403
+    │   ├── ResourceNotFound      404 or 410
+    │   ├── VersionConflict       409 or 412: a stale If-Match, or a concurrent change
+    │   ├── InvalidRequest        400 or 422: the server rejected the content
+    │   ├── BadResponse           the answer is not the FHIR JSON it should be
+    │   └── IncompatibleServer    not FHIR R4, or lacks Media, Consent, Binary or transactions
+    └── LabelError                a security-label change would remove or lower a label,
+        └── LabelVerificationFailed   or the server did not keep the labels it was sent
 
-None of them is "safe to retry" as is: each needs the input or the
-configuration changed first, except :class:`OutboxError` raised by an I/O
-failure (disk full, permissions), which may succeed once that is fixed.
+``retry_safe`` on a :class:`ServerError` says whether sending the same request
+again cannot do harm (the server did not process it, or the request is
+idempotent). None of the other errors is safe to retry as is: each needs the
+input or the configuration changed first, except :class:`OutboxError` raised
+by an I/O failure (disk full, permissions), which may succeed once that is fixed.
 
 Messages never contain patient identifiers, names or image bytes.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class FhirImagesError(Exception):
@@ -62,3 +77,73 @@ class OutboxError(FhirImagesError):
 
 class EntryNotFound(OutboxError):
     """No outbox entry has that id."""
+
+
+class ServerError(FhirImagesError):
+    """A FHIR server answered with an error, or did not answer.
+
+    ``status`` is the HTTP status (None when nothing was received), ``issues``
+    the OperationOutcome issues the server sent (severity, code, diagnostics),
+    ``retry_safe`` whether sending the same request again is harmless.
+    """
+
+    retry_safe_default = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        issues: list[dict[str, Any]] | None = None,
+        retry_safe: bool | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.issues = issues or []
+        self.retry_safe = self.retry_safe_default if retry_safe is None else retry_safe
+        self.retry_after = retry_after
+
+
+class ServerUnavailable(ServerError):
+    """The server could not be reached, timed out, or answered 502/503/504."""
+
+    retry_safe_default = True
+
+
+class RateLimited(ServerError):
+    """429: the server asks the client to slow down (see ``retry_after``)."""
+
+    retry_safe_default = True
+
+
+class AuthenticationFailed(ServerError):
+    """401 or 403: credentials missing, wrong, or not allowed to do this."""
+
+
+class ResourceNotFound(ServerError):
+    """404 or 410: no such resource (or it was deleted)."""
+
+
+class VersionConflict(ServerError):
+    """409 or 412: the resource changed since it was read (stale If-Match)."""
+
+
+class InvalidRequest(ServerError):
+    """400 or 422: the server rejected what was sent; ``issues`` says why."""
+
+
+class BadResponse(ServerError):
+    """The server's answer is not the FHIR JSON expected."""
+
+
+class IncompatibleServer(ServerError):
+    """The server is not FHIR R4, or lacks something fhir-images needs."""
+
+
+class LabelError(FhirImagesError):
+    """A security-label change would remove or lower a label without being asked to."""
+
+
+class LabelVerificationFailed(LabelError):
+    """After a write, the server's labels are not the ones sent."""

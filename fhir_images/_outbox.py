@@ -6,6 +6,7 @@ Layout (every folder 0700, every file 0600: these are patient images)::
       ready/<id>/    entry.json, bundle.json, context.json, [consent.json], content.<ext>
       held/<id>/     entry.json, context.json, [consent.json], content.<ext>
       discarded/<id>.json   who discarded a held image, when and why (no image)
+      sent/<id>.json        the receipt of a delivered entry: server ids, checks (no image)
       .tmp/          entries being written; never listed, cleared when found stale
 
 An entry is written whole into ``.tmp`` and then renamed into place, so a
@@ -79,7 +80,7 @@ class Outbox:
     def __init__(self, root: Path | str | None = None) -> None:
         self.root = Path(root) if root is not None else default_outbox()
         try:
-            for sub in ("", "ready", "held", "discarded", ".tmp"):
+            for sub in ("", "ready", "held", "discarded", "sent", ".tmp"):
                 d = self.root / sub
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(d, 0o700)
@@ -165,6 +166,30 @@ class Outbox:
         shutil.rmtree(entry.path)
         log.info("outbox: discarded %s entry %s", entry.state, entry.id)
         return record
+
+    def update_meta(self, entry: Entry, meta: dict[str, Any]) -> Entry:
+        """Replace an entry's entry.json atomically (write aside, then rename over)."""
+        tmp = entry.path / f".entry.json.{uuid.uuid4().hex[:8]}"
+        try:
+            _write(tmp, _dump(meta))
+            os.replace(tmp, entry.path / "entry.json")
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise OutboxError(f"could not update outbox entry: {exc.strerror or exc}") from exc
+        return Entry(entry.id, entry.state, entry.path, meta)
+
+    def mark_sent(self, entry: Entry, receipt: dict[str, Any]) -> Path:
+        """Record delivery (receipt without the image) and remove the entry and its bytes."""
+        path = self.root / "sent" / f"{entry.id}.json"
+        tmp = self.root / ".tmp" / f"{entry.id}.sent.{uuid.uuid4().hex[:8]}"
+        _write(tmp, _dump(receipt))
+        os.replace(tmp, path)
+        shutil.rmtree(entry.path)
+        log.info("outbox: entry %s delivered", entry.id)
+        return path
+
+    def receipts(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted((self.root / "sent").glob("*.json"))]
 
     # ------------------------------------------------------------------ reading
 

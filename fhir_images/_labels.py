@@ -1,0 +1,135 @@
+"""Security-label changes on a server: one function computes the delta, applies it, verifies it.
+
+Servers differ (HAPI merges labels on update, others replace them, some lack
+``$meta-add``), so every change of labels goes through :func:`apply_labels`:
+
+* labels are only added, unless a removal is asked for by name;
+* the confidentiality code is only raised, unless lowering is asked for;
+* a resource is never left without a confidentiality code;
+* after the change the labels are read back, and anything other than what was
+  intended raises :class:`LabelVerificationFailed`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from ._codes import V3_CONFIDENTIALITY, Confidentiality
+from ._exceptions import LabelError, LabelVerificationFailed
+from ._transport import FhirClient
+
+Coding = tuple[str, str]
+
+
+def _key(coding: dict[str, Any]) -> Coding:
+    return (str(coding.get("system", "")), str(coding.get("code", "")))
+
+
+def _codings(keys: Iterable[Coding]) -> list[dict[str, str]]:
+    return [{"system": s, "code": c} for s, c in sorted(keys)]
+
+
+def _conf_rank(key: Coding) -> int:
+    try:
+        return int(Confidentiality[key[1]])
+    except KeyError:
+        raise LabelError(f"unknown confidentiality code {key[1]!r}") from None
+
+
+@dataclass(frozen=True)
+class LabelDelta:
+    add: frozenset[Coding]
+    delete: frozenset[Coding]
+
+    @property
+    def empty(self) -> bool:
+        return not self.add and not self.delete
+
+    def result(self, current: Iterable[Coding]) -> set[Coding]:
+        return (set(current) | self.add) - self.delete
+
+
+def plan_label_change(
+    current: Iterable[dict[str, Any]],
+    desired: Iterable[dict[str, Any]],
+    *,
+    remove: Iterable[dict[str, Any]] = (),
+    allow_lower: bool = False,
+) -> LabelDelta:
+    """The labels to add and delete to reach ``desired`` without losing anything silently.
+
+    ``desired`` labels are added. A desired confidentiality code replaces the
+    current one only if it is higher (or ``allow_lower``). Other current labels
+    stay unless named in ``remove``.
+    """
+    cur = {_key(c) for c in current}
+    want = {_key(c) for c in desired}
+    drop = {_key(c) for c in remove}
+    cur_conf = {k for k in cur if k[0] == V3_CONFIDENTIALITY}
+    want_conf = {k for k in want if k[0] == V3_CONFIDENTIALITY}
+    if len(want_conf) > 1:
+        raise LabelError(
+            "a resource carries exactly one confidentiality code; "
+            f"asked for {sorted(c for _, c in want_conf)}"
+        )
+    add = set(want - cur)
+    delete = set(drop & cur)
+    if want_conf:
+        [target] = want_conf
+        top = max(cur_conf, key=_conf_rank, default=None)
+        if top is not None and _conf_rank(target) < _conf_rank(top) and not allow_lower:
+            raise LabelError(
+                f"refusing to lower confidentiality from {top[1]} to {target[1]} "
+                "without an explicit request"
+            )
+        add.add(target)
+        delete |= cur_conf - {target}
+    elif len(cur_conf) > 1:
+        # a server left two confidentiality codes: keep only the highest
+        top = max(cur_conf, key=_conf_rank)
+        delete |= cur_conf - {top}
+    after = (cur | add) - delete
+    if cur_conf and not any(k[0] == V3_CONFIDENTIALITY for k in after):
+        raise LabelError("refusing to remove the last confidentiality label")
+    return LabelDelta(frozenset(add - cur), frozenset(delete))
+
+
+def current_labels(client: FhirClient, ref: str) -> list[dict[str, Any]]:
+    security: list[dict[str, Any]] = client.read(ref).get("meta", {}).get("security", [])
+    return security
+
+
+def apply_labels(
+    client: FhirClient,
+    ref: str,
+    desired: Iterable[dict[str, Any]],
+    *,
+    remove: Iterable[dict[str, Any]] = (),
+    allow_lower: bool = False,
+) -> list[dict[str, str]]:
+    """Change a resource's labels on the server and verify the result; return the labels."""
+    resource = client.read(ref)
+    current = resource.get("meta", {}).get("security", [])
+    delta = plan_label_change(current, desired, remove=remove, allow_lower=allow_lower)
+    expected = delta.result(_key(c) for c in current)
+    if not delta.empty:
+        if client.profile.meta_operations:
+            if delta.add:
+                client.meta_add(ref, _codings(delta.add))
+            if delta.delete:
+                client.meta_delete(ref, _codings(delta.delete))
+        else:
+            version = resource.get("meta", {}).get("versionId")
+            resource.setdefault("meta", {})["security"] = _codings(expected)
+            client.update(resource, if_match=version, replace_labels=True)
+    got = {_key(c) for c in current_labels(client, ref)}
+    if got != expected:
+        missing = sorted(c for _, c in expected - got)
+        extra = sorted(c for _, c in got - expected)
+        raise LabelVerificationFailed(
+            f"{ref.split('/')[0]} labels on the server differ from those intended "
+            f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"
+        )
+    return _codings(got)

@@ -1,0 +1,544 @@
+"""Transport: a FHIR R4 REST client over requests.
+
+One :class:`requests.Session` per thread (keep-alive, a connection pool sized
+for the worker count), explicit timeouts, TLS verification on by default,
+bearer or basic auth. Errors become the typed :class:`ServerError` family,
+carrying the status and the server's OperationOutcome issues.
+
+Retries are done here rather than by urllib3's ``Retry`` because a streamed
+upload must be re-opened from disk before it is sent again, which urllib3
+cannot do. What is retried, with exponential backoff, full jitter, and
+``Retry-After`` honoured, bounded in count and total time:
+
+* a connection that failed before the request was sent (any method);
+* 429 and 503 (the server says it did not process the request; any method);
+* 502, 504 and read time-outs, only for requests that are idempotent (GET,
+  PUT, DELETE, and transactions made only of conditional creates).
+
+Server quirks live in :class:`ServerProfile`, chosen from the
+CapabilityStatement's software name or by the caller.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+from urllib.parse import urljoin
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from ._exceptions import (
+    AuthenticationFailed,
+    BadResponse,
+    IncompatibleServer,
+    InvalidRequest,
+    RateLimited,
+    ResourceNotFound,
+    ServerError,
+    ServerUnavailable,
+    VersionConflict,
+)
+
+log = logging.getLogger("fhir_images.transport")
+
+FHIR_JSON = "application/fhir+json"
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ServerProfile:
+    """What differs between FHIR servers, by name.
+
+    ``meta_operations``: supports ``$meta-add``/``$meta-delete`` (else labels
+    change by a full update with If-Match). ``put_merges_security``: an update
+    keeps labels it was not sent (HAPI), so a replacing update must ask for it
+    with ``X-Meta-Snapshot-Mode``. ``extra_headers``: sent on every request.
+    """
+
+    name: str
+    meta_operations: bool = True
+    put_merges_security: bool = False
+    extra_headers: dict[str, str] = field(default_factory=dict)
+
+
+PROFILES: dict[str, ServerProfile] = {
+    "generic": ServerProfile("generic"),
+    "hapi": ServerProfile(
+        "hapi",
+        meta_operations=True,
+        put_merges_security=True,
+        extra_headers={"Cache-Control": "no-cache"},
+    ),
+    "medplum": ServerProfile("medplum", meta_operations=False),
+    "azure": ServerProfile("azure", meta_operations=False),
+}
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 5
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    total_seconds: float = 60.0
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        if retry_after is not None:
+            return retry_after  # bounded by total_seconds in the caller
+        return random.uniform(0, min(self.backoff_max, self.backoff_base * 2**attempt))
+
+
+def _retry_after(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        from email.utils import parsedate_to_datetime
+
+        try:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+        except (TypeError, ValueError):
+            return None
+
+
+def _issues(body: Any) -> list[dict[str, Any]]:
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return [
+            {k: i.get(k) for k in ("severity", "code", "diagnostics") if i.get(k) is not None}
+            for i in body.get("issue", [])
+            if isinstance(i, dict)
+        ]
+    return []
+
+
+_STATUS_ERRORS: dict[int, type[ServerError]] = {
+    400: InvalidRequest,
+    422: InvalidRequest,
+    401: AuthenticationFailed,
+    403: AuthenticationFailed,
+    404: ResourceNotFound,
+    410: ResourceNotFound,
+    409: VersionConflict,
+    412: VersionConflict,
+    429: RateLimited,
+    502: ServerUnavailable,
+    503: ServerUnavailable,
+    504: ServerUnavailable,
+}
+
+
+def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
+    """The typed error for an HTTP error response (never includes request bodies)."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    issues = _issues(body)
+    detail = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in issues)[:500]
+    cls = _STATUS_ERRORS.get(response.status_code, ServerError)
+    # 429 and 503 say the request was not processed; after a 502/504 it may have been
+    retry_safe = idempotent if response.status_code in (502, 504) else None
+    message = f"{response.request.method} {_path(response.url)}: HTTP {response.status_code}"
+    if detail:
+        message += f": {detail}"
+    return cls(
+        message,
+        status=response.status_code,
+        issues=issues,
+        retry_safe=retry_safe,
+        retry_after=_retry_after(response.headers.get("Retry-After")),
+    )
+
+
+def _path(url: str) -> str:
+    """The URL without its query string (queries can carry identifiers; never log them)."""
+    return url.split("?", 1)[0]
+
+
+class FhirClient:
+    """A FHIR R4 REST client. Thread-safe: each thread gets its own Session."""
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        basic: tuple[str, str] | None = None,
+        timeout: tuple[float, float] = (10.0, 120.0),
+        verify: bool | str = True,
+        retry: RetryPolicy | None = None,
+        profile: ServerProfile | str | None = None,
+        pool_size: int = 8,
+        session_factory: Callable[[], requests.Session] | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError("the FHIR base URL must start with http:// or https://")
+        self.base_url = base_url.rstrip("/") + "/"
+        self.timeout = timeout
+        self.verify = verify
+        self.retry = retry or RetryPolicy()
+        self._token = token
+        self._basic = basic
+        self._pool_size = pool_size
+        self._session_factory = session_factory
+        self._local = threading.local()
+        self._capabilities: dict[str, Any] | None = None
+        self._profile: ServerProfile | None = (
+            PROFILES[profile] if isinstance(profile, str) else profile
+        )
+
+    @classmethod
+    def from_env(cls, base_url: str | None = None, **kwargs: Any) -> FhirClient:
+        """Configure from FHIR_BASE_URL, FHIR_TOKEN, FHIR_USERNAME/FHIR_PASSWORD,
+        FHIR_CA_BUNDLE, FHIR_SERVER_PROFILE."""
+        url = base_url or os.environ.get("FHIR_BASE_URL")
+        if not url:
+            raise ValueError("no FHIR server: give --server or set FHIR_BASE_URL")
+        if os.environ.get("FHIR_TOKEN"):
+            kwargs.setdefault("token", os.environ["FHIR_TOKEN"])
+        elif os.environ.get("FHIR_USERNAME"):
+            kwargs.setdefault(
+                "basic", (os.environ["FHIR_USERNAME"], os.environ.get("FHIR_PASSWORD", ""))
+            )
+        if os.environ.get("FHIR_CA_BUNDLE"):
+            kwargs.setdefault("verify", os.environ["FHIR_CA_BUNDLE"])
+        if os.environ.get("FHIR_SERVER_PROFILE"):
+            name = os.environ["FHIR_SERVER_PROFILE"]
+            if name not in PROFILES:
+                raise ValueError(f"FHIR_SERVER_PROFILE must be one of {', '.join(PROFILES)}")
+            kwargs.setdefault("profile", name)
+        return cls(url, **kwargs)
+
+    # ----------------------------------------------------------------- plumbing
+
+    @property
+    def session(self) -> requests.Session:
+        s: requests.Session | None = getattr(self._local, "session", None)
+        if s is None:
+            s = self._session_factory() if self._session_factory else requests.Session()
+            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
+            s.mount("http://", adapter)
+            s.mount("https://", adapter)
+            s.verify = self.verify
+            if self._token:
+                s.headers["Authorization"] = f"Bearer {self._token}"
+            elif self._basic:
+                s.auth = self._basic
+            s.headers["Accept"] = FHIR_JSON
+            s.headers["User-Agent"] = "fhir-images"
+            self._local.session = s
+        return s
+
+    def url(self, path: str) -> str:
+        if path.startswith(("http://", "https://")):
+            root = self.base_url.rstrip("/")
+            if not (path == root or path.startswith((root + "/", root + "?"))):
+                raise BadResponse("the server pointed outside its base URL")
+            return path
+        return urljoin(self.base_url, path.lstrip("/"))
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        idempotent: bool | None = None,
+        json_body: Any = None,
+        data_factory: Callable[[], IO[bytes] | bytes] | None = None,
+        headers: dict[str, str] | None = None,
+        params: dict[str, str] | None = None,
+        stream: bool = False,
+        ok: tuple[int, ...] = (),
+    ) -> requests.Response:
+        """Send with retries as described in the module docstring; raise ServerError on failure."""
+        if idempotent is None:
+            idempotent = method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
+        url = self.url(path)
+        hdrs = dict(self.profile.extra_headers) if self._profile else {}
+        hdrs.update(headers or {})
+        if json_body is not None:
+            hdrs.setdefault("Content-Type", FHIR_JSON)
+        started = time.monotonic()
+        attempt = 0
+        while True:
+            body: Any = None
+            if json_body is not None:
+                body = json.dumps(json_body).encode()
+            elif data_factory is not None:
+                body = data_factory()
+            try:
+                response = self.session.request(
+                    method,
+                    url,
+                    data=body,
+                    headers=hdrs,
+                    params=params,
+                    timeout=self.timeout,
+                    stream=stream,
+                )
+                error: ServerError | None = None
+                if response.status_code >= 400 and response.status_code not in ok:
+                    error = error_for(response, idempotent=idempotent)
+            except requests.exceptions.ConnectionError as exc:
+                sent = not _before_send(exc)
+                error = ServerUnavailable(
+                    f"{method} {_path(url)}: cannot connect ({type(exc).__name__})",
+                    retry_safe=(not sent) or idempotent,
+                )
+            except requests.exceptions.Timeout as exc:
+                connect = isinstance(exc, requests.exceptions.ConnectTimeout)
+                error = ServerUnavailable(
+                    f"{method} {_path(url)}: timed out", retry_safe=connect or idempotent
+                )
+            finally:
+                if hasattr(body, "close"):
+                    body.close()
+            if error is None:
+                return response
+            attempt += 1
+            elapsed = time.monotonic() - started
+            if (
+                not error.retry_safe
+                or attempt >= self.retry.attempts
+                or elapsed >= self.retry.total_seconds
+            ):
+                raise error
+            pause = self.retry.delay(attempt, error.retry_after)
+            if elapsed + pause > self.retry.total_seconds:
+                raise error
+            log.warning(
+                "retrying %s %s after %s (attempt %d, %.2fs)",
+                method,
+                _path(url),
+                type(error).__name__,
+                attempt + 1,
+                pause,
+            )
+            time.sleep(pause)
+
+    def _json(self, response: requests.Response) -> Any:
+        try:
+            return response.json()
+        except ValueError:
+            raise BadResponse(
+                f"{response.request.method} {_path(response.url)}: the answer is not JSON",
+                status=response.status_code,
+            ) from None
+
+    # --------------------------------------------------------------- capability
+
+    def capabilities(self) -> dict[str, Any]:
+        """Fetch and check the CapabilityStatement once (FHIR 4.0.x, Media, Consent, Binary,
+        transactions); choose the server profile from it unless one was given."""
+        if self._capabilities is not None:
+            return self._capabilities
+        cs = self._json(self.request("GET", "metadata"))
+        if not isinstance(cs, dict) or cs.get("resourceType") != "CapabilityStatement":
+            raise IncompatibleServer("the server's /metadata is not a CapabilityStatement")
+        version = str(cs.get("fhirVersion", ""))
+        if not version.startswith("4.0."):
+            raise IncompatibleServer(
+                f"the server speaks FHIR {version or 'of unknown version'}; "
+                "fhir-images needs FHIR R4 (4.0.x)"
+            )
+        rest = next((r for r in cs.get("rest", []) if r.get("mode") == "server"), None)
+        if rest is None:
+            raise IncompatibleServer("the CapabilityStatement has no server REST section")
+        types = {r.get("type") for r in rest.get("resource", [])}
+        missing = sorted({"Media", "Consent", "Binary", "Provenance"} - types)
+        if missing:
+            raise IncompatibleServer(f"the server does not support {', '.join(missing)}")
+        interactions = {i.get("code") for i in rest.get("interaction", [])}
+        if "transaction" not in interactions:
+            raise IncompatibleServer("the server does not support transaction Bundles")
+        if self._profile is None:
+            software = str(cs.get("software", {}).get("name", "")).lower()
+            self._profile = next(
+                (p for n, p in PROFILES.items() if n != "generic" and n in software),
+                PROFILES["generic"],
+            )
+        self._capabilities = cs
+        return cs
+
+    @property
+    def profile(self) -> ServerProfile:
+        if self._profile is None:
+            self.capabilities()
+        assert self._profile is not None
+        return self._profile
+
+    # --------------------------------------------------------------- resources
+
+    def read(self, ref: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._json(self.request("GET", ref))
+        return data
+
+    def vread(self, ref: str, version: str) -> dict[str, Any]:
+        data: dict[str, Any] = self._json(self.request("GET", f"{ref}/_history/{version}"))
+        return data
+
+    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+        response = self.request(
+            "POST",
+            resource["resourceType"],
+            json_body=resource,
+            idempotent=False,
+            headers={"Prefer": "return=representation"},
+        )
+        data: dict[str, Any] = self._json(response)
+        return data
+
+    def update(
+        self, resource: dict[str, Any], *, if_match: str | None = None, replace_labels: bool = False
+    ) -> dict[str, Any]:
+        """PUT a resource. ``if_match`` is the version id read (a stale one raises
+        VersionConflict). ``replace_labels`` makes the server take meta.security as sent."""
+        headers = {"Prefer": "return=representation"}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
+        if replace_labels and self.profile.put_merges_security:
+            headers["X-Meta-Snapshot-Mode"] = "SECURITY_LABEL"
+        ref = f"{resource['resourceType']}/{resource['id']}"
+        data: dict[str, Any] = self._json(
+            self.request("PUT", ref, json_body=resource, headers=headers)
+        )
+        return data
+
+    def delete(self, ref: str) -> None:
+        self.request("DELETE", ref, ok=(404, 410))
+
+    def search(
+        self, resource_type: str, params: dict[str, str] | None = None, *, max_pages: int = 1000
+    ) -> Iterator[dict[str, Any]]:
+        """Yield every matching resource (mode 'match'), following ``next`` links."""
+        bundle = self._json(self.request("GET", resource_type, params=params))
+        for _ in range(max_pages):
+            for entry in bundle.get("entry", []):
+                if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
+                    yield entry["resource"]
+            nxt = next(
+                (link["url"] for link in bundle.get("link", []) if link.get("relation") == "next"),
+                None,
+            )
+            if not nxt:
+                return
+            bundle = self._json(self.request("GET", nxt))
+
+    def transaction(
+        self, bundle: dict[str, Any], *, idempotent: bool | None = None
+    ) -> dict[str, Any]:
+        """POST a transaction (or batch) Bundle. It is retried on 502/504 only when every entry
+        is a conditional create, GET, PUT or DELETE (so a repeat cannot duplicate anything)."""
+        if idempotent is None:
+            idempotent = all(
+                e.get("request", {}).get("method") in ("GET", "PUT", "DELETE")
+                or (
+                    e.get("request", {}).get("method") == "POST"
+                    and e.get("request", {}).get("ifNoneExist")
+                )
+                for e in bundle.get("entry", [])
+            )
+        data: dict[str, Any] = self._json(
+            self.request("POST", "", json_body=bundle, idempotent=idempotent)
+        )
+        if data.get("resourceType") != "Bundle":
+            raise BadResponse("the transaction answer is not a Bundle")
+        return data
+
+    # ---------------------------------------------------------------- binaries
+
+    def upload_binary(self, path: Path, content_type: str) -> str:
+        """POST the raw bytes of a file as a Binary, streamed from disk; return 'Binary/{id}'."""
+        response = self.request(
+            "POST",
+            "Binary",
+            idempotent=False,
+            data_factory=lambda: path.open("rb"),
+            headers={"Content-Type": content_type, "Content-Length": str(path.stat().st_size)},
+        )
+        location = response.headers.get("Location") or response.headers.get("Content-Location")
+        if location:
+            return _relative(location)
+        body = self._json(response)
+        if isinstance(body, dict) and body.get("id"):
+            return f"Binary/{body['id']}"
+        raise BadResponse("the server created a Binary but did not say where")
+
+    def download_binary(self, ref: str, dest: Path, content_type: str) -> int:
+        """GET a Binary's raw bytes into a file, streamed; return the byte count."""
+        response = self.request("GET", ref, headers={"Accept": content_type}, stream=True)
+        size = 0
+        with response, dest.open("wb") as f:
+            got = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if got in (FHIR_JSON, "application/json"):
+                raise BadResponse("the server sent the Binary as FHIR JSON, not raw bytes")
+            for chunk in response.iter_content(_CHUNK):
+                f.write(chunk)
+                size += len(chunk)
+        return size
+
+    def binary_exists(self, ref: str) -> bool:
+        try:
+            self.request("HEAD", ref, headers={"Accept": FHIR_JSON})
+        except ResourceNotFound:
+            return False
+        return True
+
+    # ----------------------------------------------------------------- labels
+
+    def meta(self, ref: str) -> dict[str, Any]:
+        data = self._json(self.request("GET", f"{ref}/$meta"))
+        return _meta_from_parameters(data)
+
+    def meta_add(self, ref: str, security: list[dict[str, str]]) -> dict[str, Any]:
+        return self._meta_op(ref, "$meta-add", security)
+
+    def meta_delete(self, ref: str, security: list[dict[str, str]]) -> dict[str, Any]:
+        return self._meta_op(ref, "$meta-delete", security)
+
+    def _meta_op(self, ref: str, op: str, security: list[dict[str, str]]) -> dict[str, Any]:
+        params = {
+            "resourceType": "Parameters",
+            "parameter": [{"name": "meta", "valueMeta": {"security": security}}],
+        }
+        data = self._json(self.request("POST", f"{ref}/{op}", json_body=params, idempotent=True))
+        return _meta_from_parameters(data)
+
+
+def _meta_from_parameters(data: Any) -> dict[str, Any]:
+    if isinstance(data, dict) and data.get("resourceType") == "Parameters":
+        for p in data.get("parameter", []):
+            if p.get("name") in ("return", "meta") and "valueMeta" in p:
+                meta: dict[str, Any] = p["valueMeta"]
+                return meta
+        return {}
+    raise BadResponse("the $meta answer is not a Parameters resource")
+
+
+def _relative(location: str) -> str:
+    """'http://x/fhir/Binary/5/_history/1' -> 'Binary/5'."""
+    parts = location.rstrip("/").split("/")
+    if "_history" in parts:
+        parts = parts[: parts.index("_history")]
+    return "/".join(parts[-2:])
+
+
+def _before_send(exc: requests.exceptions.ConnectionError) -> bool:
+    """True when the connection failed before any of the request was sent."""
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return True
+    from urllib3.exceptions import MaxRetryError, NameResolutionError, NewConnectionError
+
+    inner: BaseException | None = exc.args[0] if exc.args else None
+    if isinstance(inner, MaxRetryError):
+        inner = inner.reason
+    return isinstance(inner, (NewConnectionError, NameResolutionError, ConnectionRefusedError))

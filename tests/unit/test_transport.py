@@ -1,0 +1,311 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+import requests
+import responses
+from responses import matchers
+
+from fhir_images import (
+    AuthenticationFailed,
+    BadResponse,
+    IncompatibleServer,
+    InvalidRequest,
+    RateLimited,
+    ResourceNotFound,
+    ServerError,
+    ServerUnavailable,
+    VersionConflict,
+)
+from fhir_images._transport import FhirClient, RetryPolicy
+
+BASE = "http://fhir.test/fhir"
+
+
+def capability(version="4.0.1", software="HAPI FHIR Server", types=None, transaction=True):
+    types = types or ["Media", "Consent", "Binary", "Provenance", "Patient"]
+    return {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": version,
+        "software": {"name": software},
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [{"type": t} for t in types],
+                "interaction": [{"code": "transaction"}] if transaction else [],
+            }
+        ],
+    }
+
+
+def outcome(text, code="invalid"):
+    return {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": "error", "code": code, "diagnostics": text}],
+    }
+
+
+@pytest.fixture()
+def client():
+    return FhirClient(
+        BASE, retry=RetryPolicy(attempts=3, backoff_base=0.001, backoff_max=0.01, total_seconds=5)
+    )
+
+
+@responses.activate
+def test_capability_check_accepts_r4_and_picks_the_hapi_profile(client):
+    responses.get(f"{BASE}/metadata", json=capability())
+    client.capabilities()
+    assert client.profile.name == "hapi"
+    assert client.profile.put_merges_security
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    "cs, message",
+    [
+        (capability(version="5.0.0"), "FHIR 5.0.0"),
+        (capability(version="3.0.2"), "FHIR 3.0.2"),
+        (capability(types=["Patient", "Binary", "Provenance"]), "Consent, Media"),
+        (capability(transaction=False), "transaction"),
+        ({"resourceType": "Patient"}, "CapabilityStatement"),
+    ],
+)
+def test_capability_check_refuses_what_is_not_r4(client, cs, message):
+    responses.get(f"{BASE}/metadata", json=cs)
+    with pytest.raises(IncompatibleServer, match=message):
+        client.capabilities()
+
+
+@responses.activate
+def test_malformed_json_is_a_bad_response(client):
+    responses.get(f"{BASE}/metadata", body="<html>proxy error</html>", status=200)
+    with pytest.raises(BadResponse, match="not JSON"):
+        client.capabilities()
+
+
+@responses.activate
+def test_400_carries_the_operation_outcome(client):
+    responses.post(BASE + "/", json=outcome("Media.status: minimum required = 1"), status=400)
+    with pytest.raises(InvalidRequest) as info:
+        client.transaction({"resourceType": "Bundle", "type": "transaction", "entry": []})
+    err = info.value
+    assert err.status == 400 and not err.retry_safe
+    assert err.issues == [
+        {
+            "severity": "error",
+            "code": "invalid",
+            "diagnostics": "Media.status: minimum required = 1",
+        }
+    ]
+    assert "minimum required" in str(err)
+    assert len(responses.calls) == 1, "a 400 is never retried"
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    "status, exc",
+    [
+        (401, AuthenticationFailed),
+        (403, AuthenticationFailed),
+        (404, ResourceNotFound),
+        (410, ResourceNotFound),
+        (409, VersionConflict),
+        (412, VersionConflict),
+    ],
+)
+def test_status_errors_are_typed_and_not_retried(client, status, exc):
+    responses.get(f"{BASE}/Media/1", json=outcome("no"), status=status)
+    with pytest.raises(exc) as info:
+        client.read("Media/1")
+    assert info.value.status == status and not info.value.retry_safe
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_stale_if_match_is_a_version_conflict(client):
+    responses.get(f"{BASE}/metadata", json=capability())
+    responses.put(
+        f"{BASE}/Media/1",
+        json=outcome("version conflict", "conflict"),
+        status=412,
+        match=[matchers.header_matcher({"If-Match": 'W/"1"'})],
+    )
+    with pytest.raises(VersionConflict, match="412"):
+        client.update({"resourceType": "Media", "id": "1"}, if_match="1")
+
+
+@responses.activate
+def test_429_waits_for_retry_after_then_succeeds(client, monkeypatch):
+    slept = []
+    monkeypatch.setattr("time.sleep", slept.append)
+    responses.get(f"{BASE}/Media/1", status=429, headers={"Retry-After": "2"})
+    responses.get(f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1"})
+    assert client.read("Media/1")["id"] == "1"
+    assert slept == [2.0]
+
+
+@responses.activate
+def test_429_gives_up_after_the_bounded_attempts(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    responses.get(f"{BASE}/Media/1", status=429, headers={"Retry-After": "1"})
+    with pytest.raises(RateLimited) as info:
+        client.read("Media/1")
+    assert info.value.retry_safe and info.value.retry_after == 1.0
+    assert len(responses.calls) == 3
+
+
+@responses.activate
+def test_503_is_retried_even_for_post(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    responses.post(f"{BASE}/Binary", status=503)
+    responses.post(
+        f"{BASE}/Binary", status=201, headers={"Location": f"{BASE}/Binary/7/_history/1"}
+    )
+    import pathlib
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as d:
+        path = pathlib.Path(d) / "img.jpg"
+        path.write_bytes(b"\xff\xd8 bytes")
+        assert client.upload_binary(path, "image/jpeg") == "Binary/7"
+        bodies = [call.request.body for call in responses.calls]
+    # the streamed body was re-opened for the second attempt, not sent empty
+    assert [b.read() if hasattr(b, "read") else b for b in bodies][1:] != [b""]
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_502_not_retried_for_a_plain_post(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    responses.post(f"{BASE}/Media", status=502)
+    with pytest.raises(ServerUnavailable) as info:
+        client.create({"resourceType": "Media"})
+    assert not info.value.retry_safe
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_504_retried_for_a_conditional_transaction(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    responses.post(BASE + "/", status=504)
+    responses.post(BASE + "/", json={"resourceType": "Bundle", "type": "transaction-response"})
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "resource": {"resourceType": "Media"},
+                "request": {"method": "POST", "url": "Media", "ifNoneExist": "identifier=a|b"},
+            }
+        ],
+    }
+    assert client.transaction(bundle)["type"] == "transaction-response"
+    assert len(responses.calls) == 2
+
+
+@responses.activate
+def test_connection_refused_before_sending_is_retried(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    from urllib3.exceptions import MaxRetryError, NewConnectionError
+
+    refused = requests.exceptions.ConnectionError(
+        MaxRetryError(None, "/", NewConnectionError(None, "refused"))
+    )
+    responses.post(f"{BASE}/Media", body=refused)
+    responses.post(f"{BASE}/Media", json={"resourceType": "Media", "id": "9"}, status=201)
+    assert client.create({"resourceType": "Media"})["id"] == "9"
+
+
+@responses.activate
+def test_connection_reset_after_sending_a_post_is_not_retried(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    reset = requests.exceptions.ConnectionError(ConnectionResetError(104, "reset by peer"))
+    responses.post(f"{BASE}/Media", body=reset)
+    with pytest.raises(ServerUnavailable) as info:
+        client.create({"resourceType": "Media"})
+    assert not info.value.retry_safe
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_connection_reset_on_a_get_is_retried(client, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    reset = requests.exceptions.ConnectionError(ConnectionResetError(104, "reset by peer"))
+    responses.get(f"{BASE}/Media/1", body=reset)
+    responses.get(f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1"})
+    assert client.read("Media/1")["id"] == "1"
+
+
+@responses.activate
+def test_search_follows_next_links(client):
+    page2 = f"{BASE}?_getpages=abc&_getpagesoffset=1"
+    responses.get(
+        f"{BASE}/Media",
+        json={
+            "resourceType": "Bundle",
+            "entry": [
+                {"resource": {"id": "1"}, "search": {"mode": "match"}},
+                {"resource": {"id": "p"}, "search": {"mode": "include"}},
+            ],
+            "link": [{"relation": "next", "url": page2}],
+        },
+    )
+    responses.get(page2, json={"resourceType": "Bundle", "entry": [{"resource": {"id": "2"}}]})
+    assert [r["id"] for r in client.search("Media", {"subject": "Patient/1"})] == ["1", "2"]
+
+
+@responses.activate
+def test_next_link_outside_the_server_is_refused(client):
+    responses.get(
+        f"{BASE}/Media",
+        json={
+            "resourceType": "Bundle",
+            "entry": [],
+            "link": [{"relation": "next", "url": "http://elsewhere.test/steal"}],
+        },
+    )
+    with pytest.raises(BadResponse, match="outside"):
+        list(client.search("Media"))
+
+
+@responses.activate
+def test_auth_headers(monkeypatch):
+    monkeypatch.setenv("FHIR_TOKEN", "s3cret")
+    c = FhirClient.from_env(BASE)
+    responses.get(
+        f"{BASE}/Media/1",
+        json={"id": "1"},
+        match=[matchers.header_matcher({"Authorization": "Bearer s3cret"})],
+    )
+    c.read("Media/1")
+
+
+@responses.activate
+def test_errors_never_echo_queries_or_bodies(client):
+    responses.get(f"{BASE}/Media", status=500, body="boom")
+    with pytest.raises(ServerError) as info:
+        list(client.search("Media", {"subject": "Patient/secret-id"}))
+    assert "secret-id" not in str(info.value)
+
+
+def test_base_url_must_be_http():
+    with pytest.raises(ValueError):
+        FhirClient("ftp://x")
+
+
+@responses.activate
+def test_meta_operations(client):
+    responses.post(
+        f"{BASE}/Media/1/$meta-add",
+        json={
+            "resourceType": "Parameters",
+            "parameter": [{"name": "return", "valueMeta": {"security": [{"code": "R"}]}}],
+        },
+    )
+    assert client.meta_add("Media/1", [{"system": "s", "code": "R"}]) == {
+        "security": [{"code": "R"}]
+    }
+    sent = json.loads(responses.calls[0].request.body)
+    assert sent["parameter"][0]["valueMeta"]["security"] == [{"system": "s", "code": "R"}]
