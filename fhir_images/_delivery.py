@@ -268,3 +268,34 @@ def push(
         return [one(e) for e in todo]
     with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="deliver") as pool:
         return list(pool.map(one, todo))
+
+
+def patient_images(
+    client: FhirClient, patient: str, labels: tuple[str, ...] = ()
+) -> list[dict[str, Any]]:
+    """A patient's Media on the server, each with its labels and consent state.
+
+    ``labels`` filters by security label code (``_security``), any of them.
+    """
+    params = {"subject": patient, "_count": "100", "_sort": "-created"}
+    if labels:
+        params["_security"] = ",".join(labels)
+    rows = []
+    for media in client.search("Media", params):
+        ref = f"Media/{media['id']}"
+        consents = list(client.search("Consent", {"data": ref, "_count": "20"}))
+        implicit = any("implicit" in n.get("text", "") for n in media.get("note", []))
+        if consents:
+            state = ", ".join(f"{c['status']} (Consent/{c['id']})" for c in consents)
+        else:
+            state = "implicit" if implicit else "missing"
+        rows.append(
+            {
+                "media": ref,
+                "created": media.get("createdDateTime"),
+                "type": media.get("content", {}).get("contentType"),
+                "consent": state,
+                "security": media.get("meta", {}).get("security", []),
+            }
+        )
+    return rows

@@ -21,6 +21,7 @@ CapabilityStatement's software name or by the caller.
 
 from __future__ import annotations
 
+import base64
 import json
 import logging
 import os
@@ -62,12 +63,15 @@ class ServerProfile:
     change by a full update with If-Match). ``put_merges_security``: an update
     keeps labels it was not sent (HAPI), so a replacing update must ask for it
     with ``X-Meta-Snapshot-Mode``. ``extra_headers``: sent on every request.
+    ``binary_read_operation``: an operation that streams a Binary's bytes (HAPI
+    answers a plain read of a large, externalised Binary with JSON, not bytes).
     """
 
     name: str
     meta_operations: bool = True
     put_merges_security: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
+    binary_read_operation: str | None = None
 
 
 PROFILES: dict[str, ServerProfile] = {
@@ -77,6 +81,7 @@ PROFILES: dict[str, ServerProfile] = {
         meta_operations=True,
         put_merges_security=True,
         extra_headers={"Cache-Control": "no-cache"},
+        binary_read_operation="$binary-access-read?path=Binary",
     ),
     "medplum": ServerProfile("medplum", meta_operations=False),
     "azure": ServerProfile("azure", meta_operations=False),
@@ -475,12 +480,19 @@ class FhirClient:
 
     def download_binary(self, ref: str, dest: Path, content_type: str) -> int:
         """GET a Binary's raw bytes into a file, streamed; return the byte count."""
-        response = self.request("GET", ref, headers={"Accept": content_type}, stream=True)
+        op = self.profile.binary_read_operation
+        path = f"{ref}/{op}" if op else ref
+        response = self.request("GET", path, headers={"Accept": content_type}, stream=True)
         size = 0
         with response, dest.open("wb") as f:
             got = response.headers.get("Content-Type", "").split(";")[0].strip()
             if got in (FHIR_JSON, "application/json"):
-                raise BadResponse("the server sent the Binary as FHIR JSON, not raw bytes")
+                body = self._json(response)
+                if not isinstance(body, dict) or "data" not in body:
+                    raise BadResponse("the server sent the Binary as FHIR JSON without its bytes")
+                data = base64.b64decode(body["data"])
+                f.write(data)
+                return len(data)
             for chunk in response.iter_content(_CHUNK):
                 f.write(chunk)
                 size += len(chunk)

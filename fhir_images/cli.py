@@ -6,7 +6,9 @@ Exit codes (``ingest`` and ``outbox recheck``):
   2  bad input (unreadable or unsupported file, type mismatch, invalid context or consent)
   3  held: not yet allowed into the record (e.g. consent must be confirmed)
   4  refused: must not be stored
-With several inputs the most serious wins, in the order 2, 4, 3, 0.
+  5  stored, but delivery to the server failed; the entry stays in the outbox (``--server``,
+     ``push``)
+With several inputs the most serious wins, in the order 2, 4, 3, 1, 5, 0.
 """
 
 from __future__ import annotations
@@ -19,9 +21,11 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.progress import Progress
 from rich.table import Table
 
 from . import _codes
+from ._delivery import DeliveryResult, patient_images, push
 from ._exceptions import BadInput, FhirImagesError
 from ._ingest import (
     ingest,
@@ -31,14 +35,16 @@ from ._ingest import (
     recheck,
 )
 from ._intake import Limits
-from ._outbox import Outbox, default_outbox
+from ._outbox import Entry, Outbox, default_outbox
 from ._policy import POLICIES, Outcome
+from ._transport import FhirClient
 from ._version import __version__
 
 _CASE_SUFFIXES = {".yaml", ".yml", ".json"}
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_HELD, EXIT_REFUSED = 0, 1, 2, 3, 4
+EXIT_NOT_DELIVERED = 5
 _OUTCOME_EXIT = {Outcome.STORE: EXIT_OK, Outcome.HOLD: EXIT_HELD, Outcome.REFUSE: EXIT_REFUSED}
-_PRECEDENCE = [EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_HELD, EXIT_ERROR, EXIT_OK]
+_PRECEDENCE = [EXIT_BAD_INPUT, EXIT_REFUSED, EXIT_HELD, EXIT_ERROR, EXIT_NOT_DELIVERED, EXIT_OK]
 
 err = Console(stderr=True)
 
@@ -68,6 +74,14 @@ def main(verbose: int) -> None:
         stream=sys.stderr,
     )
 
+
+_outbox_option = click.option(
+    "--outbox",
+    "outbox_dir",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Outbox folder (default $FHIR_IMAGES_OUTBOX or ./fhir-images-outbox).",
+)
 
 # ------------------------------------------------------------------------------- ingest
 
@@ -195,9 +209,15 @@ def _context_from(flags: dict[str, Any], base: dict[str, Any] | None) -> dict[st
     help="Outbox folder (default $FHIR_IMAGES_OUTBOX or ./fhir-images-outbox).",
 )
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output (JSON lines).")
+@click.option(
+    "--server",
+    default=None,
+    help="Deliver what is stored to this FHIR server straight away (else it waits in the outbox).",
+)
 @_context_options
 def ingest_cmd(
     paths: tuple[Path, ...],
+    server: str | None,
     context_file: Path | None,
     consent_file: Path | None,
     content_type: str | None,
@@ -223,6 +243,7 @@ def ingest_cmd(
     jobs = [(str(p), ("case" if p.suffix.lower() in _CASE_SUFFIXES else "path", p)) for p in paths]
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
+    ready: dict[str, dict[str, Any]] = {}
     for label, (how, where) in jobs:
         try:
             if how == "case":
@@ -265,6 +286,21 @@ def ingest_cmd(
             continue
         codes.append(_OUTCOME_EXIT[result.decision.outcome])
         rows.append({"file": label, **result.summary()})
+        if result.entry is not None and result.entry.state == "ready":
+            ready[result.entry.id] = rows[-1]
+
+    if server and ready:
+        client = _client(server)
+        try:
+            entries = [outbox.get(i) for i in ready]
+            for delivered in _deliver(client, outbox, entries, 4, as_json):
+                row = ready[delivered.entry_id]
+                row["delivery"] = delivered.as_dict()
+                if not delivered.delivered:
+                    codes.append(EXIT_NOT_DELIVERED)
+        except FhirImagesError as exc:
+            err.print(f"[red]error:[/red] {exc}; the images stay in the outbox")
+            codes.append(EXIT_NOT_DELIVERED)
 
     if as_json:
         for row in rows:
@@ -313,6 +349,13 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
         shown = {"store": "stored", "hold": "held", "refuse": "refused"}.get(decision, decision)
         if row.get("duplicate_of"):
             shown += " (already in outbox)"
+        delivery = row.get("delivery")
+        if delivery:
+            shown += (
+                f", sent as {delivery['media']}"
+                if delivery["delivered"]
+                else f", not sent: {delivery['error_type']}"
+            )
         if "error" in row:
             table.add_row(row["file"], f"[{colours[decision]}]{decision}[/]", "", "", row["error"])
             continue
@@ -336,11 +379,6 @@ def _print_table(rows: list[dict[str, Any]]) -> None:
 @main.group("outbox")
 def outbox_group() -> None:
     """List, recheck and discard outbox entries."""
-
-
-_outbox_option = click.option(
-    "--outbox", "outbox_dir", type=click.Path(path_type=Path), default=None, help="Outbox folder."
-)
 
 
 @outbox_group.command("list")
@@ -441,6 +479,115 @@ def outbox_discard(entry_id: str, by: str, reason: str, outbox_dir: Path | None)
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(EXIT_ERROR)
     click.echo(f"discarded {entry_id}; record kept in {outbox.root / 'discarded'}")
+
+
+# ------------------------------------------------------------------------ server side
+
+_server_option = click.option(
+    "--server", "server", default=None, help="FHIR base URL (default $FHIR_BASE_URL)."
+)
+
+
+def _client(server: str | None, workers: int = 4) -> FhirClient:
+    try:
+        return FhirClient.from_env(server, pool_size=max(workers, 1))
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _deliver(
+    client: FhirClient, outbox: Outbox, entries: list[Entry] | None, workers: int, as_json: bool
+) -> list[DeliveryResult]:
+    todo = entries if entries is not None else list(outbox.entries("ready"))
+    show_progress = not as_json and sys.stderr.isatty() and len(todo) > 1
+    with Progress(console=err, transient=True, disable=not show_progress) as progress:
+        task = progress.add_task("delivering", total=len(todo))
+        results = push(
+            client, outbox, workers=workers, entries=todo, on_done=lambda r: progress.advance(task)
+        )
+    return results
+
+
+def _print_deliveries(results: list[DeliveryResult], held: int, as_json: bool) -> None:
+    if as_json:
+        for r in results:
+            click.echo(json.dumps(r.as_dict()))
+        return
+    table = Table()
+    for col in ("Entry", "Result", "Media", "Consent", "Binary", "Notes"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        status = "[green]delivered[/]" if r.delivered else f"[red]kept: {r.error_type}[/]"
+        notes = "; ".join(r.notes + ([r.error] if r.error else []))
+        table.add_row(r.entry_id, status, r.media or "", r.consent or "", r.binary or "", notes)
+    Console().print(table)
+    ok = sum(r.delivered for r in results)
+    click.echo(
+        f"{ok} delivered, {len(results) - ok} kept in the outbox for the next push, "
+        f"{held} held (not sent)"
+    )
+
+
+@main.command("push")
+@_server_option
+@click.option(
+    "--workers",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Parallel deliveries (keep-alive connections).",
+)
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per entry.")
+@_outbox_option
+def push_cmd(server: str | None, workers: int, as_json: bool, outbox_dir: Path | None) -> None:
+    """Deliver every ready outbox entry to the FHIR server (held entries stay).
+
+    Exit code 0 when all were delivered, 5 when some were kept for the next push.
+    """
+    outbox = Outbox(outbox_dir or default_outbox())
+    client = _client(server, workers)
+    try:
+        results = _deliver(client, outbox, None, workers, as_json)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    _print_deliveries(results, len(list(outbox.entries("held"))), as_json)
+    sys.exit(EXIT_OK if all(r.delivered for r in results) else EXIT_NOT_DELIVERED)
+
+
+@main.command("show")
+@click.option("--patient", required=True, help="Patient reference, e.g. Patient/123.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    help="Only images with this security label code (e.g. R, V, PHY); repeatable.",
+)
+@_server_option
+@click.option("--json", "as_json", is_flag=True)
+def show_cmd(patient: str, labels: tuple[str, ...], server: str | None, as_json: bool) -> None:
+    """List a patient's images on the server with their consent state and labels."""
+    client = _client(server)
+    try:
+        rows = patient_images(client, patient, labels)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("Media", "Created", "Type", "Consent", "Labels"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            r["media"],
+            r["created"] or "",
+            r["type"] or "",
+            r["consent"],
+            _label_text(r["security"]),
+        )
+    Console().print(table)
 
 
 @main.command("policies")

@@ -1,0 +1,255 @@
+"""Delivery, read-back and labels against a real FHIR server (HAPI in CI)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+from click.testing import CliRunner
+
+from fhir_images import (
+    FhirClient,
+    LabelError,
+    Outbox,
+    VersionConflict,
+    apply_labels,
+    ingest,
+    push,
+    synthetic,
+)
+from fhir_images import _codes as c
+from fhir_images.cli import main
+
+from ..factories import child_context, make_consent, make_context, parent_consent
+
+pytestmark = pytest.mark.integration
+
+EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+CONF = c.V3_CONFIDENTIALITY
+
+
+@pytest.fixture(scope="module")
+def client(fhir_base_url: str) -> FhirClient:
+    client = FhirClient(fhir_base_url)
+    seed = json.loads((EXAMPLES / "fhir" / "seed-bundle.json").read_text())
+    client.transaction(seed)
+    return client
+
+
+@pytest.fixture()
+def patient(client: FhirClient) -> str:
+    """A fresh patient (and the people the factories refer to) for each test."""
+    pid = f"t-{uuid.uuid4().hex[:12]}"
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {"resourceType": "Patient", "id": pid, "birthDate": "1985-06-30"},
+                    "request": {"method": "PUT", "url": f"Patient/{pid}"},
+                },
+                {
+                    "resource": {"resourceType": "Practitioner", "id": "gp1"},
+                    "request": {"method": "PUT", "url": "Practitioner/gp1"},
+                },
+            ],
+        }
+    )
+    return f"Patient/{pid}"
+
+
+def _ctx(patient: str, **kw):
+    return make_context(**{"patient": patient, "operator": patient, **kw})
+
+
+def _count(client: FhirClient, resource_type: str, params: dict[str, str]) -> int:
+    bundle = client.request("GET", resource_type, params={**params, "_summary": "count"}).json()
+    return int(bundle["total"])
+
+
+def _codes(resource) -> set[str]:
+    return {s["code"] for s in resource.get("meta", {}).get("security", [])}
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "01-ultrasound-implicit.yaml",
+        "02-adult-rash-video-consultation.yaml",
+        "04-parent-unsolicited-intimate-confirmed.yaml",
+        "08-clinician-wound-photo.yaml",
+        "09-teen-own-photo-heic.yaml",
+        "12-auscultation-audio.yaml",
+    ],
+)
+def test_each_stored_example_is_delivered_and_reads_back(client, case, tmp_path):
+    outbox = tmp_path / "ob"
+    runner = CliRunner()
+    result = runner.invoke(
+        main, ["ingest", "--json", "--outbox", str(outbox), str(EXAMPLES / "cases" / case)]
+    )
+    assert result.exit_code == 0, result.output
+    expected = json.loads(result.output)
+    result = runner.invoke(
+        main, ["push", "--json", "--server", client.base_url, "--outbox", str(outbox)]
+    )
+    assert result.exit_code == 0, result.output
+    delivered = json.loads(result.output.strip().splitlines()[-1])
+    assert delivered["delivered"], delivered
+    media = client.read(delivered["media"])
+    want = {(s["system"], s["code"]) for s in expected["security"]}
+    got = {(s["system"], s["code"]) for s in media["meta"]["security"]}
+    assert want <= got
+    assert [s for s in got if s[0] == CONF] == [s for s in want if s[0] == CONF]
+    assert media["content"]["url"] == delivered["binary"]
+    binary = client.read(delivered["binary"])
+    assert (CONF, next(s for s in want if s[0] == CONF)[1]) in {
+        (s["system"], s["code"]) for s in binary["meta"]["security"]
+    }, "the Binary is labelled too"
+    if expected["consent"] == "implicit":
+        assert delivered["consent"] is None
+    else:
+        consent = client.read(delivered["consent"])
+        assert consent["provision"]["data"][0]["reference"]["reference"] == delivered["media"]
+    assert Outbox(outbox).receipts()[0]["resources"]["Media"] == delivered["media"]
+    assert list(Outbox(outbox).entries("ready")) == []
+
+
+def test_delivering_the_same_entry_twice_stores_one_of_each(client, patient, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    result = ingest(synthetic.jpeg(seed=7), _ctx(patient), make_consent(), outbox=outbox)
+    entry = result.entry
+    spare = tmp_path / "copy"
+    shutil.copytree(entry.path, spare)
+    [first] = push(client, outbox)
+    assert first.delivered
+    shutil.copytree(spare, outbox.root / "ready" / entry.id)  # as if the first receipt was lost
+    [second] = push(client, outbox)
+    assert second.delivered and second.binary_reused
+    assert second.media == first.media and second.consent == first.consent
+    sid = entry.id
+    sha = entry.meta["sha256"]
+    assert _count(client, "Media", {"identifier": f"{c.SID_SHA256}|{sha}", "subject": patient}) == 1
+    assert _count(client, "Consent", {"identifier": f"{c.SID_SUBMISSION}|{sid}"}) == 1
+    assert _count(client, "Provenance", {"_tag": f"{c.SID_SUBMISSION}|{sid}"}) == 1
+    assert _count(client, "Encounter", {"identifier": f"{c.SID_SUBMISSION}|{sid}"}) == 1
+
+
+def test_rejected_transaction_removes_its_binary_and_keeps_the_entry(client, patient, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    ctx = make_context(patient=patient, made_by="clinician", operator="Practitioner/missing-x")
+    entry = ingest(synthetic.jpeg(seed=8), ctx, make_consent(), outbox=outbox).entry
+    [result] = push(client, outbox)
+    assert not result.delivered
+    assert result.error_type == "InvalidRequest" and "missing-x" in result.error
+    kept = outbox.get(entry.id)
+    assert kept.state == "ready"
+    assert kept.meta["delivery"]["last_error_type"] == "InvalidRequest"
+    removed = kept.meta["delivery"]["binary_removed"]
+    r = requests.get(
+        f"{client.base_url}{removed}", headers={"Accept": "application/fhir+json"}, timeout=30
+    )
+    assert r.status_code in (404, 410), "no orphaned Binary left on the server"
+
+
+def test_held_images_are_not_sent(client, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    held = ingest(synthetic.jpeg(seed=9), child_context(), None, outbox=outbox).entry
+    assert push(client, outbox) == []
+    assert outbox.get(held.id).state == "held"
+
+
+def test_search_by_security_label(client, patient, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    ingest(synthetic.jpeg(seed=10), _ctx(patient), make_consent(), outbox=outbox)
+    ingest(synthetic.jpeg(seed=11), _ctx(patient, intimate=True), make_consent(), outbox=outbox)
+    assert all(r.delivered for r in push(client, outbox, workers=2))
+    restricted = list(client.search("Media", {"subject": patient, "_security": f"{CONF}|R"}))
+    normal = list(client.search("Media", {"subject": patient, "_security": f"{CONF}|N"}))
+    assert len(restricted) == 1 and "intimate" in _codes(restricted[0])
+    assert len(normal) == 1 and "intimate" not in _codes(normal[0])
+    result = CliRunner().invoke(
+        main, ["show", "--json", "--server", client.base_url, "--patient", patient, "--label", "R"]
+    )
+    rows = json.loads(result.output)
+    assert [r["media"] for r in rows] == [f"Media/{restricted[0]['id']}"]
+    assert rows[0]["consent"].startswith("active")
+
+
+def _delivered_media(client, patient, tmp_path, **ctx) -> str:
+    outbox = Outbox(tmp_path / "ob")
+    ingest(synthetic.jpeg(seed=12), _ctx(patient, **ctx), make_consent(), outbox=outbox)
+    [result] = push(client, outbox)
+    assert result.delivered
+    return result.media
+
+
+def test_add_a_label_and_raise_confidentiality(client, patient, tmp_path):
+    ref = _delivered_media(client, patient, tmp_path)
+    labels = apply_labels(
+        client, ref, [{"system": c.V3_ACT_CODE, "code": "NOPAT"}, {"system": CONF, "code": "R"}]
+    )
+    codes = {x["code"] for x in labels}
+    assert {"NOPAT", "R", "PATAST", "CPLYCD"} <= codes and "N" not in codes
+    assert _codes(client.read(ref)) == codes
+
+
+def test_removing_or_lowering_labels_is_refused(client, patient, tmp_path):
+    ref = _delivered_media(client, patient, tmp_path, intimate=True)
+    with pytest.raises(LabelError, match="last confidentiality"):
+        apply_labels(client, ref, [], remove=[{"system": CONF, "code": "R"}])
+    with pytest.raises(LabelError, match="lower"):
+        apply_labels(client, ref, [{"system": CONF, "code": "N"}])
+    assert "R" in _codes(client.read(ref)), "nothing changed on the server"
+
+
+def test_concurrent_update_loses_with_a_conflict(client, patient, tmp_path):
+    ref = _delivered_media(client, patient, tmp_path)
+    media = client.read(ref)
+    version = media["meta"]["versionId"]
+    first = {**media, "note": [*media.get("note", []), {"text": "first editor"}]}
+    client.update(first, if_match=version)
+    second = {**media, "note": [*media.get("note", []), {"text": "second editor"}]}
+    with pytest.raises(VersionConflict):
+        client.update(second, if_match=version)
+    notes = [n["text"] for n in client.read(ref)["note"]]
+    assert "first editor" in notes and "second editor" not in notes
+
+
+def test_bulk_delivery_with_a_worker_pool(client, patient, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    for i in range(12):
+        ingest(synthetic.jpeg(seed=100 + i), _ctx(patient), make_consent(), outbox=outbox)
+    results = push(client, outbox, workers=4)
+    assert len(results) == 12 and all(r.delivered for r in results)
+    assert len({r.media for r in results}) == 12
+    assert _count(client, "Media", {"subject": patient}) == 12
+
+
+def test_large_recording_streams_to_the_server(client, patient, tmp_path):
+    video = synthetic.write_mp4(tmp_path / "v.mp4", 20 << 20)
+    outbox = Outbox(tmp_path / "ob")
+    ctx = _ctx(patient, kind="video", made_by="clinician", operator="Practitioner/gp1")
+    ingest(video, ctx, make_consent(), outbox=outbox)
+    [result] = push(client, outbox)
+    assert result.delivered, result.error
+    back = tmp_path / "back.mp4"
+    assert client.download_binary(result.binary, back, "video/mp4") == video.stat().st_size
+    assert back.read_bytes() == video.read_bytes()
+
+
+def test_parent_consent_delivered_with_its_performer(client, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    ctx = child_context(patient="Patient/ex-child-1", operator="RelatedPerson/ex-mother-1")
+    consent = parent_consent(giver="RelatedPerson/ex-mother-1")
+    ingest(synthetic.jpeg(seed=13), ctx, consent, outbox=outbox)
+    [result] = push(client, outbox)
+    assert result.delivered, result.error
+    res = client.read(result.consent)
+    assert res["performer"] == [{"reference": "RelatedPerson/ex-mother-1"}]
+    assert {"V", "intimate"} <= _codes(res)
