@@ -74,6 +74,14 @@ def _sha1_b64(path: Path) -> str:
     return base64.b64encode(h.digest()).decode()
 
 
+def _labels_hold(held: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> bool:
+    """Every wanted label is there and the confidentiality code is the one wanted."""
+    have = {(x.get("system"), x.get("code")) for x in held}
+    want = {(x.get("system"), x.get("code")) for x in wanted}
+    conf = {k for k in have if k[0] == c.V3_CONFIDENTIALITY}
+    return want <= have and conf == {k for k in want if k[0] == c.V3_CONFIDENTIALITY}
+
+
 def _relative(location: str) -> str:
     parts = location.split("?")[0].rstrip("/").split("/")
     if "_history" in parts:
@@ -213,14 +221,17 @@ class Deliverer:
             return str(earlier), False
         binary = client.upload_binary(entry.content_path, entry.meta["media_type"])
         self._record(self.outbox.get(entry.id), binary=binary, binary_uploaded_at=_now())
-        apply_labels(client, binary, labels)
+        apply_labels(client, binary, labels, current=[])  # just created: no labels yet
         return binary, True
 
     def _verify(self, entry: Entry, result: DeliveryResult, labels: list[dict[str, Any]]) -> None:
         client = self.client
         assert result.media and result.binary
-        apply_labels(client, result.media, labels)  # adds anything the server dropped
         media = client.read(result.media)
+        held = media.get("meta", {}).get("security", [])
+        if not _labels_hold(held, labels):
+            # a server that dropped labels, or a Media matched from an earlier submission
+            apply_labels(client, result.media, labels, current=held)
         if media.get("content", {}).get("url") != result.binary:
             raise BadResponse(f"{result.media} does not point at {result.binary}")
         if result.consent:

@@ -97,7 +97,11 @@ def plan_label_change(
 
 
 def current_labels(client: FhirClient, ref: str) -> list[dict[str, Any]]:
-    security: list[dict[str, Any]] = client.read(ref).get("meta", {}).get("security", [])
+    """A resource's labels, through ``$meta`` where the server has it (no resource body)."""
+    if client.profile.meta_operations:
+        security: list[dict[str, Any]] = client.meta(ref).get("security", [])
+    else:
+        security = client.read(ref).get("meta", {}).get("security", [])
     return security
 
 
@@ -108,23 +112,37 @@ def apply_labels(
     *,
     remove: Iterable[dict[str, Any]] = (),
     allow_lower: bool = False,
+    current: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
-    """Change a resource's labels on the server and verify the result; return the labels."""
-    resource = client.read(ref)
-    current = resource.get("meta", {}).get("security", [])
+    """Change a resource's labels on the server and verify the result; return the labels.
+
+    ``current`` may be given when the caller has just read (or created) the resource.
+    """
+    resource: dict[str, Any] | None = None
+    if current is None:
+        if client.profile.meta_operations:
+            current = current_labels(client, ref)
+        else:
+            resource = client.read(ref)
+            current = resource.get("meta", {}).get("security", [])
     delta = plan_label_change(current, desired, remove=remove, allow_lower=allow_lower)
     expected = delta.result(_key(c) for c in current)
-    if not delta.empty:
-        if client.profile.meta_operations:
-            if delta.add:
-                client.meta_add(ref, _codings(delta.add))
-            if delta.delete:
-                client.meta_delete(ref, _codings(delta.delete))
-        else:
-            version = resource.get("meta", {}).get("versionId")
-            resource.setdefault("meta", {})["security"] = _codings(expected)
-            client.update(resource, if_match=version, replace_labels=True)
-    got = {_key(c) for c in current_labels(client, ref)}
+    after: list[dict[str, Any]] | None = None
+    if delta.empty:
+        after = current
+    elif client.profile.meta_operations:
+        if delta.add:
+            after = client.meta_add(ref, _codings(delta.add)).get("security")
+        if delta.delete:
+            after = client.meta_delete(ref, _codings(delta.delete)).get("security")
+    else:
+        resource = resource or client.read(ref)
+        version = resource.get("meta", {}).get("versionId")
+        resource.setdefault("meta", {})["security"] = _codings(expected)
+        client.update(resource, if_match=version, replace_labels=True)
+    if after is None:  # the server did not answer with the resulting labels: read them back
+        after = current_labels(client, ref)
+    got = {_key(c) for c in after}
     if got != expected:
         missing = sorted(c for _, c in expected - got)
         extra = sorted(c for _, c in got - expected)

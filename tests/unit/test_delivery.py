@@ -39,12 +39,12 @@ def mock_until_transaction(labels):
     responses.get(f"{BASE}/metadata", json=capability(software="Generic FHIR"))
     responses.get(f"{BASE}/Media", json={"resourceType": "Bundle", "entry": []})
     responses.post(f"{BASE}/Binary", status=201, headers={"Location": f"{BASE}/Binary/b1"})
-    responses.get(f"{BASE}/Binary/b1", json={"resourceType": "Binary", "id": "b1", "meta": {}})
-    responses.post(f"{BASE}/Binary/b1/$meta-add", json={"resourceType": "Parameters"})
-    responses.get(
-        f"{BASE}/Binary/b1",
-        json={"resourceType": "Binary", "id": "b1", "meta": {"security": labels}},
-    )
+    responses.post(f"{BASE}/Binary/b1/$meta-add", json=meta_parameters(labels))
+
+
+def meta_parameters(labels):
+    return {"resourceType": "Parameters",
+            "parameter": [{"name": "return", "valueMeta": {"security": labels}}]}
 
 
 def labels_of(entry):
@@ -180,9 +180,7 @@ def test_labels_dropped_by_the_server_are_added_back_and_verified(client, outbox
         "content": {"url": "Binary/b1", "hash": entry.meta["facts"]["sha1_b64"]},
     }
     responses.get(f"{BASE}/Media/m1", json=media)
-    responses.post(f"{BASE}/Media/m1/$meta-add", json={"resourceType": "Parameters"})
-    responses.get(f"{BASE}/Media/m1", json={**media, "meta": {"security": labels}})
-    responses.get(f"{BASE}/Media/m1", json={**media, "meta": {"security": labels}})
+    responses.post(f"{BASE}/Media/m1/$meta-add", json=meta_parameters(labels))
     responses.get(
         f"{BASE}/Consent/c1",
         json={
@@ -310,13 +308,9 @@ def test_server_that_silently_drops_a_label_is_caught():
     from fhir_images import LabelVerificationFailed, apply_labels
 
     client = FhirClient(BASE, profile="generic")
-    responses.get(
-        f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1", "meta": {"security": [N]}}
-    )
+    responses.get(f"{BASE}/Media/1/$meta", json=meta_parameters([N]))
     responses.post(f"{BASE}/Media/1/$meta-add", json={"resourceType": "Parameters"})
     responses.post(f"{BASE}/Media/1/$meta-delete", json={"resourceType": "Parameters"})
-    responses.get(
-        f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1", "meta": {"security": [N]}}
-    )
+    responses.get(f"{BASE}/Media/1/$meta", json=meta_parameters([N]))
     with pytest.raises(LabelVerificationFailed, match="missing"):
         apply_labels(client, "Media/1", [R])
