@@ -2,7 +2,8 @@
 
 Integration tests talk to a real FHIR server at ``FHIR_BASE_URL`` (for example the
 project's HAPI server: ``servers/hapi/hapi.sh start``). Without it they are skipped
-locally, but in CI (``CI`` set) a missing or unreachable server fails the run.
+locally, but in CI (``CI`` set) or under ``scripts/test.sh`` (which sets
+``FHIR_IMAGES_REQUIRE_SERVER``) a missing or unreachable server fails the run.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from fhir_images import Outbox
 @pytest.fixture(scope="session")
 def fhir_base_url() -> str:
     url = os.environ.get("FHIR_BASE_URL", "").rstrip("/")
-    in_ci = bool(os.environ.get("CI"))
+    in_ci = bool(os.environ.get("CI") or os.environ.get("FHIR_IMAGES_REQUIRE_SERVER"))
     if not url:
         message = "FHIR_BASE_URL is not set: integration tests need a running FHIR server"
         if in_ci:
