@@ -468,7 +468,11 @@ class FhirClient:
             "Binary",
             idempotent=False,
             data_factory=lambda: path.open("rb"),
-            headers={"Content-Type": content_type, "Content-Length": str(path.stat().st_size)},
+            headers={
+                "Content-Type": content_type,
+                "Content-Length": str(path.stat().st_size),
+                "Prefer": "return=minimal",  # not the whole image back as base64
+            },
         )
         location = response.headers.get("Location") or response.headers.get("Content-Location")
         if location:
