@@ -1,6 +1,6 @@
 """Delivery to a FHIR server: our push against a naive client and against the floor.
 
-    FHIR_BASE_URL=http://127.0.0.1:8080/fhir python bench/bench_push.py [--count 200] [--video-mb 300]
+    FHIR_BASE_URL=http://127.0.0.1:8080/fhir python bench/bench_push.py [--count 200]
 
 Same photos (synthetic, 0.5-4 MB), same server, one run:
   ours:  ``push`` with 4 workers: raw Binary upload, labels, transaction with conditional
