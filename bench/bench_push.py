@@ -9,7 +9,9 @@ Same photos (synthetic, 0.5-4 MB), same server, one run:
          then POST Consent and POST Provenance, one request per resource, one at a time;
   floor: plain POSTs of the same bytes to /Binary, one at a time, nothing else.
 Then peak memory (VmHWM) of a child process pushing one 300 MB video, against the same
-child idle. Prints a table and one JSON line.
+child idle. Prints a table and one JSON line. HAPI holds an uploaded Binary in its heap, so
+for the 300 MB video start it with a larger heap, e.g.
+HAPI_JAVA_OPTS="-Xmx6g -XX:TieredStopAtLevel=1 -XX:+UseSerialGC" servers/hapi/hapi.sh start.
 """
 
 from __future__ import annotations
@@ -209,6 +211,8 @@ def main() -> None:
         if failed:
             sys.exit(f"{len(failed)} deliveries failed: {failed[0].error}")
 
+        print(f"{args.count} photos, {total / 2**20:.0f} MB: floor {t_floor:.2f} s, "
+              f"naive {t_naive:.2f} s, ours {t_ours:.2f} s", flush=True)
         mem = video_memory(base, patient, args.video_mb, work)
 
     figures = {

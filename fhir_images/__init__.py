@@ -25,7 +25,15 @@ from ._context import (
     Relationship,
 )
 from ._delivery import DeliveryResult, push
+from ._disclosure import (
+    DisclosureDecision,
+    DisclosureRequest,
+    ImageRecord,
+    Verdict,
+    decide_disclosure,
+)
 from ._exceptions import (
+    ActionRefused,
     AuthenticationFailed,
     BadInput,
     BadResponse,
@@ -51,6 +59,20 @@ from ._exceptions import (
 from ._ingest import IngestResult, ingest, load_structured, parse_consent, parse_context, recheck
 from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
 from ._labels import apply_labels, plan_label_change
+from ._lifecycle import (
+    AnonymisedCopy,
+    DestructionResult,
+    DisclosureResult,
+    RetentionSchedule,
+    anonymise,
+    destroy,
+    disclose,
+    earliest_destruction,
+    narrow_consent,
+    patient_records,
+    read_record,
+    withdraw_consent,
+)
 from ._mapping import MappedSubmission, map_submission
 from ._outbox import Entry, Outbox
 from ._policy import (
@@ -71,6 +93,8 @@ __all__ = [
     "IMPLICIT_CONSENT_KINDS",
     "POLICIES",
     "PROFILES",
+    "ActionRefused",
+    "AnonymisedCopy",
     "AuthenticationFailed",
     "BadInput",
     "BadResponse",
@@ -83,6 +107,10 @@ __all__ = [
     "CorruptMedia",
     "Decision",
     "DeliveryResult",
+    "DestructionResult",
+    "DisclosureDecision",
+    "DisclosureRequest",
+    "DisclosureResult",
     "Entry",
     "EntryNotFound",
     "Explained",
@@ -90,6 +118,7 @@ __all__ = [
     "FhirImagesError",
     "ImageFacts",
     "ImageKind",
+    "ImageRecord",
     "IncompatibleServer",
     "IngestResult",
     "InputTooLarge",
@@ -111,25 +140,36 @@ __all__ = [
     "Reason",
     "Relationship",
     "ResourceNotFound",
+    "RetentionSchedule",
     "RetryPolicy",
     "SecurityLabels",
     "ServerError",
     "ServerProfile",
     "ServerUnavailable",
     "UnsupportedMediaType",
+    "Verdict",
     "VersionConflict",
     "__version__",
+    "anonymise",
     "apply_labels",
     "decide",
+    "decide_disclosure",
+    "destroy",
+    "disclose",
+    "earliest_destruction",
     "get_policy",
     "ingest",
     "intake",
     "load_structured",
     "map_submission",
+    "narrow_consent",
     "parse_consent",
     "parse_context",
+    "patient_records",
     "plan_label_change",
     "push",
+    "read_record",
     "recheck",
     "sniff",
+    "withdraw_consent",
 ]

@@ -27,6 +27,7 @@ SNOMED = "http://snomed.info/sct"
 
 # Local definitions (published as CodeSystems and NamingSystems in profiles/)
 LOCAL_SENSITIVITY = f"{CANONICAL_BASE}/CodeSystem/image-sensitivity"
+LOCAL_HANDLING = f"{CANONICAL_BASE}/CodeSystem/image-handling"
 LOCAL_IMAGE_KIND = f"{CANONICAL_BASE}/CodeSystem/image-kind"
 LOCAL_DECISION_REASON = f"{CANONICAL_BASE}/CodeSystem/decision-reason"
 SID_SHA256 = f"{CANONICAL_BASE}/sid/sha256"
@@ -74,6 +75,17 @@ VIO = Label(V3_ACT_CODE, "VIO")
 INTIMATE = Label(LOCAL_SENSITIVITY, "intimate")
 YOUNG_CHILD = Label(LOCAL_SENSITIVITY, "young-child")
 
+#: A legal hold: the record must not be destroyed while it is present (local handling code)
+LEGAL_HOLD = Label(LOCAL_HANDLING, "legal-hold")
+
+#: Sensitivity codes: they reveal private facts, so they never go on a released Bundle
+SENSITIVITY_CODES = frozenset({
+    (V3_ACT_CODE, code) for code in (
+        "PHY", "PRS", "ADOL", "SEX", "STD", "SDV", "VIO", "PSY", "MH", "TBOO", "ETH", "HIV",
+        "SUD", "GDIS", "DEMO", "SICKLE", "BH", "PSYTHPN", "REL", "SOC", "LGBTQ",
+    )
+}) | {(LOCAL_SENSITIVITY, "intimate"), (LOCAL_SENSITIVITY, "young-child")}
+
 # Handling caveats (v3-ActCode)
 CPLYCD = Label(V3_ACT_CODE, "CPLYCD")
 NORDSCLCDS = Label(V3_ACT_CODE, "NORDSCLCDS")
@@ -81,6 +93,8 @@ NOREUSE = Label(V3_ACT_CODE, "NOREUSE")
 MINEC = Label(V3_ACT_CODE, "MINEC")
 HUAPRV = Label(V3_ACT_CODE, "HUAPRV")
 NOPAT = Label(V3_ACT_CODE, "NOPAT")
+NORELINK = Label(V3_ACT_CODE, "NORELINK")
+ANONYED = Label(V3_OBSERVATION_VALUE, "ANONYED")
 
 # Integrity / provenance (v3-ObservationValue)
 PATAST = Label(V3_OBSERVATION_VALUE, "PATAST")
@@ -94,3 +108,17 @@ TREAT = "TREAT"
 COC = "COC"
 TRAIN = "TRAIN"
 HRESCH = "HRESCH"
+PATRQT = "PATRQT"
+FAMRQT = "FAMRQT"
+PWATRNY = "PWATRNY"
+HLEGAL = "HLEGAL"
+ETREAT = "ETREAT"
+BTG = "BTG"
+PURPOSES_OF_USE = (TREAT, COC, TRAIN, HRESCH, PATRQT, FAMRQT, PWATRNY, HLEGAL, ETREAT, BTG)
+
+# Audit (DICOM and ISO 21089), as IHE BALP uses them
+DCM_EXPORT = ("http://dicom.nema.org/resources/ontology/DCM", "110106", "Export")
+DCM_DESTROY = ("http://dicom.nema.org/resources/ontology/DCM", "110105", "DICOM Study Deleted")
+ISO_LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
+AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"
+OBJECT_ROLE = "http://terminology.hl7.org/CodeSystem/object-role"

@@ -22,8 +22,10 @@ catches them all. The hierarchy::
     │   ├── InvalidRequest        400 or 422: the server rejected the content
     │   ├── BadResponse           the answer is not the FHIR JSON it should be
     │   └── IncompatibleServer    not FHIR R4, or lacks Media, Consent, Binary or transactions
-    └── LabelError                a security-label change would remove or lower a label,
-        └── LabelVerificationFailed   or the server did not keep the labels it was sent
+    ├── LabelError                a security-label change would remove or lower a label,
+    │   └── LabelVerificationFailed   or the server did not keep the labels it was sent
+    └── ActionRefused             a destruction, consent change or anonymised copy that the
+                                  rules forbid (retention, legal hold, no consent)
 
 ``retry_safe`` on a :class:`ServerError` says whether sending the same request
 again cannot do harm (the server did not process it, or the request is
@@ -147,3 +149,7 @@ class LabelError(FhirImagesError):
 
 class LabelVerificationFailed(LabelError):
     """After a write, the server's labels are not the ones sent."""
+
+
+class ActionRefused(FhirImagesError):
+    """The rules forbid this action: retention not over, a legal hold, no consent for it."""

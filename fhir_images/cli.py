@@ -20,13 +20,15 @@ from pathlib import Path
 from typing import Any
 
 import click
+from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
 from . import _codes
 from ._delivery import DeliveryResult, patient_images, push
-from ._exceptions import BadInput, FhirImagesError
+from ._disclosure import DisclosureRequest
+from ._exceptions import ActionRefused, BadInput, FhirImagesError
 from ._ingest import (
     ingest,
     load_structured,
@@ -35,6 +37,14 @@ from ._ingest import (
     recheck,
 )
 from ._intake import Limits
+from ._lifecycle import (
+    RetentionSchedule,
+    anonymise,
+    destroy,
+    disclose,
+    narrow_consent,
+    withdraw_consent,
+)
 from ._outbox import Entry, Outbox, default_outbox
 from ._policy import POLICIES, Outcome
 from ._transport import FhirClient
@@ -588,6 +598,284 @@ def show_cmd(patient: str, labels: tuple[str, ...], server: str | None, as_json:
             _label_text(r["security"]),
         )
     Console().print(table)
+
+
+# ------------------------------------------------------------- disclosure and lifecycle
+
+
+@main.command("disclose")
+@click.option("--patient", required=True, help="Patient reference, e.g. Patient/123.")
+@click.option(
+    "--purpose",
+    required=True,
+    type=click.Choice(list(_codes.PURPOSES_OF_USE)),
+    help="Purpose of use (v3-ActReason).",
+)
+@click.option("--requester", required=True, help="Who asks: Practitioner/.., Patient/.., ...")
+@click.option(
+    "--role",
+    required=True,
+    type=click.Choice(["clinician", "patient", "family", "legal", "researcher", "teacher"]),
+)
+@click.option(
+    "--clearance",
+    default="N",
+    show_default=True,
+    type=click.Choice(["N", "R", "V"]),
+    help="Highest confidentiality the requester may see.",
+)
+@click.option("--recipient", default=None, help="Who receives it, if not the requester.")
+@click.option(
+    "--approve",
+    "approved",
+    multiple=True,
+    help="A Media a clinician has approved for this disclosure; repeatable.",
+)
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for release-bundle.json and withheld.json.",
+)
+@_server_option
+@click.option("--json", "as_json", is_flag=True)
+def disclose_cmd(
+    patient: str,
+    purpose: str,
+    requester: str,
+    role: str,
+    clearance: str,
+    recipient: str | None,
+    approved: tuple[str, ...],
+    out_dir: Path,
+    server: str | None,
+    as_json: bool,
+) -> None:
+    """Release a patient's images for a purpose, as their labels and consent allow.
+
+    Exit 0 when everything was released, 3 when some images wait for approval, 4 when some
+    were withheld.
+    """
+    client = _client(server)
+    try:
+        request = DisclosureRequest(
+            purpose=purpose,
+            requester=requester,
+            role=role,
+            clearance=clearance,
+            recipient=recipient,
+            approved=frozenset(approved),
+        )
+    except ValidationError as exc:
+        err.print(f"[magenta]bad input:[/magenta] {_first_error(exc)}")
+        sys.exit(EXIT_BAD_INPUT)
+    try:
+        result = disclose(client, patient, request, out_dir)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    rows = [d.as_dict() for d in result.decisions]
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "decisions": rows,
+                    "bundle": str(result.bundle),
+                    "withheld": str(result.withheld),
+                    "audit_events": result.audit_events,
+                },
+                indent=2,
+            )
+        )
+    else:
+        table = Table()
+        for col in ("Media", "Conf.", "Verdict", "Why"):
+            table.add_column(col, overflow="fold")
+        colours = {"release": "green", "approve": "yellow", "withhold": "red"}
+        for r in rows:
+            table.add_row(
+                r["media"],
+                r["confidentiality"],
+                f"[{colours[r['verdict']]}]{r['verdict']}[/]",
+                "\n".join(r["reasons"]),
+            )
+        Console().print(table)
+        click.echo(
+            f"release bundle: {result.bundle}\nwithheld list: {result.withheld}\n"
+            f"audit events: {len(result.audit_events)}"
+        )
+    verdicts = {r["verdict"] for r in rows}
+    sys.exit(
+        EXIT_REFUSED if "withhold" in verdicts else EXIT_HELD if "approve" in verdicts else EXIT_OK
+    )
+
+
+def _first_error(exc: ValidationError) -> str:
+    e = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in e['loc']) or 'request'}: {e['msg']}"
+
+
+@main.group("consent")
+def consent_group() -> None:
+    """Confirm, withdraw or narrow consent."""
+
+
+@consent_group.command("confirm")
+@click.argument("entry_id")
+@click.option("--consent", "consent_file", type=click.Path(path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True)
+@_outbox_option
+@click.pass_context
+def consent_confirm(
+    ctx: click.Context, entry_id: str, consent_file: Path, as_json: bool, outbox_dir: Path | None
+) -> None:
+    """Record confirmed consent for a held image; it moves to ready if now allowed."""
+    ctx.invoke(
+        outbox_recheck,
+        entry_id=entry_id,
+        consent_file=consent_file,
+        context_file=None,
+        as_json=as_json,
+        outbox_dir=outbox_dir,
+    )
+
+
+_by_reason = [
+    click.option("--by", required=True, help="Practitioner reference of who records this."),
+    click.option("--reason", required=True, help="Why."),
+]
+
+
+def _with_by_reason(f: Any) -> Any:
+    for option in reversed(_by_reason):
+        f = option(f)
+    return f
+
+
+@consent_group.command("withdraw")
+@click.argument("consent_ref")
+@_with_by_reason
+@_server_option
+def consent_withdraw(consent_ref: str, by: str, reason: str, server: str | None) -> None:
+    """The patient withdraws a consent: it becomes inactive and its images stop being shared."""
+    _run_action(
+        lambda c: withdraw_consent(c, consent_ref, by=by, reason=reason),
+        server,
+        f"{consent_ref} withdrawn",
+    )
+
+
+@consent_group.command("narrow")
+@click.argument("consent_ref")
+@click.option(
+    "--deny",
+    "deny",
+    multiple=True,
+    required=True,
+    type=click.Choice(["second_opinion", "teaching", "research"]),
+    help="A permission to turn into a refusal; repeatable.",
+)
+@_with_by_reason
+@_server_option
+def consent_narrow(
+    consent_ref: str, deny: tuple[str, ...], by: str, reason: str, server: str | None
+) -> None:
+    """Turn some permissions of a consent into refusals."""
+    _run_action(
+        lambda c: narrow_consent(c, consent_ref, deny=deny, by=by, reason=reason),
+        server,
+        f"{consent_ref} narrowed: no {', '.join(deny)}",
+    )
+
+
+def _run_action(action: Any, server: str | None, done: str) -> None:
+    client = _client(server)
+    try:
+        action(client)
+    except ActionRefused as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        sys.exit(EXIT_REFUSED)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo(done)
+
+
+@main.command("destroy")
+@click.argument("media_ref")
+@_with_by_reason
+@click.option(
+    "--record-type",
+    default="hospital",
+    show_default=True,
+    help="Record type in the retention schedule (hospital, gp, mental_health, maternity).",
+)
+@click.option(
+    "--schedule",
+    default="england",
+    show_default=True,
+    help="Retention schedule name (data shipped in the package).",
+)
+@click.option(
+    "--last-treatment",
+    default=None,
+    help="Date of last treatment (default: the image's creation date).",
+)
+@_server_option
+def destroy_cmd(
+    media_ref: str,
+    by: str,
+    reason: str,
+    record_type: str,
+    schedule: str,
+    last_treatment: str | None,
+    server: str | None,
+) -> None:
+    """Destroy an image (Media, Binary, Consent, Provenance) if retention allows; audited.
+
+    Exit 4 when the retention schedule or a legal hold says keep it.
+    """
+    from datetime import date
+
+    try:
+        last = date.fromisoformat(last_treatment) if last_treatment else None
+    except ValueError:
+        raise click.BadParameter("use YYYY-MM-DD", param_hint="--last-treatment") from None
+
+    def act(client: FhirClient) -> None:
+        result = destroy(
+            client,
+            media_ref,
+            by=by,
+            reason=reason,
+            record_type=record_type,
+            schedule=RetentionSchedule.load(schedule),
+            last_treatment=last,
+        )
+        click.echo(f"deleted {', '.join(result.deleted)}; audit: {result.audit_event}")
+
+    _run_action(act, server, f"{media_ref} destroyed")
+
+
+@main.command("anonymise")
+@click.argument("media_ref")
+@click.option(
+    "--purpose", default="TRAIN", show_default=True, type=click.Choice(["TRAIN", "HRESCH"])
+)
+@click.option("--by", required=True, help="Practitioner reference of who makes the copy.")
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@_server_option
+def anonymise_cmd(media_ref: str, purpose: str, by: str, out_dir: Path, server: str | None) -> None:
+    """An anonymised copy for teaching or research, only if the consent permits it."""
+
+    def act(client: FhirClient) -> None:
+        copy = anonymise(client, media_ref, out_dir, purpose=purpose, by=by)
+        click.echo(f"anonymised copy: {copy.image} ({copy.media.name})")
+
+    _run_action(
+        act, server, "review the copy before use: the picture itself may identify the patient"
+    )
 
 
 @main.command("policies")

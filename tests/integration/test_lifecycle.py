@@ -1,0 +1,361 @@
+"""Disclosure, consent changes, destruction and anonymised copies against a real server."""
+
+from __future__ import annotations
+
+import io
+import json
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from fhir_images import (
+    ActionRefused,
+    DisclosureRequest,
+    FhirClient,
+    Outbox,
+    Verdict,
+    anonymise,
+    apply_labels,
+    destroy,
+    disclose,
+    ingest,
+    narrow_consent,
+    push,
+    synthetic,
+    withdraw_consent,
+)
+from fhir_images import _codes as c
+from fhir_images.cli import main
+
+from ..factories import child_context, make_consent, make_context, parent_consent
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def client(fhir_base_url: str) -> FhirClient:
+    return FhirClient(fhir_base_url)
+
+
+@pytest.fixture()
+def people(client: FhirClient) -> dict[str, str]:
+    """A fresh adult, a fresh young child with a mother, and a GP."""
+    tag = uuid.uuid4().hex[:10]
+    adult, child, mum = f"a-{tag}", f"c-{tag}", f"m-{tag}"
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {"resourceType": "Patient", "id": adult, "birthDate": "1970-01-01"},
+                    "request": {"method": "PUT", "url": f"Patient/{adult}"},
+                },
+                {
+                    "resource": {"resourceType": "Patient", "id": child, "birthDate": "2024-08-02"},
+                    "request": {"method": "PUT", "url": f"Patient/{child}"},
+                },
+                {
+                    "resource": {
+                        "resourceType": "RelatedPerson",
+                        "id": mum,
+                        "patient": {"reference": f"Patient/{child}"},
+                    },
+                    "request": {"method": "PUT", "url": f"RelatedPerson/{mum}"},
+                },
+                {
+                    "resource": {"resourceType": "Practitioner", "id": "gp1"},
+                    "request": {"method": "PUT", "url": "Practitioner/gp1"},
+                },
+            ],
+        }
+    )
+    return {"adult": f"Patient/{adult}", "child": f"Patient/{child}", "mum": f"RelatedPerson/{mum}"}
+
+
+def deliver(client, tmp_path, ctx, consent, seed, **kw):
+    outbox = Outbox(tmp_path / f"ob-{seed}")
+    result = ingest(synthetic.jpeg(seed=seed), ctx, consent, outbox=outbox, **kw)
+    assert result.entry is not None and result.entry.state == "ready", result.decision.reasons
+    [delivered] = push(client, outbox)
+    assert delivered.delivered, delivered.error
+    return delivered
+
+
+def adult_image(client, tmp_path, people, seed, **consent_kw):
+    ctx = make_context(patient=people["adult"], operator=people["adult"])
+    return deliver(client, tmp_path, ctx, make_consent(**consent_kw), seed)
+
+
+def child_image(client, tmp_path, people, seed):
+    ctx = child_context(patient=people["child"], operator=people["mum"])
+    return deliver(client, tmp_path, ctx, parent_consent(giver=people["mum"]), seed)
+
+
+def audits_for(client, media_ref):
+    return list(client.search("AuditEvent", {"entity": media_ref}))
+
+
+# -------------------------------------------------------------------------------- disclose
+
+
+def test_second_opinion_released_with_audit_and_v_image_withheld(client, tmp_path, people):
+    normal = adult_image(
+        client,
+        tmp_path,
+        people,
+        21,
+        permissions={"view": True, "store": True, "second_opinion": True},
+    )
+    request = DisclosureRequest(
+        purpose="COC",
+        requester="Practitioner/gp1",
+        role="clinician",
+        clearance="R",
+        recipient="Organization/dermatology",
+    )
+    result = disclose(client, people["adult"], request, tmp_path / "out")
+    [d] = result.decisions
+    assert d.verdict is Verdict.RELEASE
+    bundle = json.loads(result.bundle.read_text())
+    types = [e["resource"]["resourceType"] for e in bundle["entry"]]
+    assert types == ["Media", "Binary"]
+    assert bundle["meta"]["security"][0] == {"system": c.V3_CONFIDENTIALITY, "code": "N"}
+    [audit] = audits_for(client, normal.media)
+    assert audit["type"]["code"] == "110106"
+    assert audit["subtype"][0]["code"] == "disclose"
+    assert audit["purposeOfEvent"][0]["coding"][0]["code"] == "COC"
+    assert result.audit_events == [f"AuditEvent/{audit['id']}"]
+
+    child = child_image(client, tmp_path, people, 22)
+    result = disclose(client, people["child"], request, tmp_path / "out2")
+    [d] = result.decisions
+    assert d.verdict is Verdict.WITHHOLD, "a V image must not go to R clearance"
+    assert json.loads(result.bundle.read_text())["entry"] == []
+    withheld = json.loads(result.withheld.read_text())["images"]
+    assert withheld[0]["media"] == child.media and "clearance" in withheld[0]["reasons"][0]
+    assert audits_for(client, child.media) == [], "nothing disclosed, nothing audited"
+
+
+def test_second_opinion_refused_by_consent_is_withheld(client, tmp_path, people):
+    adult_image(
+        client,
+        tmp_path,
+        people,
+        23,
+        permissions={"view": True, "store": True, "second_opinion": False},
+    )
+    request = DisclosureRequest(purpose="COC", requester="Practitioner/gp1", role="clinician")
+    [d] = disclose(client, people["adult"], request, tmp_path / "out").decisions
+    assert d.verdict is Verdict.WITHHOLD and "COC" in d.reasons[0]
+
+
+def test_patient_copy_through_the_cli(client, tmp_path, people):
+    adult_image(client, tmp_path, people, 24)
+    result = CliRunner().invoke(
+        main,
+        [
+            "disclose",
+            "--json",
+            "--server",
+            client.base_url,
+            "--patient",
+            people["adult"],
+            "--purpose",
+            "PATRQT",
+            "--requester",
+            people["adult"],
+            "--role",
+            "patient",
+            "--out",
+            str(tmp_path / "copy"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert [d["verdict"] for d in out["decisions"]] == ["release"]
+    bundle = json.loads(Path(out["bundle"]).read_text())
+    binary = next(
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary"
+    )
+    import base64
+
+    assert Image.open(io.BytesIO(base64.b64decode(binary["data"]))).format == "JPEG"
+
+
+# ----------------------------------------------------------------------- consent lifecycle
+
+
+def test_withdrawn_consent_stops_disclosure_and_adds_labels(client, tmp_path, people):
+    image = adult_image(client, tmp_path, people, 25)
+    consent = withdraw_consent(
+        client,
+        image.consent,
+        by="Practitioner/gp1",
+        reason="Patient asked for the photo not to be shared",
+    )
+    assert consent["status"] == "inactive"
+    codes = {s["code"] for s in client.read(image.media)["meta"]["security"]}
+    assert {"NOREUSE", "NORDSCLCDS"} <= codes
+    request = DisclosureRequest(purpose="TREAT", requester="Practitioner/gp1", role="clinician")
+    [d] = disclose(client, people["adult"], request, tmp_path / "out").decisions
+    assert d.verdict is Verdict.WITHHOLD and "inactive" in d.reasons[0]
+    changes = list(client.search("Provenance", {"target": image.consent}))
+    assert any("withdrawn" in p.get("activity", {}).get("text", "") for p in changes)
+
+
+def test_narrowed_consent_stops_second_opinions(client, tmp_path, people):
+    image = adult_image(
+        client,
+        tmp_path,
+        people,
+        26,
+        permissions={"view": True, "store": True, "second_opinion": True},
+    )
+    request = DisclosureRequest(purpose="COC", requester="Practitioner/gp1", role="clinician")
+    [before] = disclose(client, people["adult"], request, tmp_path / "o1").decisions
+    assert before.verdict is Verdict.RELEASE
+    narrow_consent(
+        client,
+        image.consent,
+        deny=["second_opinion"],
+        by="Practitioner/gp1",
+        reason="Patient changed their mind",
+    )
+    [after] = disclose(client, people["adult"], request, tmp_path / "o2").decisions
+    assert after.verdict is Verdict.WITHHOLD
+    treat = DisclosureRequest(purpose="TREAT", requester="Practitioner/gp1", role="clinician")
+    [care] = disclose(client, people["adult"], treat, tmp_path / "o3").decisions
+    assert care.verdict is Verdict.RELEASE, "narrowing second opinions leaves care alone"
+
+
+def test_stale_consent_change_loses(client, tmp_path, people):
+    image = adult_image(client, tmp_path, people, 27)
+    stale = client.read(image.consent)
+    narrow_consent(client, image.consent, deny=["teaching"], by="Practitioner/gp1", reason="x")
+    from fhir_images import VersionConflict
+
+    stale["status"] = "inactive"
+    with pytest.raises(VersionConflict):
+        client.update(stale, if_match=stale["meta"]["versionId"])
+
+
+def test_confirming_consent_moves_a_held_image_to_the_record(client, tmp_path, people):
+    outbox = tmp_path / "ob"
+    ctx = child_context(patient=people["child"], operator=people["mum"])
+    held = ingest(synthetic.jpeg(seed=28), ctx, None, outbox=Outbox(outbox)).entry
+    consent_file = tmp_path / "consent.json"
+    consent_file.write_text(parent_consent(giver=people["mum"]).model_dump_json())
+    runner = CliRunner()
+    result = runner.invoke(
+        main,
+        [
+            "consent",
+            "confirm",
+            held.id,
+            "--consent",
+            str(consent_file),
+            "--outbox",
+            str(outbox),
+            "--json",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(
+        main, ["push", "--json", "--server", client.base_url, "--outbox", str(outbox)]
+    )
+    assert result.exit_code == 0, result.output
+    media = json.loads(result.output.strip().splitlines()[-1])["media"]
+    assert client.read(media)["subject"]["reference"] == people["child"]
+
+
+# ----------------------------------------------------------------------------- destruction
+
+
+def test_child_image_cannot_be_destroyed_before_25th_birthday(client, tmp_path, people):
+    image = child_image(client, tmp_path, people, 29)
+    with pytest.raises(ActionRefused, match="25th birthday"):
+        destroy(client, image.media, by="Practitioner/gp1", reason="tidy up")
+    assert client.read(image.media)["id"]
+
+
+def test_expired_adult_image_is_destroyed_with_its_resources_and_audited(client, tmp_path, people):
+    old = datetime(2010, 3, 4, 10, 0, tzinfo=UTC)
+    ctx = make_context(patient=people["adult"], operator=people["adult"], captured=old)
+    image = deliver(client, tmp_path, ctx, make_consent(date=old), 30)
+    result = CliRunner().invoke(
+        main,
+        [
+            "destroy",
+            image.media,
+            "--server",
+            client.base_url,
+            "--by",
+            "Practitioner/gp1",
+            "--reason",
+            "Retention period over",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    from fhir_images import ResourceNotFound
+
+    for ref in (image.media, image.consent, image.binary):
+        with pytest.raises(ResourceNotFound):
+            client.read(ref)
+    events = list(client.search("AuditEvent", {"patient": people["adult"], "action": "D"}))
+    assert len(events) == 1
+    assert events[0]["purposeOfEvent"][0]["text"] == "Retention period over"
+    assert events[0]["agent"][0]["who"] == {"reference": "Practitioner/gp1"}
+
+
+def test_legal_hold_blocks_destruction(client, tmp_path, people):
+    old = datetime(2010, 3, 4, 10, 0, tzinfo=UTC)
+    ctx = make_context(patient=people["adult"], operator=people["adult"], captured=old)
+    image = deliver(client, tmp_path, ctx, make_consent(date=old), 31)
+    apply_labels(client, image.media, [c.LEGAL_HOLD.as_coding()])
+    result = CliRunner().invoke(
+        main,
+        [
+            "destroy",
+            image.media,
+            "--server",
+            client.base_url,
+            "--by",
+            "Practitioner/gp1",
+            "--reason",
+            "x",
+        ],
+    )
+    assert result.exit_code == 4 and "legal hold" in result.output
+    assert client.read(image.media)["id"]
+
+
+# ---------------------------------------------------------------------------- anonymised copy
+
+
+def test_anonymised_copy_only_when_consented(client, tmp_path, people):
+    gps = synthetic.jpeg(seed=32, gps=True, device=True, orientation=6)
+    outbox = Outbox(tmp_path / "ob")
+    ctx = make_context(patient=people["adult"], operator=people["adult"])
+    consent = make_consent(permissions={"view": True, "store": True, "teaching": True})
+    ingest(gps, ctx, consent, outbox=outbox)
+    [image] = push(client, outbox)
+    copy = anonymise(
+        client, image.media, tmp_path / "teach", purpose="TRAIN", by="Practitioner/gp1"
+    )
+    im = Image.open(copy.image)
+    assert not im.getexif() and "icc_profile" not in im.info
+    assert im.size == (480, 640), "orientation applied to the pixels"
+    media = json.loads(copy.media.read_text())
+    assert "subject" not in media and "identifier" not in media
+    codes = {s["code"] for s in media["meta"]["security"]}
+    assert {"L", "ANONYED", "NORELINK", "HUAPRV"} <= codes
+    with pytest.raises(ActionRefused, match="HRESCH"):
+        anonymise(
+            client, image.media, tmp_path / "research", purpose="HRESCH", by="Practitioner/gp1"
+        )
+    assert not (tmp_path / "research").exists() or not any((tmp_path / "research").iterdir())
