@@ -878,6 +878,72 @@ def anonymise_cmd(media_ref: str, purpose: str, by: str, out_dir: Path, server: 
     )
 
 
+# ------------------------------------------------------------------------------ the hook
+
+
+@main.group("hook")
+def hook_group() -> None:
+    """The server hook: a service that labels images arriving on the FHIR server by other routes.
+
+    The shared secret comes from FHIR_IMAGES_HOOK_SECRET (never from the command line).
+    """
+
+
+def _hook_secret() -> str:
+    import os
+
+    secret = os.environ.get("FHIR_IMAGES_HOOK_SECRET", "")
+    if len(secret) < 16:
+        raise click.UsageError("set FHIR_IMAGES_HOOK_SECRET to a secret of 16 characters or more")
+    return secret
+
+
+@hook_group.command("serve")
+@_server_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8765, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
+@click.option("--queue-size", default=1000, show_default=True, type=click.IntRange(1, 100000))
+def hook_serve(server: str | None, host: str, port: int, workers: int, queue_size: int) -> None:
+    """Run the labelling service (GET /health; the server calls PUT /hook/{type}/{id})."""
+    import uvicorn
+
+    from ._hook import HookService
+
+    service = HookService(
+        _client(server, workers), _hook_secret(), workers=workers, queue_size=queue_size
+    )
+    uvicorn.run(
+        service.app,
+        host=host,
+        port=port,
+        log_level="warning",
+        limit_concurrency=256,
+        timeout_keep_alive=5,
+    )
+
+
+@hook_group.command("install")
+@_server_option
+@click.option(
+    "--endpoint",
+    required=True,
+    help="Base URL of the hook service as the FHIR server reaches it, e.g. http://127.0.0.1:8765",
+)
+@click.option("--timeout", default=60.0, show_default=True, help="Seconds to wait for 'active'.")
+def hook_install(server: str | None, endpoint: str, timeout: float) -> None:
+    """Create the Subscriptions (idempotent) and wait until the server reports them active."""
+    from ._hook import install_subscriptions
+
+    client = _client(server)
+    try:
+        refs = install_subscriptions(client, endpoint, _hook_secret(), timeout=timeout)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo("active: " + ", ".join(refs))
+
+
 @main.command("policies")
 def policies_cmd() -> None:
     """List the policy packs."""

@@ -71,6 +71,14 @@ def people(client: FhirClient) -> dict[str, str]:
                     "resource": {"resourceType": "Practitioner", "id": "gp1"},
                     "request": {"method": "PUT", "url": "Practitioner/gp1"},
                 },
+                {
+                    "resource": {
+                        "resourceType": "Organization",
+                        "id": "dermatology",
+                        "name": "Dermatology second-opinion service",
+                    },
+                    "request": {"method": "PUT", "url": "Organization/dermatology"},
+                },
             ],
         }
     )
@@ -236,7 +244,9 @@ def test_narrowed_consent_stops_second_opinions(client, tmp_path, people):
 def test_stale_consent_change_loses(client, tmp_path, people):
     image = adult_image(client, tmp_path, people, 27)
     stale = client.read(image.consent)
-    narrow_consent(client, image.consent, deny=["teaching"], by="Practitioner/gp1", reason="x")
+    narrow_consent(
+        client, image.consent, deny=["second_opinion"], by="Practitioner/gp1", reason="x"
+    )
     from fhir_images import VersionConflict
 
     stale["status"] = "inactive"

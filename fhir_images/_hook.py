@@ -1,0 +1,514 @@
+"""The server hook: label images that reach the FHIR server by other routes.
+
+A FHIR server calls this ASGI service through a REST-hook Subscription when a
+Media or Consent is created or updated. The service answers at once (202) and
+does the work in the background, from a bounded queue:
+
+* it re-reads the Media from the server (the notification's body is never
+  trusted or buffered: only the type and id in the path are used), with the
+  Patient's birth date and the Consents that reference it;
+* it works out the labels with the same label function as ``ingest``, failing
+  closed on what the server does not say (intimacy unknown counts as intimate,
+  an unknown maker as someone without parental responsibility);
+* it checks consent as far as the record shows it: implicit for G3 kinds,
+  otherwise an active Consent that permits care must reference the Media, and a
+  clinical purpose must be recorded;
+* it raises labels through :func:`apply_labels` (only adding or raising, never
+  lowering), adds restrictive handling labels when consent or purpose is
+  missing, and then opens a Task for a clinician (closed again once the record
+  is complete).
+
+Callers authenticate with a shared secret header set in the Subscription.
+Requests without it get 401. A full queue answers 503 with Retry-After, so the
+server retries later. Notifications for the same resource are coalesced while
+queued. Logs carry resource ids, never patient identifiers or content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import _codes as c
+from ._context import ClinicalContext, ImageKind, Maker
+from ._disclosure import provision_for
+from ._exceptions import FhirImagesError, ResourceNotFound
+from ._labels import apply_labels
+from ._policy import Situation, default_labels
+from ._transport import FhirClient
+
+log = logging.getLogger("fhir_images.hook")
+
+SECRET_HEADER = "X-Fhir-Images-Hook-Secret"
+SID_HOOK_TASK = f"{c.CANONICAL_BASE}/sid/hook-task"
+_KIND_BY_MODALITY = {
+    "US": ImageKind.ULTRASOUND,
+    "ES": ImageKind.ENDOSCOPY,
+    "DX": ImageKind.XRAY,
+    "CR": ImageKind.XRAY,
+    "SM": ImageKind.PATHOLOGY_SLIDE,
+}
+_MAKER_BY_REF = {
+    "Practitioner": Maker.CLINICIAN,
+    "PractitionerRole": Maker.CLINICIAN,
+    "Patient": Maker.PATIENT,
+    "RelatedPerson": Maker.RELATIVE_OR_CARER,
+}
+_RESTRICTIVE = [c.HUAPRV, c.NORDSCLCDS, c.NOREUSE]
+_DRAIN_CHUNK = 1 << 16
+
+
+# ---------------------------------------------------------------------------- assessment
+
+
+@dataclass
+class Assessment:
+    media: str
+    labels: list[dict[str, str]]
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+def _kind(media: dict[str, Any]) -> ImageKind:
+    for coding in media.get("modality", {}).get("coding", []):
+        if coding.get("code") in _KIND_BY_MODALITY:
+            return _KIND_BY_MODALITY[coding["code"]]
+    category = next((cd.get("code") for cd in media.get("type", {}).get("coding", [])), "image")
+    return {"video": ImageKind.VIDEO, "audio": ImageKind.AUDIO}.get(str(category), ImageKind.PHOTO)
+
+
+def _purpose(media: dict[str, Any]) -> str | None:
+    texts = [r.get("text") for r in media.get("reasonCode", [])]
+    texts += [cd.get("display") for r in media.get("reasonCode", []) for cd in r.get("coding", [])]
+    return next((t for t in texts if t and t.strip()), None)
+
+
+def assess(
+    media: dict[str, Any], patient: dict[str, Any] | None, consents: list[dict[str, Any]]
+) -> Assessment:
+    """The labels a Media needs and what is missing from its record (pure)."""
+    ref = f"Media/{media.get('id')}"
+    problems: list[str] = []
+    labels = {(s.get("system"), s.get("code")) for s in media.get("meta", {}).get("security", [])}
+    intimate = True if (c.INTIMATE.system, c.INTIMATE.code) in labels else None
+    operator = media.get("operator", {}).get("reference", "")
+    maker = _MAKER_BY_REF.get(operator.split("/")[0], Maker.RELATIVE_OR_CARER)
+    birth = patient.get("birthDate") if patient else None
+    if not birth:
+        problems.append("the patient's birth date is not recorded: labelled as for a child")
+        birth_date = datetime.now(UTC).date().replace(year=datetime.now(UTC).year - 1)
+    else:
+        birth_date = date.fromisoformat(birth[:10])
+    created = media.get("createdDateTime")
+    captured = (
+        datetime.fromisoformat(created.replace("Z", "+00:00")) if created else datetime.now(UTC)
+    )
+    if captured.tzinfo is None:
+        captured = captured.replace(tzinfo=UTC)
+    if captured.date() < birth_date:
+        captured = datetime.now(UTC)
+    kind = _kind(media)
+    ctx = ClinicalContext.model_construct(
+        patient=media.get("subject", {}).get("reference", "Patient/unknown"),
+        birth_date=birth_date,
+        captured=captured,
+        made_by=maker,
+        kind=kind,
+        intimate=intimate,
+        solicited=None,
+        routine_in_person=None,
+        remote=False,
+        safeguarding_concern=False,
+        purpose=_purpose(media),
+    )
+    wanted = default_labels(Situation(ctx, None)).all()
+    if not ctx.purpose:
+        problems.append("no clinical purpose recorded (G8)")
+    active = [x for x in consents if x.get("status") == "active"]
+    if kind not in (
+        ImageKind.XRAY,
+        ImageKind.ULTRASOUND,
+        ImageKind.ENDOSCOPY,
+        ImageKind.PATHOLOGY_SLIDE,
+        ImageKind.INTERNAL_ORGAN,
+        ImageKind.ORGAN_FUNCTION,
+    ):
+        if not active:
+            problems.append("no active Consent references this image (G1, G4, G6)")
+        elif not all(provision_for(x, c.TREAT)[0] == "permit" for x in active):
+            problems.append("the Consent does not permit use for care (G1)")
+        elif not all(x.get("performer") for x in active):
+            problems.append("the Consent does not say who gave it (G5)")
+    result = [label.as_coding() for label in wanted]
+    if problems:
+        result += [label.as_coding() for label in _RESTRICTIVE]
+        # restricted at least, very restricted for a child
+        confidentiality = "V" if ctx.age_years() < 18 else "R"
+        result = [x for x in result if x["system"] != c.V3_CONFIDENTIALITY]
+        current = next((lab for lab in wanted if lab.system == c.V3_CONFIDENTIALITY), None)
+        if (
+            current is not None
+            and c.Confidentiality[current.code] > c.Confidentiality[confidentiality]
+        ):
+            confidentiality = current.code
+        result.insert(0, {"system": c.V3_CONFIDENTIALITY, "code": confidentiality})
+    unique = list({(x["system"], x["code"]): x for x in result}.values())
+    return Assessment(ref, unique, problems)
+
+
+def _never_lower(
+    wanted: list[dict[str, str]], current: list[dict[str, Any]]
+) -> list[dict[str, str]]:
+    """Keep a confidentiality code already on the server when it is higher than the one wanted."""
+    have = [
+        c.Confidentiality[x["code"]]
+        for x in current
+        if x.get("system") == c.V3_CONFIDENTIALITY
+        and x.get("code") in c.Confidentiality.__members__
+    ]
+    if not have:
+        return wanted
+    top = max(have)
+    out = []
+    for x in wanted:
+        if x["system"] == c.V3_CONFIDENTIALITY and c.Confidentiality[x["code"]] < top:
+            x = {"system": c.V3_CONFIDENTIALITY, "code": top.name}
+        out.append(x)
+    return out
+
+
+# ---------------------------------------------------------------------------- processing
+
+
+class Labeller:
+    """Reads a Media with what it needs, labels it, and reports what is missing."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self.client = client
+
+    def process(self, resource_type: str, resource_id: str) -> list[Assessment]:
+        if resource_type == "Consent":
+            try:
+                consent = self.client.read(f"Consent/{resource_id}")
+            except ResourceNotFound:
+                return []
+            refs = [
+                d.get("reference", {}).get("reference", "")
+                for d in consent.get("provision", {}).get("data", [])
+            ]
+            return [self.label_media(r.split("/", 1)[1]) for r in refs if r.startswith("Media/")]
+        return [self.label_media(resource_id)]
+
+    def label_media(self, media_id: str) -> Assessment:
+        client = self.client
+        media = client.read(f"Media/{media_id}")
+        subject = media.get("subject", {}).get("reference", "")
+        patient = None
+        if subject.startswith("Patient/"):
+            try:
+                patient = client.read(subject)
+            except ResourceNotFound:
+                patient = None
+        consents = list(client.search("Consent", {"data": f"Media/{media_id}", "_count": "20"}))
+        result = assess(media, patient, consents)
+        current = media.get("meta", {}).get("security", [])
+        apply_labels(client, result.media, _never_lower(result.labels, current), current=current)
+        self._report(media, result)
+        return result
+
+    def _report(self, media: dict[str, Any], result: Assessment) -> None:
+        """Open (or close) a Task so a clinician sees an image whose record is incomplete."""
+        client = self.client
+        identifier = f"{SID_HOOK_TASK}|{result.media}"
+        existing = next(client.search("Task", {"identifier": identifier, "_count": "1"}), None)
+        if result.complete:
+            if existing and existing.get("status") == "requested":
+                existing["status"] = "completed"
+                client.update(existing, if_match=existing.get("meta", {}).get("versionId"))
+            return
+        description = (
+            "An image arrived without what the record needs: "
+            + "; ".join(result.problems)
+            + ". It is labelled restrictively until this is resolved."
+        )
+        conf = next(x for x in result.labels if x["system"] == c.V3_CONFIDENTIALITY)
+        task = {
+            "resourceType": "Task",
+            "meta": {"security": [conf]},
+            "identifier": [{"system": SID_HOOK_TASK, "value": result.media}],
+            "status": "requested",
+            "intent": "order",
+            "priority": "urgent",
+            "code": {"text": "Review an image's consent and purpose"},
+            "description": description,
+            "focus": {"reference": result.media},
+            "authoredOn": datetime.now(UTC).isoformat(),
+        }
+        if media.get("subject"):
+            task["for"] = media["subject"]
+        if existing is None:
+            client.transaction(
+                {
+                    "resourceType": "Bundle",
+                    "type": "transaction",
+                    "entry": [
+                        {
+                            "resource": task,
+                            "request": {
+                                "method": "POST",
+                                "url": "Task",
+                                "ifNoneExist": f"identifier={identifier}",
+                            },
+                        }
+                    ],
+                }
+            )
+        elif existing.get("description") != description or existing.get("status") != "requested":
+            task["id"] = existing["id"]
+            client.update(task, if_match=existing.get("meta", {}).get("versionId"))
+
+
+# ------------------------------------------------------------------------------- service
+
+
+@dataclass
+class HookStats:
+    received: int = 0
+    rejected: int = 0
+    processed: int = 0
+    failed: int = 0
+    coalesced: int = 0
+    recent_failures: deque[str] = field(default_factory=lambda: deque(maxlen=50))
+    latencies: deque[float] = field(default_factory=lambda: deque(maxlen=1000))
+
+
+class HookService:
+    """The ASGI app plus its queue and workers."""
+
+    def __init__(
+        self,
+        client: FhirClient,
+        secret: str,
+        *,
+        queue_size: int = 1000,
+        workers: int = 2,
+        retries: int = 3,
+        retry_delay: float = 5.0,
+    ) -> None:
+        if len(secret) < 16:
+            raise ValueError("the hook secret must be at least 16 characters")
+        self.labeller = Labeller(client)
+        self.secret = secret
+        self.queue_size = queue_size
+        self.workers = workers
+        self.retries = retries
+        self.retry_delay = retry_delay
+        self.stats = HookStats()
+        self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
+        self._pending: set[tuple[str, str]] = set()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.app = Starlette(
+            routes=[
+                Route("/health", self.health, methods=["GET"]),
+                Route("/hook/{rtype}/{rid}", self.notify, methods=["PUT", "POST"]),
+                Route("/hook", self.bare_notify, methods=["PUT", "POST"]),
+            ],
+            lifespan=self._lifespan,
+        )
+
+    def _lifespan(self, app: Starlette) -> Any:
+        service = self
+
+        class _Ctx:
+            async def __aenter__(self) -> None:
+                service.start()
+
+            async def __aexit__(self, *exc: object) -> None:
+                await service.stop()
+
+        return _Ctx()
+
+    def start(self) -> None:
+        self._queue = asyncio.Queue(maxsize=self.queue_size)
+        self._tasks = [asyncio.create_task(self._worker()) for _ in range(self.workers)]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    def _authorised(self, request: Request) -> bool:
+        given = request.headers.get(SECRET_HEADER, "")
+        return hmac.compare_digest(given.encode(), self.secret.encode())
+
+    async def _drain(self, request: Request) -> None:
+        """Read and discard the body: the resource is re-read from the server instead."""
+        async for _ in request.stream():
+            pass
+
+    async def notify(self, request: Request) -> Response:
+        self.stats.received += 1
+        if not self._authorised(request):
+            self.stats.rejected += 1
+            return JSONResponse({"error": "unauthorised"}, status_code=401)
+        rtype, rid = request.path_params["rtype"], request.path_params["rid"]
+        if (
+            rtype not in ("Media", "Consent")
+            or not rid.replace("-", "").replace(".", "").isalnum()
+            or len(rid) > 64
+        ):
+            self.stats.rejected += 1
+            return JSONResponse(
+                {"error": "only Media and Consent notifications are handled"}, status_code=400
+            )
+        await self._drain(request)
+        return self._enqueue(rtype, rid)
+
+    async def bare_notify(self, request: Request) -> Response:
+        """A notification without a resource path (no payload): nothing to do but say so."""
+        if not self._authorised(request):
+            self.stats.rejected += 1
+            return JSONResponse({"error": "unauthorised"}, status_code=401)
+        await self._drain(request)
+        return JSONResponse(
+            {
+                "error": "configure the Subscription with a payload, so the "
+                "server calls /hook/{type}/{id}"
+            },
+            status_code=400,
+        )
+
+    def _enqueue(self, rtype: str, rid: str, attempt: int = 0) -> Response:
+        assert self._queue is not None, "the service is not started"
+        key = (rtype, rid)
+        if key in self._pending and attempt == 0:
+            self.stats.coalesced += 1
+            return JSONResponse({"status": "already queued"}, status_code=202)
+        try:
+            self._queue.put_nowait((rtype, rid, attempt, time.monotonic()))
+        except asyncio.QueueFull:
+            return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "5"})
+        self._pending.add(key)
+        return JSONResponse({"status": "queued"}, status_code=202)
+
+    async def _worker(self) -> None:
+        assert self._queue is not None
+        while True:
+            rtype, rid, attempt, queued_at = await self._queue.get()
+            self._pending.discard((rtype, rid))
+            try:
+                await asyncio.to_thread(self.labeller.process, rtype, rid)
+                self.stats.processed += 1
+                self.stats.latencies.append(time.monotonic() - queued_at)
+            except FhirImagesError as exc:
+                retry = getattr(exc, "retry_safe", False) and attempt < self.retries
+                log.warning(
+                    "hook: %s/%s failed (%s)%s",
+                    rtype,
+                    rid,
+                    type(exc).__name__,
+                    "; will retry" if retry else "",
+                )
+                if retry:
+                    asyncio.get_running_loop().call_later(
+                        self.retry_delay * (attempt + 1), self._enqueue, rtype, rid, attempt + 1
+                    )
+                else:
+                    self.stats.failed += 1
+                    self.stats.recent_failures.append(f"{rtype}/{rid}: {type(exc).__name__}")
+            except Exception as exc:  # a bug must not kill the worker
+                log.exception("hook: %s/%s crashed: %s", rtype, rid, type(exc).__name__)
+                self.stats.failed += 1
+                self.stats.recent_failures.append(f"{rtype}/{rid}: {type(exc).__name__}")
+            finally:
+                self._queue.task_done()
+
+    async def health(self, request: Request) -> Response:
+        q = self._queue
+        s = self.stats
+        return JSONResponse(
+            {
+                "status": "ok",
+                "queued": q.qsize() if q else 0,
+                "queue_size": self.queue_size,
+                "received": s.received,
+                "rejected": s.rejected,
+                "processed": s.processed,
+                "failed": s.failed,
+                "coalesced": s.coalesced,
+                "recent_failures": list(s.recent_failures),
+            }
+        )
+
+
+# ---------------------------------------------------------------------------- subscriptions
+
+
+def install_subscriptions(
+    client: FhirClient,
+    endpoint: str,
+    secret: str,
+    *,
+    resource_types: tuple[str, ...] = ("Media", "Consent"),
+    timeout: float = 60.0,
+) -> list[str]:
+    """Create (or reuse) one rest-hook Subscription per resource type and wait until active."""
+    endpoint = endpoint.rstrip("/")
+    header = f"{SECRET_HEADER}: {secret}"
+    refs = []
+    for rtype in resource_types:
+        criteria = f"{rtype}?"
+        wanted = {
+            "resourceType": "Subscription",
+            "status": "requested",
+            "reason": f"fhir-images labels {rtype} that arrive by other routes",
+            "criteria": criteria,
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": endpoint + "/hook",
+                "payload": "application/fhir+json",
+                "header": [header],
+            },
+        }
+        existing = [
+            s
+            for s in client.search("Subscription", {"url": endpoint + "/hook"})
+            if s.get("criteria") == criteria
+        ]
+        if existing:
+            sub = existing[0]
+            if sub.get("channel", {}).get("header") != [header] or sub.get("status") not in (
+                "active",
+                "requested",
+            ):
+                wanted["id"] = sub["id"]
+                sub = client.update(wanted, if_match=sub.get("meta", {}).get("versionId"))
+        else:
+            sub = client.create(wanted)
+        refs.append(f"Subscription/{sub['id']}")
+    deadline = time.monotonic() + timeout
+    for ref in refs:
+        while True:
+            status = client.read(ref).get("status")
+            if status == "active":
+                break
+            if status == "error" or time.monotonic() > deadline:
+                raise FhirImagesError(
+                    f"{ref} did not become active (status {status}) within {timeout:.0f} s"
+                )
+            time.sleep(0.5)
+    return refs

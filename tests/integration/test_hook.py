@@ -1,0 +1,201 @@
+"""End to end: HAPI calls the running hook service through a REST-hook Subscription."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+
+import pytest
+import requests
+import uvicorn
+
+from fhir_images import FhirClient
+from fhir_images import _codes as c
+from fhir_images._hook import SID_HOOK_TASK, HookService, install_subscriptions
+
+pytestmark = pytest.mark.integration
+
+LABEL_TIMEOUT = 90.0
+CONF = c.V3_CONFIDENTIALITY
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def hook(fhir_base_url: str) -> Iterator[tuple[FhirClient, HookService]]:
+    client = FhirClient(fhir_base_url)
+    secret = secrets.token_urlsafe(24)
+    service = HookService(client, secret, workers=2)
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(service.app, host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "hook service did not start"
+        time.sleep(0.1)
+    service.public_url = f"http://127.0.0.1:{port}"  # type: ignore[attr-defined]
+    refs = install_subscriptions(client, f"http://127.0.0.1:{port}", secret)
+    # idempotent: installing again reuses the same Subscriptions
+    assert install_subscriptions(client, f"http://127.0.0.1:{port}", secret) == refs
+    yield client, service
+    for ref in refs:
+        client.delete(ref)
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+@pytest.fixture()
+def patients(hook) -> dict[str, str]:
+    client, _ = hook
+    tag = uuid.uuid4().hex[:10]
+    client.transaction(
+        {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": f"ha-{tag}",
+                        "birthDate": "1975-05-05",
+                    },
+                    "request": {"method": "PUT", "url": f"Patient/ha-{tag}"},
+                },
+                {
+                    "resource": {
+                        "resourceType": "Patient",
+                        "id": f"hc-{tag}",
+                        "birthDate": "2024-01-01",
+                    },
+                    "request": {"method": "PUT", "url": f"Patient/hc-{tag}"},
+                },
+                {
+                    "resource": {"resourceType": "Practitioner", "id": "gp1"},
+                    "request": {"method": "PUT", "url": "Practitioner/gp1"},
+                },
+            ],
+        }
+    )
+    return {"adult": f"Patient/ha-{tag}", "child": f"Patient/hc-{tag}"}
+
+
+def create_media(client: FhirClient, subject: str, **extra) -> str:
+    media = {
+        "resourceType": "Media",
+        "status": "completed",
+        "subject": {"reference": subject},
+        "operator": {"reference": "Practitioner/gp1"},
+        "reasonCode": [{"text": "Review of a skin lesion"}],
+        "content": {"contentType": "image/jpeg", "url": "Binary/none"},
+        **extra,
+    }
+    return f"Media/{client.create(media)['id']}"
+
+
+def labels_of(client: FhirClient, ref: str) -> dict[str, set[str]]:
+    out: dict[str, set[str]] = {}
+    for s in client.read(ref).get("meta", {}).get("security", []):
+        out.setdefault(s["system"], set()).add(s["code"])
+    return out
+
+
+def wait_labelled(client: FhirClient, ref: str, *, extra: str | None = None) -> dict[str, set[str]]:
+    deadline = time.monotonic() + LABEL_TIMEOUT
+    while time.monotonic() < deadline:
+        labels = labels_of(client, ref)
+        if CONF in labels and (extra is None or any(extra in v for v in labels.values())):
+            return labels
+        time.sleep(0.5)
+    raise AssertionError(f"{ref} was not labelled within {LABEL_TIMEOUT:.0f} s: {labels}")
+
+
+def tasks_for(client: FhirClient, ref: str) -> list[dict]:
+    return list(client.search("Task", {"identifier": f"{SID_HOOK_TASK}|{ref}"}))
+
+
+def test_media_created_without_labels_is_labelled_and_reported(hook, patients):
+    client, _ = hook
+    ref = create_media(client, patients["adult"])
+    labels = wait_labelled(client, ref, extra="HUAPRV")
+    assert labels[CONF] == {"R"}, "no consent on record: restricted"
+    assert {"HUAPRV", "NOREUSE", "NORDSCLCDS"} <= labels[c.V3_ACT_CODE]
+    [task] = tasks_for(client, ref)
+    assert task["status"] == "requested" and "Consent" in task["description"]
+
+
+def test_intimate_image_of_a_child_without_consent_gets_the_most_restrictive_labels(hook, patients):
+    client, _ = hook
+    ref = create_media(
+        client,
+        patients["child"],
+        meta={"security": [{"system": c.LOCAL_SENSITIVITY, "code": "intimate"}]},
+    )
+    labels = wait_labelled(client, ref, extra="HUAPRV")
+    assert labels[CONF] == {"V"}
+    assert {"PHY", "HUAPRV", "NOREUSE", "NORDSCLCDS"} <= labels[c.V3_ACT_CODE]
+    assert {"intimate", "young-child"} <= labels[c.LOCAL_SENSITIVITY]
+    assert tasks_for(client, ref)
+
+
+def test_xray_with_purpose_is_labelled_normal_without_a_task(hook, patients):
+    client, _ = hook
+    ref = create_media(
+        client, patients["adult"], modality={"coding": [{"system": c.DICOM, "code": "DX"}]}
+    )
+    labels = wait_labelled(client, ref)
+    assert labels[CONF] == {"N"} and labels[c.V3_OBSERVATION_VALUE] == {"DEVAST"}
+    time.sleep(2)
+    assert tasks_for(client, ref) == []
+
+
+def test_consent_recorded_later_closes_the_task_without_lowering_labels(hook, patients):
+    client, _ = hook
+    ref = create_media(client, patients["adult"])
+    wait_labelled(client, ref, extra="HUAPRV")
+    client.create(
+        {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
+            "patient": {"reference": patients["adult"]},
+            "performer": [{"reference": patients["adult"]}],
+            "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
+            "provision": {
+                "type": "deny",
+                "data": [{"meaning": "instance", "reference": {"reference": ref}}],
+                "provision": [
+                    {"type": "permit", "purpose": [{"system": c.V3_ACT_REASON, "code": "TREAT"}]}
+                ],
+            },
+        }
+    )
+    deadline = time.monotonic() + LABEL_TIMEOUT
+    while time.monotonic() < deadline:
+        [task] = tasks_for(client, ref)
+        if task["status"] == "completed":
+            break
+        time.sleep(0.5)
+    assert task["status"] == "completed"
+    assert labels_of(client, ref)[CONF] == {"R"}, "labels are never lowered by the hook"
+
+
+def test_unauthenticated_callers_are_refused(hook):
+    _, service = hook
+    before = service.stats.rejected
+    r = requests.put(f"{service.public_url}/hook/Media/1", data=b"{}", timeout=10)
+    assert r.status_code == 401
+    assert requests.get(f"{service.public_url}/health", timeout=10).json()["rejected"] == (
+        before + 1
+    )

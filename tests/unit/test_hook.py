@@ -1,0 +1,203 @@
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+import responses
+from starlette.testclient import TestClient
+
+from fhir_images import FhirClient
+from fhir_images import _codes as c
+from fhir_images._hook import SECRET_HEADER, HookService, assess
+
+BASE = "http://fhir.test/fhir"
+SECRET = "s" * 24
+CONF = c.V3_CONFIDENTIALITY
+
+
+def media(**kw):
+    data = {
+        "resourceType": "Media",
+        "id": "m1",
+        "status": "completed",
+        "subject": {"reference": "Patient/p1"},
+        "operator": {"reference": "Practitioner/gp1"},
+        "createdDateTime": "2026-11-20T10:00:00Z",
+        "reasonCode": [{"text": "Rash review"}],
+        "content": {"contentType": "image/jpeg", "url": "Binary/b1"},
+    }
+    data.update(kw)
+    return data
+
+
+ADULT = {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"}
+CHILD = {"resourceType": "Patient", "id": "p1", "birthDate": "2024-08-02"}
+CONSENT = {
+    "resourceType": "Consent",
+    "id": "c1",
+    "status": "active",
+    "performer": [{"reference": "Patient/p1"}],
+    "provision": {
+        "type": "deny",
+        "provision": [
+            {"type": "permit", "purpose": [{"system": c.V3_ACT_REASON, "code": "TREAT"}]}
+        ],
+    },
+}
+
+
+def codes(labels) -> set[str]:
+    return {x["code"] for x in labels}
+
+
+def conf(labels) -> str:
+    [x] = [x for x in labels if x["system"] == CONF]
+    return x["code"]
+
+
+# ------------------------------------------------------------------------------ assessment
+
+
+def test_intimate_child_image_without_consent_gets_the_most_restrictive_labels():
+    m = media(meta={"security": [{"system": c.LOCAL_SENSITIVITY, "code": "intimate"}]})
+    result = assess(m, CHILD, [])
+    assert conf(result.labels) == "V"
+    assert {"PHY", "intimate", "young-child", "HUAPRV", "NOREUSE", "NORDSCLCDS"} <= codes(
+        result.labels
+    )
+    assert any("Consent" in p for p in result.problems)
+
+
+def test_unknown_intimacy_is_labelled_restrictively():
+    result = assess(media(), ADULT, [CONSENT])
+    assert result.complete
+    assert conf(result.labels) == "R" and {"intimate", "PHY", "MINEC"} <= codes(result.labels)
+
+
+def test_xray_needs_no_consent_and_stays_normal():
+    m = media(modality={"coding": [{"system": c.DICOM, "code": "DX"}]})
+    result = assess(m, ADULT, [])
+    assert result.complete
+    assert codes(result.labels) == {"N", "DEVAST"}
+
+
+def test_missing_purpose_and_consent_are_reported():
+    result = assess(media(reasonCode=[]), ADULT, [])
+    assert not result.complete
+    assert any("G8" in p for p in result.problems)
+    assert "HUAPRV" in codes(result.labels)
+
+
+def test_consent_that_does_not_permit_care_is_reported():
+    deny = json.loads(json.dumps(CONSENT))
+    deny["provision"]["provision"][0]["type"] = "deny"
+    assert not assess(media(), ADULT, [deny]).complete
+    inactive = {**CONSENT, "status": "inactive"}
+    assert not assess(media(), ADULT, [inactive]).complete
+
+
+def test_missing_birth_date_is_treated_as_a_child():
+    result = assess(media(), {"resourceType": "Patient", "id": "p1"}, [CONSENT])
+    assert conf(result.labels) == "V"
+    assert any("birth date" in p for p in result.problems)
+
+
+# -------------------------------------------------------------------------------- service
+
+
+@pytest.fixture()
+def service():
+    return HookService(FhirClient(BASE, profile="hapi"), SECRET, queue_size=2, workers=1, retries=0)
+
+
+def wait_for(client, key, value, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = client.get("/health").json()
+        if health[key] >= value:
+            return health
+        time.sleep(0.05)
+    raise AssertionError(f"{key} never reached {value}: {health}")
+
+
+def test_secret_is_required(service):
+    with TestClient(service.app) as client:
+        assert client.put("/hook/Media/1").status_code == 401
+        assert client.put("/hook/Media/1", headers={SECRET_HEADER: "wrong" * 5}).status_code == 401
+        assert client.get("/health").json()["rejected"] == 2
+
+
+def test_only_media_and_consent(service):
+    with TestClient(service.app) as client:
+        r = client.put("/hook/Patient/1", headers={SECRET_HEADER: SECRET})
+        assert r.status_code == 400
+        r = client.put("/hook/Media/..%2F..%2Fetc", headers={SECRET_HEADER: SECRET})
+        assert r.status_code in (400, 404)
+
+
+def test_short_secret_refused():
+    with pytest.raises(ValueError, match="16"):
+        HookService(FhirClient(BASE), "short")
+
+
+@responses.activate
+def test_notification_labels_the_media_and_opens_a_task(service):
+    responses.get(f"{BASE}/Media/m1", json=media())
+    responses.get(f"{BASE}/Patient/p1", json=CHILD)
+    responses.get(f"{BASE}/Consent", json={"resourceType": "Bundle"})
+    responses.post(f"{BASE}/Media/m1/$meta-add", json={"resourceType": "Parameters"})
+    responses.get(f"{BASE}/Media/m1/$meta", json={"resourceType": "Parameters", "parameter": []})
+    responses.get(f"{BASE}/Task", json={"resourceType": "Bundle"})
+    responses.post(BASE + "/", json={"resourceType": "Bundle", "entry": []})
+    with TestClient(service.app) as client:
+        r = client.put(
+            "/hook/Media/m1", headers={SECRET_HEADER: SECRET}, content=json.dumps(media())
+        )
+        assert r.status_code == 202
+        health = wait_for(client, "failed", 1)  # the mocked server does not keep the labels
+    added = [
+        json.loads(call.request.body)
+        for call in responses.calls
+        if call.request.url.endswith("$meta-add")
+    ]
+    sent = added[0]["parameter"][0]["valueMeta"]["security"]
+    assert {"V", "HUAPRV", "PHY"} <= codes(sent)
+    assert "LabelVerificationFailed" in health["recent_failures"][0]
+
+
+@responses.activate
+def test_full_queue_answers_503_and_duplicates_are_coalesced(service, monkeypatch):
+    import fhir_images._hook as hook
+
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.5) or [])
+    with TestClient(service.app) as client:
+        h = {SECRET_HEADER: SECRET}
+        statuses = [client.put(f"/hook/Media/{i}", headers=h).status_code for i in range(1, 5)]
+        again = client.put("/hook/Media/4", headers=h)
+    assert statuses[0] == 202
+    assert 503 in statuses, statuses
+    assert again.status_code in (202, 503)
+
+
+@responses.activate
+def test_server_outage_is_retried_then_reported(monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    svc = HookService(FhirClient(BASE), SECRET, workers=1, retries=1, retry_delay=0.01)
+    responses.get(f"{BASE}/Media/m1", status=503)
+    with TestClient(svc.app) as client:
+        client.put("/hook/Media/m1", headers={SECRET_HEADER: SECRET})
+        health = wait_for(client, "failed", 1)
+    assert health["processed"] == 0
+    gets = [call for call in responses.calls if call.request.url.endswith("/Media/m1")]
+    assert len(gets) >= 2, "retried before reporting"
+
+
+def test_logs_carry_no_patient_data(service, caplog):
+    with TestClient(service.app) as client:
+        client.put(
+            "/hook/Media/1",
+            headers={SECRET_HEADER: "nope"},
+            content=json.dumps(media(subject={"reference": "Patient/nhs-943-476-5919"})),
+        )
+    assert "943" not in caplog.text
