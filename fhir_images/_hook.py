@@ -364,7 +364,7 @@ class HookService:
         self.stats.received += 1
         if not self._authorised(request):
             self.stats.rejected += 1
-            return JSONResponse({"error": "unauthorised"}, status_code=401)
+            return _outcome("unauthorised", status_code=401)
         rtype, rid = request.path_params["rtype"], request.path_params["rid"]
         if (
             rtype not in ("Media", "Consent")
@@ -372,9 +372,7 @@ class HookService:
             or len(rid) > 64
         ):
             self.stats.rejected += 1
-            return JSONResponse(
-                {"error": "only Media and Consent notifications are handled"}, status_code=400
-            )
+            return _outcome("only Media and Consent notifications are handled", status_code=400)
         await self._drain(request)
         return self._enqueue(rtype, rid)
 
@@ -382,13 +380,10 @@ class HookService:
         """A notification without a resource path (no payload): nothing to do but say so."""
         if not self._authorised(request):
             self.stats.rejected += 1
-            return JSONResponse({"error": "unauthorised"}, status_code=401)
+            return _outcome("unauthorised", status_code=401)
         await self._drain(request)
-        return JSONResponse(
-            {
-                "error": "configure the Subscription with a payload, so the "
-                "server calls /hook/{type}/{id}"
-            },
+        return _outcome(
+            "configure the Subscription with a payload, so the server calls /hook/{type}/{id}",
             status_code=400,
         )
 
@@ -397,13 +392,13 @@ class HookService:
         key = (rtype, rid)
         if key in self._pending and attempt == 0:
             self.stats.coalesced += 1
-            return JSONResponse({"status": "already queued"}, status_code=202)
+            return _outcome("already queued", status_code=202)
         try:
             self._queue.put_nowait((rtype, rid, attempt, time.monotonic()))
         except asyncio.QueueFull:
-            return JSONResponse({"error": "busy"}, status_code=503, headers={"Retry-After": "5"})
+            return _outcome("busy", status_code=503, headers={"Retry-After": "5"})
         self._pending.add(key)
-        return JSONResponse({"status": "queued"}, status_code=202)
+        return _outcome("queued", status_code=202)
 
     async def _worker(self) -> None:
         assert self._queue is not None
@@ -453,6 +448,21 @@ class HookService:
                 "recent_failures": list(s.recent_failures),
             }
         )
+
+
+def _outcome(text: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
+    """Answers to the FHIR server are FHIR: HAPI parses them and retries on anything else."""
+    severity = "information" if status_code < 400 else "error"
+    code = {202: "informational", 400: "not-supported", 401: "security", 503: "transient"}.get(
+        status_code, "processing"
+    )
+    body = {
+        "resourceType": "OperationOutcome",
+        "issue": [{"severity": severity, "code": code, "diagnostics": text}],
+    }
+    return JSONResponse(
+        body, status_code=status_code, headers=headers, media_type="application/fhir+json"
+    )
 
 
 # ---------------------------------------------------------------------------- subscriptions

@@ -126,6 +126,10 @@ def test_secret_is_required(service):
         assert client.put("/hook/Media/1").status_code == 401
         assert client.put("/hook/Media/1", headers={SECRET_HEADER: "wrong" * 5}).status_code == 401
         assert client.get("/health").json()["rejected"] == 2
+        # the FHIR server parses the answer as FHIR and retries anything else
+        r = client.put("/hook/Media/1")
+        assert r.headers["content-type"].startswith("application/fhir+json")
+        assert r.json()["resourceType"] == "OperationOutcome"
 
 
 def test_only_media_and_consent(service):
