@@ -30,6 +30,7 @@ LOCAL_SENSITIVITY = f"{CANONICAL_BASE}/CodeSystem/image-sensitivity"
 LOCAL_HANDLING = f"{CANONICAL_BASE}/CodeSystem/image-handling"
 LOCAL_IMAGE_KIND = f"{CANONICAL_BASE}/CodeSystem/image-kind"
 LOCAL_DECISION_REASON = f"{CANONICAL_BASE}/CodeSystem/decision-reason"
+LOCAL_CONSENT_GIVER = f"{CANONICAL_BASE}/CodeSystem/consent-giver"
 SID_SHA256 = f"{CANONICAL_BASE}/sid/sha256"
 SID_SUBMISSION = f"{CANONICAL_BASE}/sid/submission"
 EXT_REMOTE_CONSULTATION = f"{CANONICAL_BASE}/StructureDefinition/remote-consultation"
@@ -115,6 +116,8 @@ HLEGAL = "HLEGAL"
 ETREAT = "ETREAT"
 BTG = "BTG"
 PURPOSES_OF_USE = (TREAT, COC, TRAIN, HRESCH, PATRQT, FAMRQT, PWATRNY, HLEGAL, ETREAT, BTG)
+#: Records management: the purpose of use recorded when an image is destroyed (G13)
+RECORDMGT = "RECORDMGT"
 
 # Audit (DICOM and ISO 21089), as IHE BALP uses them
 DCM_EXPORT = ("http://dicom.nema.org/resources/ontology/DCM", "110106", "Export")

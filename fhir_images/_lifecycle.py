@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from . import _codes as c
+from ._codes import Confidentiality
 from ._disclosure import (
     DisclosureDecision,
     DisclosureRequest,
@@ -54,8 +55,8 @@ _OBLIGATIONS = {
 }
 
 
-def _now() -> str:
-    return datetime.now(UTC).isoformat().replace("+00:00", "Z")
+def _now(at: datetime | None = None) -> str:
+    return (at or datetime.now(UTC)).astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
 def _who(value: str) -> dict[str, str]:
@@ -90,10 +91,27 @@ def patient_records(client: FhirClient, patient: str) -> list[ImageRecord]:
 # ------------------------------------------------------------------------------ disclosure
 
 
-def audit_disclosure(record: ImageRecord, req: DisclosureRequest, patient: str) -> dict[str, Any]:
-    """An AuditEvent for one released image (IHE BALP: privacy disclosure at the source)."""
+def _confidentiality_label(media: dict[str, Any]) -> dict[str, Any]:
+    """The image's confidentiality label for an AuditEvent about it: the most restrictive one
+    it carries, or V when it has none (as disclosure treats it: fail closed)."""
+    codes = [
+        str(s.get("code"))
+        for s in media.get("meta", {}).get("security", [])
+        if s.get("system") == c.V3_CONFIDENTIALITY and s.get("code") in Confidentiality.__members__
+    ]
+    level = max((Confidentiality[code] for code in codes), default=Confidentiality.V)
+    return c.conf(level).as_coding()
+
+
+def audit_disclosure(
+    record: ImageRecord, req: DisclosureRequest, patient: str, *, now: datetime | None = None
+) -> dict[str, Any]:
+    """An AuditEvent for one released image (IHE BALP: privacy disclosure at the source).
+
+    ``now`` is the ``recorded`` instant (default: the current time).
+    """
     security = record.media.get("meta", {}).get("security", [])
-    conf = [s for s in security if s.get("system") == c.V3_CONFIDENTIALITY]
+    conf = _confidentiality_label(record.media)
     agents: list[dict[str, Any]] = [
         {
             "type": {
@@ -113,7 +131,7 @@ def audit_disclosure(record: ImageRecord, req: DisclosureRequest, patient: str) 
     ]
     return {
         "resourceType": "AuditEvent",
-        "meta": {"security": conf},
+        "meta": {"security": [conf]},
         "type": {"system": c.DCM_EXPORT[0], "code": c.DCM_EXPORT[1], "display": c.DCM_EXPORT[2]},
         "subtype": [
             {
@@ -123,7 +141,7 @@ def audit_disclosure(record: ImageRecord, req: DisclosureRequest, patient: str) 
             }
         ],
         "action": "R",
-        "recorded": _now(),
+        "recorded": _now(now),
         "outcome": "0",
         "purposeOfEvent": [{"coding": [{"system": c.V3_ACT_REASON, "code": req.purpose}]}],
         "agent": agents,
@@ -445,6 +463,75 @@ def _parse_date(value: str | None) -> date | None:
     return date.fromisoformat(value[:10]) if value else None
 
 
+def audit_destruction(
+    media: dict[str, Any],
+    media_ref: str,
+    *,
+    by: str,
+    reason: str,
+    retention: str,
+    destroyed_with: list[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent for destroying ``media`` (G13): who, when, why, the retention rule and the
+    image's hash. The Media is named by identifier, since it is gone. ``destroyed_with`` lists
+    what goes with it; ``now`` is the ``recorded`` instant (default: the current time)."""
+    sha = next(
+        (i.get("value") for i in media.get("identifier", []) if i.get("system") == c.SID_SHA256),
+        None,
+    )
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_confidentiality_label(media)]},
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [
+            {"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"},
+            {
+                "system": c.ISO_LIFECYCLE,
+                "code": "destroy",
+                "display": "Destroy/Delete Record Lifecycle Event",
+            },
+        ],
+        "action": "D",
+        "recorded": _now(now),
+        "outcome": "0",
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": c.V3_ACT_REASON,
+                        "code": c.RECORDMGT,
+                        "display": "records management",
+                    }
+                ],
+                "text": reason,
+            }
+        ],
+        "agent": [{"who": _who(by), "requestor": True}],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": [
+            {
+                "what": {"reference": media.get("subject", {}).get("reference")},
+                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
+                "role": {"system": c.OBJECT_ROLE, "code": "1", "display": "Patient"},
+            },
+            {
+                "what": {
+                    "identifier": {"system": c.SID_SHA256, "value": sha},
+                    "display": f"{media_ref} (destroyed)",
+                },
+                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "description": f"Destroyed with {', '.join(destroyed_with) or 'nothing else'}. "
+                f"Reason: {reason}. Retention: {retention}.",
+            },
+        ],
+    }
+
+
 @dataclass
 class DestructionResult:
     media: str
@@ -512,55 +599,9 @@ def destroy(
         doomed.append(binary)
     doomed += [f"Consent/{x['id']}" for x in consents]
     doomed += [f"Provenance/{x['id']}" for x in provenances]
-    sha = next(
-        (i.get("value") for i in media.get("identifier", []) if i.get("system") == c.SID_SHA256),
-        None,
+    audit = audit_destruction(
+        media, media_ref, by=by, reason=reason, retention=why, destroyed_with=doomed[1:]
     )
-    audit = {
-        "resourceType": "AuditEvent",
-        "meta": {
-            "security": [
-                s
-                for s in media.get("meta", {}).get("security", [])
-                if s.get("system") == c.V3_CONFIDENTIALITY
-            ]
-        },
-        "type": {
-            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
-            "code": "rest",
-            "display": "Restful Operation",
-        },
-        "subtype": [
-            {"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"},
-            {
-                "system": c.ISO_LIFECYCLE,
-                "code": "destroy",
-                "display": "Destroy/Delete Record Lifecycle Event",
-            },
-        ],
-        "action": "D",
-        "recorded": _now(),
-        "outcome": "0",
-        "purposeOfEvent": [{"text": reason}],
-        "agent": [{"who": _who(by), "requestor": True}],
-        "source": {"observer": {"display": SOURCE_NAME}},
-        "entity": [
-            {
-                "what": {"reference": subject},
-                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
-                "role": {"system": c.OBJECT_ROLE, "code": "1", "display": "Patient"},
-            },
-            {
-                "what": {
-                    "identifier": {"system": c.SID_SHA256, "value": sha},
-                    "display": f"{media_ref} (destroyed)",
-                },
-                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
-                "description": f"Destroyed with {', '.join(doomed[1:]) or 'nothing else'}. "
-                f"Reason: {reason}. Retention: {why}.",
-            },
-        ],
-    }
     entries: list[dict[str, Any]] = [
         {"request": {"method": "DELETE", "url": ref}} for ref in reversed(doomed)
     ]

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -88,7 +89,9 @@ def build_media(
     submission_id: str,
     binary_url: str,
     encounter_ref: str | None,
+    now: datetime | None = None,
 ) -> Media:
+    """The Media; ``now`` (the ``issued`` instant) defaults to the current time."""
     labels = decision.labels
     notes = [f"Clinical relevance and purpose: {ctx.purpose}"]
     if ctx.remote:
@@ -105,7 +108,7 @@ def build_media(
         "missing": "No consent recorded.",
     }[decision.consent.value]
     notes.append(consent_note)
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     data: dict[str, Any] = {
         "resourceType": "Media",
         "meta": _meta(labels.all(), submission_id),
@@ -245,8 +248,14 @@ def build_consent(
 
 
 def build_provenance(
-    ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str, targets: list[str]
+    ctx: ClinicalContext,
+    labels: SecurityLabels,
+    *,
+    submission_id: str,
+    targets: list[str],
+    now: datetime | None = None,
 ) -> Provenance:
+    """Who supplied the image and when; ``now`` (``recorded``) defaults to the current time."""
     agents: list[dict[str, Any]] = []
     author: dict[str, Any] = {
         "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
@@ -271,7 +280,7 @@ def build_provenance(
         "meta": _meta(labels.without_provenance().all(), submission_id),
         "target": [{"reference": t} for t in targets],
         "occurredDateTime": _iso(ctx.captured),
-        "recorded": _iso(datetime.now(UTC)),
+        "recorded": _iso(now or datetime.now(UTC)),
         "activity": {"coding": [{"system": c.V3_DATA_OPERATION, "code": "CREATE"}]},
         "agent": agents,
     }
@@ -295,6 +304,10 @@ def build_encounter(
     )
 
 
+def _random_id() -> str:
+    return str(uuid.uuid4())
+
+
 def _entry(full_url: str, resource: Any, if_none_exist: str) -> dict[str, Any]:
     return {
         "fullUrl": full_url,
@@ -314,13 +327,22 @@ def map_submission(
     decision: Decision,
     *,
     submission_id: str | None = None,
+    new_id: Callable[[], str] | None = None,
+    now: datetime | None = None,
 ) -> MappedSubmission:
-    """Build the resources and the transaction Bundle for a decision to store."""
+    """Build the resources and the transaction Bundle for a decision to store.
+
+    ``new_id`` makes the submission id (unless given) and the ``urn:uuid``
+    placeholders (default: random UUIDs); ``now`` is the instant written as
+    ``Media.issued`` and ``Provenance.recorded`` (default: the current time).
+    Both exist so that examples and tests can be reproduced exactly.
+    """
     if decision.outcome is not Outcome.STORE:
         raise ValueError(f"only a decision to store is mapped (this one is {decision.outcome})")
-    sid = submission_id or str(uuid.uuid4())
-    media_url = f"urn:uuid:{uuid.uuid4()}"
-    binary_url = f"urn:uuid:{uuid.uuid4()}"
+    make_id = new_id or _random_id
+    sid = submission_id or make_id()
+    media_url = f"urn:uuid:{make_id()}"
+    binary_url = f"urn:uuid:{make_id()}"
     tag_query = f"_tag={c.SID_SUBMISSION}|{sid}"
     labels = decision.labels
 
@@ -329,11 +351,17 @@ def map_submission(
     encounter_ref = ctx.encounter
     if ctx.remote and not ctx.encounter:
         encounter = build_encounter(ctx, labels, submission_id=sid)
-        encounter_ref = f"urn:uuid:{uuid.uuid4()}"
+        encounter_ref = f"urn:uuid:{make_id()}"
         entries.append(_entry(encounter_ref, encounter, f"identifier={c.SID_SUBMISSION}|{sid}"))
 
     media = build_media(
-        ctx, facts, decision, submission_id=sid, binary_url=binary_url, encounter_ref=encounter_ref
+        ctx,
+        facts,
+        decision,
+        submission_id=sid,
+        binary_url=binary_url,
+        encounter_ref=encounter_ref,
+        now=now,
     )
     entries.append(
         _entry(
@@ -343,12 +371,12 @@ def map_submission(
     targets = [media_url]
     consent_res = None
     if consent is not None:
-        consent_url = f"urn:uuid:{uuid.uuid4()}"
+        consent_url = f"urn:uuid:{make_id()}"
         consent_res = build_consent(ctx, consent, labels, submission_id=sid, media_ref=media_url)
         entries.append(_entry(consent_url, consent_res, f"identifier={c.SID_SUBMISSION}|{sid}"))
         targets.append(consent_url)
-    provenance = build_provenance(ctx, labels, submission_id=sid, targets=targets)
-    entries.append(_entry(f"urn:uuid:{uuid.uuid4()}", provenance, tag_query))
+    provenance = build_provenance(ctx, labels, submission_id=sid, targets=targets, now=now)
+    entries.append(_entry(f"urn:uuid:{make_id()}", provenance, tag_query))
 
     # DS4P: the Bundle carries only the high-water mark; caveats and sensitivity codes that would
     # reveal private facts stay on the entries.

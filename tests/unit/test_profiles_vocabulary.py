@@ -1,0 +1,245 @@
+"""profiles/ agrees with the code: the local code systems hold every code the code uses, the
+value sets hold every label the policy can set, and every canonical reference resolves."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from fhir_images import (
+    IMPLICIT_CONSENT_KINDS,
+    ClinicalContext,
+    ConsentRecord,
+    ImageKind,
+    Maker,
+    _lifecycle,
+    _policy,
+    decide,
+)
+from fhir_images import _codes as c
+
+from ..factories import CAPTURED
+
+ROOT = Path(__file__).resolve().parents[2]
+PROFILES = ROOT / "profiles"
+
+
+def _load() -> dict[str, dict[str, Any]]:
+    return {
+        r["url"]: r for r in (json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json")))
+    }
+
+
+RESOURCES = _load()
+
+
+def _resource(kind: str, rid: str) -> dict[str, Any]:
+    return RESOURCES[f"{c.CANONICAL_BASE}/{kind}/{rid}"]
+
+
+def _concepts(rid: str) -> dict[str, dict[str, Any]]:
+    return {x["code"]: x for x in _resource("CodeSystem", rid)["concept"]}
+
+
+def _properties(concept: dict[str, Any], code: str) -> list[Any]:
+    return [
+        next(v for k, v in p.items() if k.startswith("value"))
+        for p in concept.get("property", [])
+        if p["code"] == code
+    ]
+
+
+@pytest.mark.parametrize("url", sorted(RESOURCES))
+def test_metadata(url: str) -> None:
+    r = RESOURCES[url]
+    assert url == f"{c.CANONICAL_BASE}/{r['resourceType']}/{r['id']}"
+    assert r["version"] == "0.1.0" and r["status"] == "active"
+    assert r["name"] and r["description"].strip()
+    assert (PROFILES / f"{r['resourceType']}-{r['id']}.json").exists()
+    if r["resourceType"] == "StructureDefinition":
+        assert r["fhirVersion"] == "4.0.1"
+        assert "snapshot" not in r, "differential only: the server generates the snapshot"
+
+
+def _canonicals(node: Any) -> list[str]:
+    """Every canonical of ours that a resource points at."""
+    out = []
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key in ("valueSet", "profile", "targetProfile") or key == "system":
+                values = value if isinstance(value, list) else [value]
+                out += [v for v in values if isinstance(v, str)]
+            out += _canonicals(value)
+    elif isinstance(node, list):
+        for item in node:
+            out += _canonicals(item)
+    return [u for u in out if u.startswith(f"{c.CANONICAL_BASE}/") and "/sid/" not in u]
+
+
+@pytest.mark.parametrize("url", sorted(RESOURCES))
+def test_canonical_references_resolve(url: str) -> None:
+    for target in _canonicals({k: v for k, v in RESOURCES[url].items() if k != "url"}):
+        assert target in RESOURCES, f"{url} refers to {target}, which profiles/ does not define"
+
+
+def test_local_urls_match_the_code() -> None:
+    for url in (
+        c.LOCAL_SENSITIVITY,
+        c.LOCAL_HANDLING,
+        c.LOCAL_IMAGE_KIND,
+        c.LOCAL_DECISION_REASON,
+        c.LOCAL_CONSENT_GIVER,
+        c.EXT_REMOTE_CONSULTATION,
+    ):
+        assert url in RESOURCES, url
+    media = json.dumps(_resource("StructureDefinition", "clinical-image"))
+    assert c.SID_SHA256 in media and c.EXT_REMOTE_CONSULTATION in media
+
+
+def _policy_reasons() -> dict[str, tuple[set[str], set[str]]]:
+    """Every reason code the policy checks yield, with its rules and outcomes (from the source)."""
+    tree = ast.parse(Path(_policy.__file__).read_text())
+    found: dict[str, tuple[set[str], set[str]]] = {}
+    for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
+        assigned = {
+            t.id: node.value
+            for node in ast.walk(func)
+            if isinstance(node, ast.Assign)
+            for t in node.targets
+            if isinstance(t, ast.Name)
+        }
+        for call in ast.walk(func):
+            if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "_r"):
+                continue
+            rule_node, outcome_node, code_node = call.args[:3]
+            if isinstance(rule_node, ast.Name):
+                rule_node = assigned[rule_node.id]
+            rules = {
+                n.value
+                for n in ast.walk(rule_node)
+                if isinstance(n, ast.Constant) and isinstance(n.value, str)
+            }
+            assert isinstance(code_node, ast.Constant) and isinstance(outcome_node, ast.Name)
+            entry = found.setdefault(code_node.value, (set(), set()))
+            entry[0].update(rules)
+            entry[1].add(getattr(_policy, outcome_node.id).value)
+    return found
+
+
+def test_decision_reasons_cover_every_policy_finding() -> None:
+    reasons = _policy_reasons()
+    assert len(reasons) > 15
+    concepts = _concepts("decision-reason")
+    assert set(concepts) == set(reasons)
+    for code, (rules, outcomes) in reasons.items():
+        assert set(_properties(concepts[code], "rule")) == rules, code
+        assert set(_properties(concepts[code], "outcome")) == outcomes, code
+
+
+def test_image_kinds() -> None:
+    concepts = _concepts("image-kind")
+    assert set(concepts) == {k.value for k in ImageKind}
+    for kind in ImageKind:
+        assert _properties(concepts[kind.value], "implicit-consent") == [
+            kind in IMPLICIT_CONSENT_KINDS
+        ]
+
+
+def test_local_label_codes() -> None:
+    assert set(_concepts("image-sensitivity")) == {c.INTIMATE.code, c.YOUNG_CHILD.code}
+    assert set(_concepts("image-handling")) == {c.LEGAL_HOLD.code}
+    assert set(_concepts("consent-giver")) == {
+        "patient",
+        "gillick-competent",
+        "parental-responsibility",
+        "no-parental-responsibility",
+    }
+
+
+def _members(rid: str) -> set[tuple[str, str]]:
+    """The (system, code) pairs a value set of ours holds, expanded through our code systems."""
+    out: set[tuple[str, str]] = set()
+    for include in _resource("ValueSet", rid)["compose"]["include"]:
+        for vs in include.get("valueSet", []):
+            out |= _members(vs.rsplit("/", 1)[1])
+        system = include.get("system")
+        if system is None:
+            continue
+        if "concept" in include:
+            out |= {(system, x["code"]) for x in include["concept"]}
+        elif system in RESOURCES:
+            out |= {(system, code) for code in _concepts(system.rsplit("/", 1)[1])}
+        else:
+            out.add((system, "*"))  # a whole external code system
+    return out
+
+
+def _every_label_the_policy_sets() -> set[tuple[str, str]]:
+    labels: set[tuple[str, str]] = set()
+    births = ["1980-01-01", "2012-01-01", "2025-01-01"]  # adult, adolescent, young child
+    for made_by, kind, born, intimate, safeguarding, giver in itertools.product(
+        Maker, ImageKind, births, (True, False, None), (True, False), ("patient", "pr", "no-pr")
+    ):
+        ctx = ClinicalContext.model_validate(
+            {
+                "patient": "Patient/p1",
+                "birth_date": born,
+                "captured": CAPTURED,
+                "made_by": made_by,
+                "kind": kind,
+                "intimate": intimate,
+                "safeguarding_concern": safeguarding,
+                "purpose": "x",
+            }
+        )
+        consent = ConsentRecord.model_validate(
+            {
+                "given_by": "patient" if giver == "patient" else "parent",
+                "giver": None if giver == "patient" else "RelatedPerson/r1",
+                "relationship": None if giver == "patient" else "MTH",
+                "parental_responsibility": None if giver == "patient" else giver == "pr",
+                "date": CAPTURED,
+                "taken_by": "Practitioner/gp1",
+                "method": "verbal",
+                "permissions": {"view": True, "store": True},
+            }
+        )
+        for record in (None, consent):
+            labels |= {(x.system, x.code) for x in decide(ctx, record).labels.all()}
+    return labels
+
+
+def test_value_sets_hold_every_label_the_policy_sets() -> None:
+    by_system = {
+        c.V3_CONFIDENTIALITY: _members("confidentiality"),
+        c.V3_OBSERVATION_VALUE: _members("integrity"),
+        c.LOCAL_SENSITIVITY: _members("sensitivity"),
+        c.LOCAL_HANDLING: _members("handling"),
+        c.V3_ACT_CODE: _members("sensitivity") | _members("handling"),
+    }
+    labels = _every_label_the_policy_sets()
+    assert {code for system, code in labels if system == c.V3_CONFIDENTIALITY} == {"N", "R", "V"}
+    for label in labels:
+        assert label in by_system[label[0]], f"{label} is in no value set of profiles/"
+    assert by_system[c.V3_CONFIDENTIALITY] == {(c.V3_CONFIDENTIALITY, x) for x in "NRV"}
+    assert _members("security-labels") == set().union(
+        *(_members(v) for v in ("confidentiality", "integrity", "sensitivity", "handling"))
+    )
+
+
+def test_value_sets_hold_what_disclosure_recognises() -> None:
+    sensitivity = _members("sensitivity")
+    # SOC and LGBTQ are newer than the R4 terminology servers load (see profiles/README.md)
+    assert set(c.SENSITIVITY_CODES) - sensitivity == {
+        (c.V3_ACT_CODE, "SOC"),
+        (c.V3_ACT_CODE, "LGBTQ"),
+    }
+    assert sensitivity <= set(c.SENSITIVITY_CODES)
+    handling = _members("handling")
+    assert {(c.V3_ACT_CODE, code) for code in _lifecycle._OBLIGATIONS} <= handling
+    assert c.LEGAL_HOLD.system and (c.LEGAL_HOLD.system, c.LEGAL_HOLD.code) in handling
