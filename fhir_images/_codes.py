@@ -80,12 +80,34 @@ YOUNG_CHILD = Label(LOCAL_SENSITIVITY, "young-child")
 LEGAL_HOLD = Label(LOCAL_HANDLING, "legal-hold")
 
 #: Sensitivity codes: they reveal private facts, so they never go on a released Bundle
-SENSITIVITY_CODES = frozenset({
-    (V3_ACT_CODE, code) for code in (
-        "PHY", "PRS", "ADOL", "SEX", "STD", "SDV", "VIO", "PSY", "MH", "TBOO", "ETH", "HIV",
-        "SUD", "GDIS", "DEMO", "SICKLE", "BH", "PSYTHPN", "REL", "SOC", "LGBTQ",
-    )
-}) | {(LOCAL_SENSITIVITY, "intimate"), (LOCAL_SENSITIVITY, "young-child")}
+SENSITIVITY_CODES = frozenset(
+    {
+        (V3_ACT_CODE, code)
+        for code in (
+            "PHY",
+            "PRS",
+            "ADOL",
+            "SEX",
+            "STD",
+            "SDV",
+            "VIO",
+            "PSY",
+            "MH",
+            "TBOO",
+            "ETH",
+            "HIV",
+            "SUD",
+            "GDIS",
+            "DEMO",
+            "SICKLE",
+            "BH",
+            "PSYTHPN",
+            "REL",
+            "SOC",
+            "LGBTQ",
+        )
+    }
+) | {(LOCAL_SENSITIVITY, "intimate"), (LOCAL_SENSITIVITY, "young-child")}
 
 # Handling caveats (v3-ActCode)
 CPLYCD = Label(V3_ACT_CODE, "CPLYCD")

@@ -40,7 +40,7 @@ from . import _codes as c
 from ._exceptions import BadResponse, FhirImagesError, ServerError
 from ._labels import apply_labels
 from ._outbox import Entry, Outbox
-from ._transport import FhirClient
+from ._transport import FhirClient, relative_reference
 
 log = logging.getLogger("fhir_images.delivery")
 
@@ -80,13 +80,6 @@ def _labels_hold(held: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> bo
     want = {(x.get("system"), x.get("code")) for x in wanted}
     conf = {k for k in have if k[0] == c.V3_CONFIDENTIALITY}
     return want <= have and conf == {k for k in want if k[0] == c.V3_CONFIDENTIALITY}
-
-
-def _relative(location: str) -> str:
-    parts = location.split("?")[0].rstrip("/").split("/")
-    if "_history" in parts:
-        parts = parts[: parts.index("_history")]
-    return "/".join(parts[-2:])
 
 
 class Deliverer:
@@ -153,7 +146,8 @@ class Deliverer:
                 result.notes.append(f"{binary} kept for the next attempt")
             raise
         locations = [
-            _relative(e.get("response", {}).get("location", "")) for e in response.get("entry", [])
+            relative_reference(e.get("response", {}).get("location", ""))
+            for e in response.get("entry", [])
         ]
         if len(locations) != len(bundle["entry"]):
             raise BadResponse("the transaction answer does not have one entry per request")

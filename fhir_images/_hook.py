@@ -41,7 +41,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import _codes as c
-from ._context import ClinicalContext, ImageKind, Maker
+from ._context import IMPLICIT_CONSENT_KINDS, ClinicalContext, ImageKind, Maker
 from ._disclosure import provision_for
 from ._exceptions import FhirImagesError, ResourceNotFound
 from ._labels import apply_labels
@@ -139,14 +139,7 @@ def assess(
     if not ctx.purpose:
         problems.append("no clinical purpose recorded (G8)")
     active = [x for x in consents if x.get("status") == "active"]
-    if kind not in (
-        ImageKind.XRAY,
-        ImageKind.ULTRASOUND,
-        ImageKind.ENDOSCOPY,
-        ImageKind.PATHOLOGY_SLIDE,
-        ImageKind.INTERNAL_ORGAN,
-        ImageKind.ORGAN_FUNCTION,
-    ):
+    if kind not in IMPLICIT_CONSENT_KINDS:
         if not active:
             problems.append("no active Consent references this image (G1, G4, G6)")
         elif not all(provision_for(x, c.TREAT)[0] == "permit" for x in active):

@@ -476,7 +476,7 @@ class FhirClient:
         )
         location = response.headers.get("Location") or response.headers.get("Content-Location")
         if location:
-            return _relative(location)
+            return relative_reference(location)
         body = self._json(response)
         if isinstance(body, dict) and body.get("id"):
             return f"Binary/{body['id']}"
@@ -540,9 +540,9 @@ def _meta_from_parameters(data: Any) -> dict[str, Any]:
     raise BadResponse("the $meta answer is not a Parameters resource")
 
 
-def _relative(location: str) -> str:
-    """'http://x/fhir/Binary/5/_history/1' -> 'Binary/5'."""
-    parts = location.rstrip("/").split("/")
+def relative_reference(location: str) -> str:
+    """'http://x/fhir/Binary/5/_history/1' -> 'Binary/5' (from a Location header)."""
+    parts = location.split("?")[0].rstrip("/").split("/")
     if "_history" in parts:
         parts = parts[: parts.index("_history")]
     return "/".join(parts[-2:])
