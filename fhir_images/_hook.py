@@ -135,7 +135,8 @@ def assess(
         safeguarding_concern=False,
         purpose=_purpose(media),
     )
-    wanted = default_labels(Situation(ctx, None)).all()
+    labels_for = default_labels(Situation(ctx, None))
+    wanted = labels_for.all()
     if not ctx.purpose:
         problems.append("no clinical purpose recorded (G8)")
     active = [x for x in consents if x.get("status") == "active"]
@@ -150,38 +151,12 @@ def assess(
     if problems:
         result += [label.as_coding() for label in _RESTRICTIVE]
         # restricted at least, very restricted for a child
-        confidentiality = "V" if ctx.age_years() < 18 else "R"
+        floor = c.Confidentiality.V if ctx.age_years() < 18 else c.Confidentiality.R
+        level = max(floor, labels_for.confidentiality)
         result = [x for x in result if x["system"] != c.V3_CONFIDENTIALITY]
-        current = next((lab for lab in wanted if lab.system == c.V3_CONFIDENTIALITY), None)
-        if (
-            current is not None
-            and c.Confidentiality[current.code] > c.Confidentiality[confidentiality]
-        ):
-            confidentiality = current.code
-        result.insert(0, {"system": c.V3_CONFIDENTIALITY, "code": confidentiality})
+        result.insert(0, c.conf(level).as_coding())
     unique = list({(x["system"], x["code"]): x for x in result}.values())
     return Assessment(ref, unique, problems)
-
-
-def _never_lower(
-    wanted: list[dict[str, str]], current: list[dict[str, Any]]
-) -> list[dict[str, str]]:
-    """Keep a confidentiality code already on the server when it is higher than the one wanted."""
-    have = [
-        c.Confidentiality[x["code"]]
-        for x in current
-        if x.get("system") == c.V3_CONFIDENTIALITY
-        and x.get("code") in c.Confidentiality.__members__
-    ]
-    if not have:
-        return wanted
-    top = max(have)
-    out = []
-    for x in wanted:
-        if x["system"] == c.V3_CONFIDENTIALITY and c.Confidentiality[x["code"]] < top:
-            x = {"system": c.V3_CONFIDENTIALITY, "code": top.name}
-        out.append(x)
-    return out
 
 
 # ---------------------------------------------------------------------------- processing
@@ -219,7 +194,7 @@ class Labeller:
         consents = list(client.search("Consent", {"data": f"Media/{media_id}", "_count": "20"}))
         result = assess(media, patient, consents)
         current = media.get("meta", {}).get("security", [])
-        apply_labels(client, result.media, _never_lower(result.labels, current), current=current)
+        apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
         self._report(media, result)
         return result
 

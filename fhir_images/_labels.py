@@ -57,12 +57,14 @@ def plan_label_change(
     *,
     remove: Iterable[dict[str, Any]] = (),
     allow_lower: bool = False,
+    keep_higher: bool = False,
 ) -> LabelDelta:
     """The labels to add and delete to reach ``desired`` without losing anything silently.
 
     ``desired`` labels are added. A desired confidentiality code replaces the
-    current one only if it is higher (or ``allow_lower``). Other current labels
-    stay unless named in ``remove``.
+    current one only if it is higher (or ``allow_lower``); a lower one is an
+    error, unless ``keep_higher``, which keeps the current code instead. Other
+    current labels stay unless named in ``remove``.
     """
     cur = {_key(c) for c in current}
     want = {_key(c) for c in desired}
@@ -79,7 +81,10 @@ def plan_label_change(
     if want_conf:
         [target] = want_conf
         top = max(cur_conf, key=_conf_rank, default=None)
-        if top is not None and _conf_rank(target) < _conf_rank(top) and not allow_lower:
+        if top is not None and _conf_rank(target) < _conf_rank(top) and keep_higher:
+            add.discard(target)
+            target = top
+        elif top is not None and _conf_rank(target) < _conf_rank(top) and not allow_lower:
             raise LabelError(
                 f"refusing to lower confidentiality from {top[1]} to {target[1]} "
                 "without an explicit request"
@@ -112,11 +117,13 @@ def apply_labels(
     *,
     remove: Iterable[dict[str, Any]] = (),
     allow_lower: bool = False,
+    keep_higher: bool = False,
     current: list[dict[str, Any]] | None = None,
 ) -> list[dict[str, str]]:
     """Change a resource's labels on the server and verify the result; return the labels.
 
-    ``current`` may be given when the caller has just read (or created) the resource.
+    ``current`` may be given when the caller has just read (or created) the resource;
+    ``allow_lower`` and ``keep_higher`` are as in :func:`plan_label_change`.
     """
     resource: dict[str, Any] | None = None
     if current is None:
@@ -125,7 +132,9 @@ def apply_labels(
         else:
             resource = client.read(ref)
             current = resource.get("meta", {}).get("security", [])
-    delta = plan_label_change(current, desired, remove=remove, allow_lower=allow_lower)
+    delta = plan_label_change(
+        current, desired, remove=remove, allow_lower=allow_lower, keep_higher=keep_higher
+    )
     expected = delta.result(_key(c) for c in current)
     after: list[dict[str, Any]] | None = None
     if delta.empty:

@@ -43,8 +43,10 @@ def mock_until_transaction(labels):
 
 
 def meta_parameters(labels):
-    return {"resourceType": "Parameters",
-            "parameter": [{"name": "return", "valueMeta": {"security": labels}}]}
+    return {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "return", "valueMeta": {"security": labels}}],
+    }
 
 
 def labels_of(entry):
@@ -314,3 +316,10 @@ def test_server_that_silently_drops_a_label_is_caught():
     responses.get(f"{BASE}/Media/1/$meta", json=meta_parameters([N]))
     with pytest.raises(LabelVerificationFailed, match="missing"):
         apply_labels(client, "Media/1", [R])
+
+
+def test_delta_can_keep_a_higher_code_instead_of_refusing():
+    delta = plan_label_change(
+        [V, PHY], [N, {"system": c.V3_ACT_CODE, "code": "NOPAT"}], keep_higher=True
+    )
+    assert delta.add == {(c.V3_ACT_CODE, "NOPAT")} and not delta.delete
