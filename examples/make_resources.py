@@ -3,8 +3,8 @@
 Every file is produced by fhir-images itself: the transaction Bundle that ``ingest`` puts in the
 outbox for each storing case, and the AuditEvents that ``disclose`` and ``destroy`` write. Ids and
 clocks are fixed, so the output is the same on every run; ``tests/unit/test_examples_sync.py``
-regenerates it and fails if the files here have drifted. Binary placeholders stay ``urn:uuid``
-(the sender replaces them with ``Binary/{id}``).
+regenerates it and fails if the files here have drifted. References between the entries stay
+``urn:uuid`` (the server resolves them); the Binary holds no bytes (the sender adds them).
 
     python examples/make_resources.py           # rewrite examples/resources/
     python examples/make_resources.py --check   # exit 1 if a file would change
@@ -113,7 +113,7 @@ def disclosure_audit(bundle: dict[str, Any]) -> dict[str, Any]:
         requester="Practitioner/ex-gp-1",
         role="clinician",
         clearance="N",
-        recipient="Dermatology, example hospital",
+        recipient="Organization/ex-dermatology",
     )
     return audit_disclosure(
         ImageRecord(media), request, media["subject"]["reference"], now=DISCLOSED

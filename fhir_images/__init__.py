@@ -12,6 +12,7 @@ The public API::
 Errors are described in :mod:`fhir_images._exceptions`.
 """
 
+from ._approvals import approve, pending_approvals, refuse_approval
 from ._context import (
     IMPLICIT_CONSENT_KINDS,
     ClinicalContext,
@@ -24,8 +25,9 @@ from ._context import (
     Permissions,
     Relationship,
 )
-from ._delivery import DeliveryResult, push
+from ._delivery import DeliveryResult, push, retry_failed
 from ._disclosure import (
+    Approval,
     DisclosureDecision,
     DisclosureRequest,
     ImageRecord,
@@ -58,9 +60,10 @@ from ._exceptions import (
 )
 from ._ingest import IngestResult, ingest, load_structured, parse_consent, parse_context, recheck
 from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
-from ._labels import apply_labels, plan_label_change
+from ._labels import apply_labels, label_image, plan_label_change
 from ._lifecycle import (
     AnonymisedCopy,
+    ConsentChange,
     DestructionResult,
     DisclosureResult,
     RetentionSchedule,
@@ -95,11 +98,13 @@ __all__ = [
     "PROFILES",
     "ActionRefused",
     "AnonymisedCopy",
+    "Approval",
     "AuthenticationFailed",
     "BadInput",
     "BadResponse",
     "ClinicalContext",
     "Coded",
+    "ConsentChange",
     "ConsentGiver",
     "ConsentRecord",
     "ConsentState",
@@ -152,6 +157,7 @@ __all__ = [
     "__version__",
     "anonymise",
     "apply_labels",
+    "approve",
     "decide",
     "decide_disclosure",
     "destroy",
@@ -160,16 +166,20 @@ __all__ = [
     "get_policy",
     "ingest",
     "intake",
+    "label_image",
     "load_structured",
     "map_submission",
     "narrow_consent",
     "parse_consent",
     "parse_context",
     "patient_records",
+    "pending_approvals",
     "plan_label_change",
     "push",
     "read_record",
     "recheck",
+    "refuse_approval",
+    "retry_failed",
     "sniff",
     "withdraw_consent",
 ]

@@ -31,8 +31,14 @@ LOCAL_HANDLING = f"{CANONICAL_BASE}/CodeSystem/image-handling"
 LOCAL_IMAGE_KIND = f"{CANONICAL_BASE}/CodeSystem/image-kind"
 LOCAL_DECISION_REASON = f"{CANONICAL_BASE}/CodeSystem/decision-reason"
 LOCAL_CONSENT_GIVER = f"{CANONICAL_BASE}/CodeSystem/consent-giver"
+LOCAL_TASK = f"{CANONICAL_BASE}/CodeSystem/image-task"
 SID_SHA256 = f"{CANONICAL_BASE}/sid/sha256"
 SID_SUBMISSION = f"{CANONICAL_BASE}/sid/submission"
+#: Deterministic record keys (derived from the patient, the image's hash and the consent act), so
+#: that the same image and the same consent act are stored once however often they are sent
+SID_RECORD = f"{CANONICAL_BASE}/sid/record"
+#: One approval of one disclosure (image, purpose, requester, recipient)
+SID_APPROVAL = f"{CANONICAL_BASE}/sid/disclosure-approval"
 EXT_REMOTE_CONSULTATION = f"{CANONICAL_BASE}/StructureDefinition/remote-consultation"
 EXT_METADATA_STRIPPED = f"{CANONICAL_BASE}/StructureDefinition/metadata-stripped"
 
@@ -143,6 +149,8 @@ RECORDMGT = "RECORDMGT"
 
 # Audit (DICOM and ISO 21089), as IHE BALP uses them
 DCM_EXPORT = ("http://dicom.nema.org/resources/ontology/DCM", "110106", "Export")
+#: IHE BALP's authorizer agent of a privacy disclosure (SNOMED CT "Patient advocate")
+BALP_AUTHORIZER = ("http://snomed.info/sct", "429577009", "Patient advocate")
 DCM_DESTROY = ("http://dicom.nema.org/resources/ontology/DCM", "110105", "DICOM Study Deleted")
 ISO_LIFECYCLE = "http://terminology.hl7.org/CodeSystem/iso-21089-lifecycle"
 AUDIT_ENTITY_TYPE = "http://terminology.hl7.org/CodeSystem/audit-entity-type"

@@ -1,21 +1,28 @@
 """Disclosure: which of a patient's images may be released to whom, for what (pure, no I/O).
 
-For each image the decision is ``release``, ``approve`` (release only after a
-clinician's approval) or ``withhold``, with reasons that name the label or the
-consent provision behind them. The most restrictive finding wins. It fails
-closed: no confidentiality label counts as V, a missing, unreadable or
-withdrawn Consent where one is required means withhold, and a purpose the
-consent does not mention is refused.
+For each image the decision is ``release``, ``approve`` (release only against
+an approval recorded on the server by someone other than the requester) or
+``withhold``, with reasons that name the label or the consent provision behind
+them. The most restrictive finding wins. It fails closed:
+
+* the labels that count are the highest of the Media's and its Binary's (the
+  bytes are what goes out); no confidentiality label counts as V;
+* the Binary must name this Media as its ``securityContext``: bytes that
+  belong to another resource, or say nothing, are withheld;
+* a missing, unreadable or withdrawn Consent where one is required means
+  withhold, and so does a purpose the consent does not mention, or Consents of
+  one image that disagree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from . import _codes as c
 from ._codes import Confidentiality
@@ -47,20 +54,35 @@ class Verdict(StrEnum):
 _RANK = {Verdict.RELEASE: 0, Verdict.APPROVE: 1, Verdict.WITHHOLD: 2}
 
 
+def _check_reference(value: str) -> str:
+    from ._records import is_reference
+
+    if not is_reference(value):
+        raise ValueError("must be a relative reference Type/id, like Practitioner/123")
+    return value
+
+
+Reference = Annotated[str, AfterValidator(_check_reference)]
+
+
 class DisclosureRequest(BaseModel):
     """Who asks, in what role, with what clearance, for what purpose, for whom."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     purpose: Purpose
-    requester: str = Field(description="Reference to who asks (Practitioner/.., Patient/.., ...)")
+    requester: Reference = Field(
+        description="Reference to who asks (Practitioner/.., Patient/.., ...)"
+    )
     role: Role
     clearance: Literal["N", "R", "V"] = "N"
-    recipient: str | None = Field(default=None, description="Who receives it, if not the requester")
-    approved: frozenset[str] = Field(
-        default=frozenset(),
-        description="Media references a clinician has approved for this disclosure",
+    recipient: Reference | None = Field(
+        default=None, description="Who receives it, if not the requester"
     )
+
+    @property
+    def receiver(self) -> str:
+        return self.recipient or self.requester
 
     @model_validator(mode="after")
     def _consistent(self) -> DisclosureRequest:
@@ -76,23 +98,86 @@ class DisclosureRequest(BaseModel):
 
 
 @dataclass(frozen=True)
+class Approval:
+    """An approval of one disclosure, as recorded on the server (a Task)."""
+
+    ref: str
+    status: str
+    media: str
+    purpose: str | None
+    requester: str | None
+    recipient: str | None
+    approver: str | None
+    approved_at: datetime | None
+    valid_until: datetime | None
+
+    def covers(self, media: str, req: DisclosureRequest, now: datetime) -> str | None:
+        """Why this approval does not allow this release, or None when it does."""
+        if self.status != "accepted":
+            return f"{self.ref} is {self.status}"
+        if self.media != media:
+            return f"{self.ref} is for another image"
+        if self.purpose != req.purpose:
+            return f"{self.ref} is for another purpose"
+        if self.requester != req.requester or self.recipient != req.receiver:
+            return f"{self.ref} is for another requester or recipient"
+        if not self.approver or not self.approver.startswith(
+            ("Practitioner/", "PractitionerRole/")
+        ):
+            return f"{self.ref} does not name a clinician as approver"
+        if self.approver in (req.requester, req.recipient):
+            return f"{self.ref} was approved by the requester: approval must come from someone else"
+        if self.approved_at is None or self.approved_at > now:
+            return f"{self.ref} has no approval time in the past"
+        if self.valid_until is not None and self.valid_until < now:
+            return f"{self.ref} has expired"
+        return None
+
+
+@dataclass(frozen=True)
 class ImageRecord:
-    """One Media as read from the server, with the Consents that reference it."""
+    """One Media as read from the server, with its Binary (labels and securityContext, not the
+    bytes), the Consents that reference it and approvals of its disclosure.
+
+    ``binary`` is None when the Media's content is not a Binary on the server: then
+    ``binary_error`` says why (``None`` and no error: the content is inline in the Media).
+    """
 
     media: dict[str, Any]
     consents: list[dict[str, Any]] = field(default_factory=list)
     consent_error: str | None = None
+    binary: dict[str, Any] | None = None
+    binary_error: str | None = None
+    approvals: tuple[Approval, ...] = ()
 
     @property
     def ref(self) -> str:
         return f"Media/{self.media.get('id')}"
 
     @property
+    def media_labels(self) -> set[tuple[str, str]]:
+        return _keys(self.media.get("meta", {}).get("security", []))
+
+    @property
+    def binary_labels(self) -> set[tuple[str, str]]:
+        return _keys((self.binary or {}).get("meta", {}).get("security", []))
+
+    @property
     def labels(self) -> set[tuple[str, str]]:
-        return {
-            (str(s.get("system")), str(s.get("code")))
-            for s in self.media.get("meta", {}).get("security", [])
-        }
+        """Every label of the Media and its Binary: what the bytes going out must honour."""
+        return self.media_labels | self.binary_labels
+
+    @property
+    def confidentiality(self) -> Confidentiality:
+        """The highest of the Media's and the Binary's (each V when it has none)."""
+        level = confidentiality_of(self.media_labels)
+        if self.binary is not None:
+            level = max(level, confidentiality_of(self.binary_labels))
+        return level
+
+
+def _keys(security: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
+    return {(str(s.get("system")), str(s.get("code"))) for s in security}
 
 
 @dataclass(frozen=True)
@@ -107,6 +192,7 @@ class DisclosureDecision:
     verdict: Verdict
     reasons: tuple[str, ...]
     confidentiality: str
+    approval: Approval | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -114,6 +200,8 @@ class DisclosureDecision:
             "verdict": self.verdict.value,
             "reasons": list(self.reasons),
             "confidentiality": self.confidentiality,
+            "approval": self.approval.ref if self.approval else None,
+            "approver": self.approval.approver if self.approval else None,
         }
 
 
@@ -128,8 +216,12 @@ def confidentiality_of(labels: Iterable[tuple[str, str]]) -> Confidentiality:
 
 
 def consent_required(record: ImageRecord) -> bool:
-    """Implicit consent (G3) only for device-asserted images (X-ray, ultrasound, ...)."""
-    return (c.V3_OBSERVATION_VALUE, "DEVAST") not in record.labels
+    """Implicit consent (G3) only for device-asserted images (X-ray, ultrasound, ...): the
+    Media and its Binary (if any) must both say so."""
+    devast = (c.V3_OBSERVATION_VALUE, "DEVAST")
+    return devast not in record.media_labels or (
+        record.binary is not None and devast not in record.binary_labels
+    )
 
 
 def provision_for(consent: dict[str, Any], purpose: str) -> tuple[str, str]:
@@ -139,22 +231,55 @@ def provision_for(consent: dict[str, Any], purpose: str) -> tuple[str, str]:
     for nested in root.get("provision", []) or []:
         codes = {p.get("code") for p in nested.get("purpose", []) or []}
         if purpose in codes:
-            kind = nested.get("type", "deny")
-            return kind, f"{cid} provision {kind}s {purpose}"
-    kind = root.get("type", "deny")
+            kind = "permit" if nested.get("type") == "permit" else "deny"
+            return kind, f"{cid}: its provision for {purpose} is a {kind}"
+    kind = "permit" if root.get("type") == "permit" else "deny"
     return kind, f"{cid} has no provision for {purpose}; its base rule is {kind}"
 
 
+def _bytes_findings(record: ImageRecord) -> list[Finding]:
+    """The bytes must be this image's: a Binary naming this Media as its securityContext."""
+    content = record.media.get("content", {})
+    if record.binary is None:
+        if record.binary_error:
+            return [Finding(Verdict.WITHHOLD, f"the image's bytes: {record.binary_error}")]
+        if not content.get("data"):
+            return [Finding(Verdict.WITHHOLD, "the image has no content on this server")]
+        return []
+    context = record.binary.get("securityContext", {}).get("reference")
+    if context is None:
+        return [
+            Finding(
+                Verdict.WITHHOLD,
+                "the Binary does not name the image it belongs to (no securityContext)",
+            )
+        ]
+    if context != record.ref:
+        return [
+            Finding(
+                Verdict.WITHHOLD,
+                "the Binary belongs to another resource (its securityContext names another)",
+            )
+        ]
+    return []
+
+
 def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
-    out: list[Finding] = []
+    out: list[Finding] = _bytes_findings(record)
     labels = record.labels
     codes = {code for _, code in labels}
-    conf = confidentiality_of(labels)
-    if not any(system == c.V3_CONFIDENTIALITY for system, _ in labels):
+    conf = record.confidentiality
+    unlabelled = [
+        name
+        for name, own in (("image", record.media_labels), ("Binary", record.binary_labels))
+        if (name == "image" or record.binary is not None)
+        and not any(system == c.V3_CONFIDENTIALITY for system, _ in own)
+    ]
+    if unlabelled:
         out.append(
             Finding(
                 Verdict.WITHHOLD if req.clearance != "V" else Verdict.APPROVE,
-                "no confidentiality label: treated as V",
+                f"no confidentiality label on the {' or the '.join(unlabelled)}: treated as V",
             )
         )
 
@@ -172,7 +297,19 @@ def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
     subject = record.media.get("subject", {}).get("reference")
     if req.purpose == "PATRQT":
         if subject != req.requester:
-            out.append(Finding(Verdict.WITHHOLD, "PATRQT: the image is not of the requester"))
+            out.append(
+                Finding(
+                    Verdict.WITHHOLD, "PATRQT: the record says the image is not of the requester"
+                )
+            )
+        elif conf >= Confidentiality.V:
+            out.append(
+                Finding(
+                    Verdict.APPROVE,
+                    "PATRQT: a very restricted (V) image is released to the patient only after a "
+                    "clinician has reviewed it (G10, serious harm)",
+                )
+            )
         else:
             out.append(Finding(Verdict.RELEASE, "PATRQT: the patient's own image (G10)"))
 
@@ -193,7 +330,7 @@ def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
         governed = _CONSENT_PURPOSE.get(req.purpose)
         if governed and active:
             answers = [provision_for(x, governed) for x in active]
-            # every active Consent must permit; a deny anywhere wins
+            # every active Consent must permit; a deny anywhere wins (Consents that disagree)
             for kind, why in answers:
                 if kind != "permit":
                     out.append(Finding(Verdict.WITHHOLD, why))
@@ -247,30 +384,50 @@ def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
     return out
 
 
-def decide_one(record: ImageRecord, req: DisclosureRequest) -> DisclosureDecision:
+def decide_one(
+    record: ImageRecord, req: DisclosureRequest, *, now: datetime | None = None
+) -> DisclosureDecision:
+    """The verdict for one image. An ``approve`` verdict becomes ``release`` only through an
+    approval in ``record.approvals`` that covers exactly this request (see :meth:`Approval.covers`)
+    at ``now`` (default: the current time)."""
     findings = _findings(record, req)
     verdict = max((f.verdict for f in findings), key=_RANK.__getitem__, default=Verdict.RELEASE)
     reasons = [f.reason for f in findings if f.verdict is verdict] or ["nothing restricts it"]
-    if verdict is Verdict.APPROVE and record.ref in req.approved:
-        verdict = Verdict.RELEASE
-        reasons = [*reasons, f"approved for this disclosure ({record.ref})"]
+    used: Approval | None = None
+    if verdict is Verdict.APPROVE:
+        at = now or datetime.now(UTC)
+        refusals = []
+        for approval in record.approvals:
+            why_not = approval.covers(record.ref, req, at)
+            if why_not is None:
+                used = approval
+                break
+            refusals.append(why_not)
+        if used is not None:
+            verdict = Verdict.RELEASE
+            reasons = [*reasons, f"approved by {used.approver} ({used.ref})"]
+        else:
+            reasons += refusals
     return DisclosureDecision(
-        record.ref, verdict, tuple(reasons), confidentiality_of(record.labels).name
+        record.ref, verdict, tuple(reasons), record.confidentiality.name, used
     )
 
 
 def decide_disclosure(
-    records: Iterable[ImageRecord], req: DisclosureRequest
+    records: Iterable[ImageRecord], req: DisclosureRequest, *, now: datetime | None = None
 ) -> list[DisclosureDecision]:
     """Decide, image by image, what may be released for this request."""
-    return [decide_one(r, req) for r in records]
+    return [decide_one(r, req, now=now) for r in records]
 
 
-def releasable_labels(security: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """A released copy's labels: sensitivity codes (which reveal private facts) removed."""
-    return [
-        s for s in security if (str(s.get("system")), str(s.get("code"))) not in c.SENSITIVITY_CODES
-    ]
+def releasable_labels(record: ImageRecord) -> list[dict[str, str]]:
+    """The labels a released copy of the image and of its bytes carry: every label of the Media
+    and the Binary, the highest confidentiality code alone, sensitivity codes (which reveal
+    private facts) removed. Never lower than either resource's own."""
+    keys = {k for k in record.labels if k not in c.SENSITIVITY_CODES}
+    keys = {k for k in keys if k[0] != c.V3_CONFIDENTIALITY}
+    keys.add((c.V3_CONFIDENTIALITY, record.confidentiality.name))
+    return [{"system": s, "code": code} for s, code in sorted(keys)]
 
 
 def high_water_mark(decisions: Iterable[DisclosureDecision]) -> str:

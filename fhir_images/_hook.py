@@ -44,8 +44,9 @@ from . import _codes as c
 from ._context import IMPLICIT_CONSENT_KINDS, ClinicalContext, ImageKind, Maker
 from ._disclosure import provision_for
 from ._exceptions import FhirImagesError, ResourceNotFound
-from ._labels import apply_labels
+from ._labels import apply_labels, label_image
 from ._policy import Situation, default_labels
+from ._records import binary_reference, consents_for_image, create_once
 from ._transport import FhirClient
 
 log = logging.getLogger("fhir_images.hook")
@@ -81,6 +82,15 @@ class Assessment:
     @property
     def complete(self) -> bool:
         return not self.problems
+
+    def restrict(self) -> None:
+        """Add the restrictive handling labels (and at least R) for a problem found later."""
+        have = {(x["system"], x["code"]) for x in self.labels}
+        self.labels += [x.as_coding() for x in _RESTRICTIVE if (x.system, x.code) not in have]
+        conf = next((x for x in self.labels if x["system"] == c.V3_CONFIDENTIALITY), None)
+        if conf is None or c.Confidentiality[conf["code"]] < c.Confidentiality.R:
+            self.labels = [x for x in self.labels if x["system"] != c.V3_CONFIDENTIALITY]
+            self.labels.insert(0, c.conf(c.Confidentiality.R).as_coding())
 
 
 def _kind(media: dict[str, Any]) -> ImageKind:
@@ -167,6 +177,7 @@ class Labeller:
 
     def __init__(self, client: FhirClient) -> None:
         self.client = client
+        self.unlabelled_binaries = 0
 
     def process(self, resource_type: str, resource_id: str) -> list[Assessment]:
         if resource_type == "Consent":
@@ -191,12 +202,63 @@ class Labeller:
                 patient = client.read(subject)
             except ResourceNotFound:
                 patient = None
-        consents = list(client.search("Consent", {"data": f"Media/{media_id}", "_count": "20"}))
+        consents = consents_for_image(client, f"Media/{media_id}")
         result = assess(media, patient, consents)
         current = media.get("meta", {}).get("security", [])
-        apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
+        binary = self._own_binary(media, result)
+        if binary is None:
+            apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
+        else:
+            try:
+                label_image(client, result.media, result.labels, binary=binary, current=current)
+            except FhirImagesError as exc:
+                # the Media still gets its labels; the Binary is reported, not forgotten
+                apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
+                self._unlabelled_binary(result, f"{type(exc).__name__}")
         self._report(media, result)
         return result
+
+    def _own_binary(self, media: dict[str, Any], result: Assessment) -> str | None:
+        """The Media's Binary, given a securityContext naming the Media if it has none; None
+        (with the problem recorded) when the bytes are not a Binary this image may label."""
+        client = self.client
+        url = media.get("content", {}).get("url")
+        binary = binary_reference(url, client.base_url)
+        if binary is None:
+            if url:
+                result.problems.append("the image's bytes are not a Binary on this server (G11)")
+                result.restrict()
+            return None
+        try:
+            meta = client.binary_meta(binary)
+            context = meta.get("securityContext", {}).get("reference")
+            if context is None:
+                client.patch(
+                    binary,
+                    [
+                        {
+                            "op": "add",
+                            "path": "/securityContext",
+                            "value": {"reference": result.media},
+                        }
+                    ],
+                    if_match=meta.get("meta", {}).get("versionId"),
+                )
+            elif context != result.media:
+                result.problems.append(
+                    "the image points at bytes (a Binary) that belong to another resource"
+                )
+                result.restrict()
+                return None
+        except FhirImagesError as exc:
+            self._unlabelled_binary(result, type(exc).__name__)
+            return None
+        return binary
+
+    def _unlabelled_binary(self, result: Assessment, why: str) -> None:
+        self.unlabelled_binaries += 1
+        result.problems.append(f"the image's bytes (its Binary) could not be labelled ({why})")
+        result.restrict()
 
     def _report(self, media: dict[str, Any], result: Assessment) -> None:
         """Open (or close) a Task so a clinician sees an image whose record is incomplete."""
@@ -229,22 +291,7 @@ class Labeller:
         if media.get("subject"):
             task["for"] = media["subject"]
         if existing is None:
-            client.transaction(
-                {
-                    "resourceType": "Bundle",
-                    "type": "transaction",
-                    "entry": [
-                        {
-                            "resource": task,
-                            "request": {
-                                "method": "POST",
-                                "url": "Task",
-                                "ifNoneExist": f"identifier={identifier}",
-                            },
-                        }
-                    ],
-                }
-            )
+            create_once(client, task, f"identifier={identifier}")
         elif existing.get("description") != description or existing.get("status") != "requested":
             task["id"] = existing["id"]
             client.update(task, if_match=existing.get("meta", {}).get("versionId"))
@@ -412,6 +459,7 @@ class HookService:
                 "rejected": s.rejected,
                 "processed": s.processed,
                 "failed": s.failed,
+                "binaries_not_labelled": self.labeller.unlabelled_binaries,
                 "coalesced": s.coalesced,
                 "recent_failures": list(s.recent_failures),
             }

@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,8 +20,8 @@ from pydantic import ValidationError
 from ._context import ClinicalContext, ConsentRecord
 from ._exceptions import InvalidContext, OutboxError
 from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
-from ._mapping import MappedSubmission, map_submission
-from ._outbox import Entry, Outbox
+from ._mapping import MappedSubmission, consent_key, image_key, map_submission
+from ._outbox import Entry, EntryMeta, Outbox
 from ._policy import Decision, Outcome, Policy, decide
 
 log = logging.getLogger("fhir_images.ingest")
@@ -118,6 +117,35 @@ def parse_consent(data: Any) -> ConsentRecord | None:
         raise InvalidContext(_validation_message("consent", exc)) from None
 
 
+def _meta(
+    ctx: ClinicalContext,
+    consent: ConsentRecord | None,
+    facts: ImageFacts,
+    decision: Decision,
+) -> EntryMeta:
+    return EntryMeta(
+        id="-",
+        state="held",
+        content="content" + facts.extension,
+        created=ctx.captured,
+        patient=ctx.patient,
+        sha256=facts.sha256_hex,
+        media_type=facts.media_type,
+        size=facts.size,
+        image_key=image_key(ctx.patient, facts.sha256_hex),
+        consent_key=consent_key(consent),
+        decision=_decision_json(decision),
+        facts=_facts_json(facts),
+    )
+
+
+def _files(ctx: ClinicalContext, consent: ConsentRecord | None) -> dict[str, bytes]:
+    files = {"context.json": ctx.model_dump_json(indent=2).encode()}
+    if consent is not None:
+        files["consent.json"] = consent.model_dump_json(indent=2).encode()
+    return files
+
+
 def ingest(
     source: Path | bytes,
     context: ClinicalContext,
@@ -132,50 +160,40 @@ def ingest(
 
     ``claimed_type`` defaults to what a path's extension claims. Raises
     :class:`BadInput` subclasses for unusable input (nothing is written).
+
+    The same image of the same patient with the same consent act is kept once:
+    a second ingest (even a concurrent one, from another process) returns the
+    entry already in the outbox, or the receipt of its delivery, as ``duplicate_of``.
     """
     if claimed_type is None and isinstance(source, Path):
         claimed_type = claimed_type_from_name(source.name)
     decision = decide(context, consent, policy=policy)  # raises before any work if inconsistent
-    result = intake(source, claimed_type=claimed_type, limits=limits, workdir=outbox.root / ".tmp")
+    result = intake(source, claimed_type=claimed_type, limits=limits, workdir=outbox.work)
     facts = result.facts
     try:
         if decision.outcome is Outcome.REFUSE:
             return IngestResult(decision, facts, None)
-        files = {"context.json": context.model_dump_json(indent=2).encode()}
-        if consent is not None:
-            files["consent.json"] = consent.model_dump_json(indent=2).encode()
-        meta = {
-            "created": context.captured.isoformat(),
-            "patient": context.patient,
-            "sha256": facts.sha256_hex,
-            "media_type": facts.media_type,
-            "size": facts.size,
-            "decision": _decision_json(decision),
-            "facts": _facts_json(facts),
-        }
-        if decision.outcome is Outcome.HOLD:
+        meta = _meta(context, consent, facts, decision)
+        files = _files(context, consent)
+        with outbox.lock():
+            existing = outbox.find(image_key=meta.image_key, consent_key=meta.consent_key)
+            if existing is not None:
+                return IngestResult(decision, facts, existing, duplicate_of=existing.id)
+            sent = outbox.sent_receipt(image_key=meta.image_key, consent_key=meta.consent_key)
+            if sent is not None and decision.outcome is Outcome.STORE:
+                return IngestResult(decision, facts, None, duplicate_of=sent)
+            if decision.outcome is Outcome.HOLD:
+                entry = outbox.write("held", meta=meta, files=files, content_from=result.path)
+                return IngestResult(decision, facts, entry)
+            mapped = map_submission(context, consent, facts, decision)
+            files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
             entry = outbox.write(
-                "held",
+                "ready",
                 meta=meta,
                 files=files,
                 content_from=result.path,
-                content_name="content" + facts.extension,
+                entry_id=mapped.submission_id,
             )
-            return IngestResult(decision, facts, entry)
-        existing = outbox.find(sha256=facts.sha256_hex, patient=context.patient)
-        if existing is not None:
-            return IngestResult(decision, facts, existing, duplicate_of=existing.id)
-        mapped = map_submission(context, consent, facts, decision)
-        files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
-        meta["binary_placeholder"] = mapped.binary_placeholder
-        entry = outbox.write(
-            "ready",
-            meta=meta,
-            files=files,
-            content_from=result.path,
-            content_name="content" + facts.extension,
-            entry_id=mapped.submission_id,
-        )
         return IngestResult(decision, facts, entry, mapped)
     finally:
         result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
@@ -198,32 +216,23 @@ def recheck(
     if entry.state != "held":
         raise OutboxError(f"entry {entry_id} is {entry.state}, not held")
     ctx = context or parse_context(entry.read_json("context.json"))
-    if consent is None and (entry.path / "consent.json").exists():
+    if consent is None and entry.has("consent.json"):
         consent = parse_consent(entry.read_json("consent.json"))
-    pack = policy or entry.meta["decision"]["policy"]
+    pack = policy or entry.meta.decision["policy"]
     decision = decide(ctx, consent, policy=pack)
-    facts = facts_from_json(entry.meta["facts"])
-    files = {"context.json": ctx.model_dump_json(indent=2).encode()}
-    if consent is not None:
-        files["consent.json"] = consent.model_dump_json(indent=2).encode()
-    meta = {**entry.meta, "decision": _decision_json(decision)}
+    facts = facts_from_json(entry.meta.facts)
+    files = _files(ctx, consent)
+    meta = entry.meta.model_copy(
+        update={
+            "decision": _decision_json(decision),
+            "patient": ctx.patient,
+            "image_key": image_key(ctx.patient, facts.sha256_hex),
+            "consent_key": consent_key(consent),
+        }
+    )
     if decision.outcome is not Outcome.STORE:
-        return IngestResult(decision, facts, _rewrite_held(entry, meta, files))
+        return IngestResult(decision, facts, outbox.rewrite(entry, meta=meta, files=files))
     mapped = map_submission(ctx, consent, facts, decision, submission_id=entry.id)
     files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
-    meta["binary_placeholder"] = mapped.binary_placeholder
-    new = outbox.move(entry, "ready", meta=meta, files=files)
+    new = outbox.transition(entry, "ready", meta=meta, files=files)
     return IngestResult(decision, facts, new, mapped)
-
-
-def _rewrite_held(entry: Entry, meta: dict[str, Any], files: dict[str, bytes]) -> Entry:
-    """Replace a held entry's decision and consent in place, atomically per file."""
-    for name, data in {**files, "entry.json": json.dumps(meta, indent=2).encode()}.items():
-        tmp = entry.path / f".{name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, entry.path / name)
-    return Entry(entry.id, "held", entry.path, meta)

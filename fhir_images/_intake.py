@@ -695,3 +695,17 @@ def _av_metadata(path: Path, sniffed: str) -> tuple[int | None, int | None, floa
         int(height) if isinstance(height, int) else None,
         float(seconds) if seconds is not None else None,
     )
+
+
+def decode_for_copy(data: bytes, limits: Limits) -> Image.Image:
+    """Decode an image read back from a server, through the same checks as intake, upright and
+    as RGB pixels (for an anonymised copy). Raises BadInput subclasses."""
+    from PIL import ImageOps
+
+    sniffed = sniff(data[:8192])
+    if ACCEPTED[sniffed] != "image":
+        raise UnsupportedMediaType(f"content is {sniffed}, not a still image")
+    if sniffed == "image/heic":
+        _register_heif()
+    im = _open_checked(data, sniffed, limits)
+    return ImageOps.exif_transpose(im).convert("RGB")

@@ -102,9 +102,12 @@ def plan_label_change(
 
 
 def current_labels(client: FhirClient, ref: str) -> list[dict[str, Any]]:
-    """A resource's labels, through ``$meta`` where the server has it (no resource body)."""
+    """A resource's labels, through ``$meta`` where the server has it (no resource body; for a
+    Binary, never its bytes)."""
     if client.profile.meta_operations:
         security: list[dict[str, Any]] = client.meta(ref).get("security", [])
+    elif ref.startswith("Binary/"):
+        security = client.binary_meta(ref).get("meta", {}).get("security", [])
     else:
         security = client.read(ref).get("meta", {}).get("security", [])
     return security
@@ -126,8 +129,9 @@ def apply_labels(
     ``allow_lower`` and ``keep_higher`` are as in :func:`plan_label_change`.
     """
     resource: dict[str, Any] | None = None
+    binary = ref.startswith("Binary/")
     if current is None:
-        if client.profile.meta_operations:
+        if client.profile.meta_operations or binary:
             current = current_labels(client, ref)
         else:
             resource = client.read(ref)
@@ -144,6 +148,13 @@ def apply_labels(
             after = client.meta_add(ref, _codings(delta.add)).get("security")
         if delta.delete:
             after = client.meta_delete(ref, _codings(delta.delete)).get("security")
+    elif binary:  # never re-send a Binary's bytes to change its labels
+        version = client.binary_meta(ref).get("meta", {}).get("versionId")
+        client.patch(
+            ref,
+            [{"op": "add", "path": "/meta/security", "value": _codings(expected)}],
+            if_match=version,
+        )
     else:
         resource = resource or client.read(ref)
         version = resource.get("meta", {}).get("versionId")
@@ -160,3 +171,53 @@ def apply_labels(
             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"
         )
     return _codings(got)
+
+
+def _common_labels(*sets: Iterable[dict[str, Any]]) -> list[dict[str, str]]:
+    """Every label of every set, with the highest confidentiality code alone."""
+    keys = {_key(x) for labels in sets for x in labels}
+    confs = {k for k in keys if k[0] == V3_CONFIDENTIALITY and k[1] in Confidentiality.__members__}
+    keys -= {k for k in keys if k[0] == V3_CONFIDENTIALITY}
+    if confs:
+        keys.add(max(confs, key=_conf_rank))
+    return _codings(keys)
+
+
+def label_image(
+    client: FhirClient,
+    media_ref: str,
+    desired: Iterable[dict[str, Any]],
+    *,
+    binary: str | None = None,
+    current: list[dict[str, Any]] | None = None,
+    binary_current: list[dict[str, Any]] | None = None,
+) -> list[dict[str, str]]:
+    """Label an image and its bytes alike: the Media and its Binary both end with every label
+    either had plus ``desired``, and the highest confidentiality code of them all (labels are
+    only added or raised here). Returns the labels, read back from both.
+
+    ``binary`` is the Binary's reference (read from the Media when not given; a Media whose
+    content is not a Binary on this server has only its own labels changed).
+    """
+    from ._records import binary_reference
+
+    desired = list(desired)
+    if binary is None:
+        media = client.read(media_ref)
+        current = media.get("meta", {}).get("security", []) if current is None else current
+        binary = binary_reference(media.get("content", {}).get("url"), client.base_url)
+    if current is None:
+        current = current_labels(client, media_ref)
+    if binary is not None and binary_current is None:
+        binary_current = current_labels(client, binary)
+    target = _common_labels(desired, current, binary_current or [])
+    after = apply_labels(client, media_ref, target, current=current, keep_higher=True)
+    if binary is not None:
+        after_binary = apply_labels(
+            client, binary, target, current=binary_current, keep_higher=True
+        )
+        if {_key(x) for x in after_binary} != {_key(x) for x in after}:
+            raise LabelVerificationFailed(
+                "the Binary's labels on the server differ from its Media's"
+            )
+    return after

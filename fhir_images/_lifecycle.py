@@ -13,16 +13,17 @@ import base64
 import hashlib
 import io
 import json
-import re
-import tempfile
+import os
+import uuid
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from . import _codes as c
+from ._approvals import approvals_for, request_approval, use_approval_entry
 from ._codes import Confidentiality
 from ._disclosure import (
     DisclosureDecision,
@@ -31,16 +32,24 @@ from ._disclosure import (
     Verdict,
     consent_required,
     decide_disclosure,
+    decide_one,
     high_water_mark,
     provision_for,
     releasable_labels,
 )
-from ._exceptions import ActionRefused, ServerError
-from ._labels import apply_labels
+from ._exceptions import ActionRefused, ResourceNotFound, ServerError
+from ._labels import label_image
+from ._records import (
+    binary_reference,
+    consents_for_image,
+    images_of_consent,
+    is_reference,
+    record_consent_change,
+    who,
+)
 from ._transport import FhirClient
 
 SOURCE_NAME = "fhir-images"
-_REF = re.compile(r"^[A-Z][A-Za-z]+/[A-Za-z0-9\-.]{1,64}$")
 _OBLIGATIONS = {
     "NORDSCLCDS",
     "NOREUSE",
@@ -60,30 +69,59 @@ def _now(at: datetime | None = None) -> str:
 
 
 def _who(value: str) -> dict[str, str]:
-    return {"reference": value} if _REF.match(value) else {"display": value}
+    return who(value)
+
+
+def _write_private(path: Path, data: bytes) -> None:
+    """Write a file that holds patient data: owner-only whatever the folder, replaced whole."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.chmod(tmp, 0o600)
+    os.replace(tmp, path)
+
+
+def _private_dir(out_dir: Path) -> None:
+    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
 # -------------------------------------------------------------------------------- reading
 
 
 def read_record(client: FhirClient, media_ref: str) -> ImageRecord:
-    media = client.read(media_ref)
-    return _with_consents(client, media)
+    """One image as the disclosure rules see it: the Media, its Binary's labels and
+    securityContext (not its bytes), and its Consents."""
+    return _record(client, client.read(media_ref))
 
 
-def _with_consents(client: FhirClient, media: dict[str, Any]) -> ImageRecord:
+def _record(client: FhirClient, media: dict[str, Any]) -> ImageRecord:
     ref = f"Media/{media['id']}"
+    consents: list[dict[str, Any]] = []
+    consent_error = None
     try:
-        consents = list(client.search("Consent", {"data": ref, "_count": "50"}))
+        consents = consents_for_image(client, ref)
     except ServerError as exc:
-        return ImageRecord(media, [], consent_error=type(exc).__name__)
-    return ImageRecord(media, consents)
+        consent_error = type(exc).__name__
+    binary, binary_error = None, None
+    url = media.get("content", {}).get("url")
+    binary_ref = binary_reference(url, client.base_url)
+    if binary_ref is not None:
+        try:
+            binary = client.binary_meta(binary_ref)
+        except ResourceNotFound:
+            binary_error = "the Binary is not on the server"
+        except ServerError as exc:
+            binary_error = f"the Binary could not be read ({type(exc).__name__})"
+    elif url:
+        binary_error = "the image's content is not a Binary on this server"
+    return ImageRecord(media, consents, consent_error, binary, binary_error)
 
 
 def patient_records(client: FhirClient, patient: str) -> list[ImageRecord]:
-    """Every Media of a patient, each with the Consents that reference it."""
+    """Every Media of a patient, each with its Binary's labels and the Consents that name it."""
     return [
-        _with_consents(client, m)
+        _record(client, m)
         for m in client.search("Media", {"subject": patient, "_count": "100", "_sort": "-created"})
     ]
 
@@ -104,14 +142,24 @@ def _confidentiality_label(media: dict[str, Any]) -> dict[str, Any]:
 
 
 def audit_disclosure(
-    record: ImageRecord, req: DisclosureRequest, patient: str, *, now: datetime | None = None
+    record: ImageRecord,
+    req: DisclosureRequest,
+    patient: str,
+    *,
+    now: datetime | None = None,
+    approver: str | None = None,
 ) -> dict[str, Any]:
     """An AuditEvent for one released image (IHE BALP: privacy disclosure at the source).
 
-    ``now`` is the ``recorded`` instant (default: the current time).
+    ``approver`` is the clinician whose recorded approval allowed the release (BALP's
+    authorizer agent); ``now`` is the ``recorded`` instant (default: the current time).
     """
-    security = record.media.get("meta", {}).get("security", [])
-    conf = _confidentiality_label(record.media)
+    security = (
+        releasable_labels(record)
+        if record.binary is not None
+        else (record.media.get("meta", {}).get("security", []))
+    )
+    conf = c.conf(record.confidentiality).as_coding()
     agents: list[dict[str, Any]] = [
         {
             "type": {
@@ -124,11 +172,20 @@ def audit_disclosure(
             "type": {
                 "coding": [{"system": c.DICOM, "code": "110152", "display": "Destination Role ID"}]
             },
-            "who": _who(req.recipient or req.requester),
+            "who": _who(req.receiver),
             "requestor": False,
         },
         {"who": _who(req.requester), "requestor": True},
     ]
+    if approver is not None:
+        system, code, display = c.BALP_AUTHORIZER
+        agents.append(
+            {
+                "type": {"coding": [{"system": system, "code": code, "display": display}]},
+                "who": _who(approver),
+                "requestor": False,
+            }
+        )
     return {
         "resourceType": "AuditEvent",
         "meta": {"security": [conf]},
@@ -174,105 +231,161 @@ def audit_disclosure(
 @dataclass
 class DisclosureResult:
     decisions: list[DisclosureDecision]
-    bundle: Path
-    withheld: Path
+    bundle: Path | None
+    withheld: Path | None
     audit_events: list[str] = field(default_factory=list)
+    approval_requests: dict[str, str] = field(default_factory=dict)
 
     @property
     def released(self) -> list[DisclosureDecision]:
         return [d for d in self.decisions if d.verdict is Verdict.RELEASE]
 
 
+def _check_parties(client: FhirClient, req: DisclosureRequest) -> None:
+    """The requester and recipient must exist on the server before anything is written."""
+    for role, ref in (("requester", req.requester), ("recipient", req.recipient)):
+        if ref is None:
+            continue
+        try:
+            client.read(ref)
+        except ResourceNotFound:
+            raise ActionRefused(f"the {role} is not on the server: record them first") from None
+
+
 def disclose(
-    client: FhirClient, patient: str, req: DisclosureRequest, out_dir: Path
+    client: FhirClient,
+    patient: str,
+    req: DisclosureRequest,
+    out_dir: Path,
+    *,
+    now: datetime | None = None,
 ) -> DisclosureResult:
     """Decide, audit, then write ``release-bundle.json`` and ``withheld.json`` into ``out_dir``.
 
+    An image that needs approval is released only against an approval on the server
+    (:mod:`fhir_images._approvals`); without one, an approval is requested and the image
+    waits. Every released image is audited (naming the approver where there is one) before
+    anything is written, in one transaction that also marks each approval used.
+
     The release Bundle (type collection) carries the high-water mark and only
     handling obligations (no sensitivity codes, which would reveal private
-    facts); each released Media is followed by its Binary with the bytes.
+    facts); each released Media is followed by its Binary with the bytes, both with
+    the highest labels of the two.
     """
+    if not is_reference(patient) or not patient.startswith("Patient/"):
+        raise ActionRefused("the patient is named by a reference, like Patient/123")
     client.capabilities()
+    _check_parties(client, req)
+    at = now or datetime.now(UTC)
     records = patient_records(client, patient)
-    decisions = decide_disclosure(records, req)
+    decisions = decide_disclosure(records, req, now=at)
+    for i, (record, decision) in enumerate(zip(records, decisions, strict=True)):
+        if decision.verdict is Verdict.APPROVE:
+            records[i] = replace(record, approvals=approvals_for(client, record.ref))
+            decisions[i] = decide_one(records[i], req, now=at)
     by_ref = {r.ref: r for r in records}
-    released = [by_ref[d.media] for d in decisions if d.verdict is Verdict.RELEASE]
+    released = [(by_ref[d.media], d) for d in decisions if d.verdict is Verdict.RELEASE]
+
+    requests_made: dict[str, str] = {}
+    for d in decisions:
+        if d.verdict is Verdict.APPROVE:
+            requests_made[d.media] = request_approval(
+                client, by_ref[d.media], req, patient, d.reasons, now=at
+            )
 
     audits: list[str] = []
     if released:
+        entries: list[dict[str, Any]] = []
+        for record, decision in released:
+            audit_url = f"urn:uuid:{uuid.uuid4()}"
+            approver = decision.approval.approver if decision.approval else None
+            entries.append(
+                {
+                    "fullUrl": audit_url,
+                    "resource": audit_disclosure(record, req, patient, approver=approver),
+                    "request": {"method": "POST", "url": "AuditEvent"},
+                }
+            )
+            if decision.approval is not None:
+                entries.append(use_approval_entry(client, decision.approval, audit_url))
         response = client.transaction(
-            {
-                "resourceType": "Bundle",
-                "type": "transaction",
-                "entry": [
-                    {
-                        "resource": audit_disclosure(r, req, patient),
-                        "request": {"method": "POST", "url": "AuditEvent"},
-                    }
-                    for r in released
-                ],
-            },
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries},
             idempotent=False,
         )
         audits = [
             e.get("response", {}).get("location", "").split("/_history")[0]
             for e in response.get("entry", [])
+            if e.get("response", {}).get("location", "").startswith("AuditEvent/")
         ]
 
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    _private_dir(out_dir)
     bundle_path = out_dir / "release-bundle.json"
-    _write_release(client, bundle_path, released, high_water_mark(decisions))
-    withheld = [d.as_dict() for d in decisions if d.verdict is not Verdict.RELEASE]
+    _write_release(client, bundle_path, [r for r, _ in released], high_water_mark(decisions))
+    withheld = []
+    for d in decisions:
+        if d.verdict is not Verdict.RELEASE:
+            row = d.as_dict()
+            row["approval_request"] = requests_made.get(d.media)
+            withheld.append(row)
     withheld_path = out_dir / "withheld.json"
-    withheld_path.write_text(
-        json.dumps({"patient": patient, "purpose": req.purpose, "images": withheld}, indent=2)
+    _write_private(
+        withheld_path,
+        json.dumps(
+            {"patient": patient, "purpose": req.purpose, "images": withheld}, indent=2
+        ).encode(),
     )
-    return DisclosureResult(decisions, bundle_path, withheld_path, audits)
+    return DisclosureResult(decisions, bundle_path, withheld_path, audits, requests_made)
 
 
 def _write_release(client: FhirClient, path: Path, released: list[ImageRecord], hwm: str) -> None:
     caveats: dict[tuple[str, str], dict[str, Any]] = {}
     for r in released:
-        for s in r.media.get("meta", {}).get("security", []):
+        for s in releasable_labels(r):
             if s.get("system") == c.V3_ACT_CODE and s.get("code") in _OBLIGATIONS:
                 caveats[(s["system"], s["code"])] = {"system": s["system"], "code": s["code"]}
     meta = {"security": [{"system": c.V3_CONFIDENTIALITY, "code": hwm}, *caveats.values()]}
     head = {"resourceType": "Bundle", "type": "collection", "timestamp": _now(), "meta": meta}
-    with path.open("w") as out, tempfile.TemporaryDirectory() as tmp:
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
         text = json.dumps(head)
         out.write(text[:-1] + ', "entry": [')
         first = True
         for r in released:
             media = json.loads(json.dumps(r.media))
-            media["meta"] = {
-                "security": releasable_labels(media.get("meta", {}).get("security", []))
-            }
-            url = media.get("content", {}).get("url", "")
+            labels = {"security": releasable_labels(r)}
+            media["meta"] = labels
             out.write(
                 ("" if first else ",")
                 + json.dumps({"fullUrl": f"{client.base_url}{r.ref}", "resource": media})
             )
             first = False
-            if url.startswith("Binary/"):
-                blob = Path(tmp) / "binary"
+            binary = binary_reference(media.get("content", {}).get("url"), client.base_url)
+            if binary is not None:
                 ctype = media["content"].get("contentType", "application/octet-stream")
-                client.download_binary(url, blob, ctype)
                 out.write(
                     ',{"fullUrl": '
-                    + json.dumps(f"{client.base_url}{url}")
+                    + json.dumps(f"{client.base_url}{binary}")
                     + ', "resource": {"resourceType": "Binary", "id": '
-                    + json.dumps(url.split("/", 1)[1])
+                    + json.dumps(binary.split("/", 1)[1])
                     + ', "contentType": '
                     + json.dumps(ctype)
+                    + ', "securityContext": '
+                    + json.dumps({"reference": r.ref})
                     + ', "meta": '
-                    + json.dumps(media["meta"])
+                    + json.dumps(labels)
                     + ', "data": "'
                 )
-                with blob.open("rb") as f:
-                    while chunk := f.read(3 * (1 << 18)):  # a multiple of 3: no padding mid-way
-                        out.write(base64.b64encode(chunk).decode())
+                pending = b""
+                for chunk in client.iter_binary(binary, ctype):
+                    pending += chunk
+                    cut = len(pending) - len(pending) % 3  # no base64 padding mid-way
+                    out.write(base64.b64encode(pending[:cut]).decode())
+                    pending = pending[cut:]
+                out.write(base64.b64encode(pending).decode())
                 out.write('"}}')
         out.write("]}")
+    os.replace(tmp, path)
 
 
 # ------------------------------------------------------------------------- consent changes
@@ -285,70 +398,64 @@ _PERMISSION_PURPOSE = {
 }
 
 
-def _record_change(
-    client: FhirClient, consent: dict[str, Any], by: str, reason: str, activity: str
-) -> None:
-    client.create(
-        {
-            "resourceType": "Provenance",
-            "meta": {
-                "security": [
-                    s
-                    for s in consent.get("meta", {}).get("security", [])
-                    if s.get("system") == c.V3_CONFIDENTIALITY
-                ]
-            },
-            "target": [
-                {
-                    "reference": f"Consent/{consent['id']}/_history/"
-                    f"{consent.get('meta', {}).get('versionId', '1')}"
-                }
-            ],
-            "recorded": _now(),
-            "activity": {
-                "coding": [{"system": c.V3_DATA_OPERATION, "code": "UPDATE"}],
-                "text": activity,
-            },
-            "reason": [{"text": reason}],
-            "agent": [
-                {
-                    "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
-                    "who": _who(by),
-                }
-            ],
-        }
-    )
+@dataclass
+class ConsentChange:
+    """What a consent change did: the Consents changed, the images whose labels were raised,
+    and the Consents that needed no change (already inactive, already denying)."""
+
+    changed: list[str] = field(default_factory=list)
+    images: list[str] = field(default_factory=list)
+    unchanged: list[str] = field(default_factory=list)
+
+    @property
+    def nothing_changed(self) -> bool:
+        return not self.changed
 
 
-def _media_of(consent: dict[str, Any]) -> list[str]:
-    return [
-        d["reference"]["reference"]
-        for d in consent.get("provision", {}).get("data", [])
-        if d.get("reference", {}).get("reference", "").startswith("Media/")
-    ]
+def _images_named(client: FhirClient, ref: str) -> list[str]:
+    if not is_reference(ref) or not ref.startswith(("Consent/", "Media/")):
+        raise ActionRefused("name a Consent (Consent/123) or an image (Media/123)")
+    if ref.startswith("Media/"):
+        client.read(ref)  # it must exist
+        return [ref]
+    images = images_of_consent(client.read(ref))
+    if not images:
+        raise ActionRefused(f"{ref} names no image")
+    return images
 
 
-def withdraw_consent(
-    client: FhirClient, consent_ref: str, *, by: str, reason: str
-) -> dict[str, Any]:
-    """The patient withdraws consent: the Consent becomes inactive (If-Match), the Media gain
-    NOREUSE and NORDSCLCDS, and later disclosures withhold them."""
+def withdraw_consent(client: FhirClient, ref: str, *, by: str, reason: str) -> ConsentChange:
+    """The patient withdraws their consent for an image (named directly, or by one of its
+    Consents): *every* active Consent of that image becomes inactive, its provision period
+    ends now (If-Match), each change is recorded in a Provenance, and the image and its
+    bytes gain NOREUSE and NORDSCLCDS. Withdrawing what is already inactive changes nothing."""
     if not by.strip() or not reason.strip():
         raise ActionRefused("withdrawing consent needs who (by) and why (reason)")
-    consent = client.read(consent_ref)
-    version = consent.get("meta", {}).get("versionId")
-    consent["status"] = "inactive"
-    updated = client.update(consent, if_match=version)
-    _record_change(client, updated, by, reason, "consent withdrawn")
-    for media in _media_of(updated):
-        apply_labels(client, media, [c.NOREUSE.as_coding(), c.NORDSCLCDS.as_coding()])
-    return updated
+    result = ConsentChange()
+    for media in _images_named(client, ref):
+        for consent in consents_for_image(client, media):
+            cref = f"Consent/{consent['id']}"
+            if consent.get("status") != "active":
+                result.unchanged.append(cref)
+                continue
+            version = consent.get("meta", {}).get("versionId")
+            consent["status"] = "inactive"
+            provision = consent.setdefault("provision", {"type": "deny"})
+            provision.setdefault("period", {})["end"] = _now()
+            updated = client.update(consent, if_match=version)
+            record_consent_change(client, updated, by=by, reason=reason, activity="withdrawn")
+            result.changed.append(cref)
+        if result.changed:
+            label_image(client, media, [c.NOREUSE.as_coding(), c.NORDSCLCDS.as_coding()])
+            result.images.append(media)
+    return result
 
 
 def narrow_consent(
-    client: FhirClient, consent_ref: str, *, deny: Iterable[str], by: str, reason: str
-) -> dict[str, Any]:
-    """Turn permissions (second_opinion, teaching, research) into explicit denies (If-Match)."""
+    client: FhirClient, ref: str, *, deny: Iterable[str], by: str, reason: str
+) -> ConsentChange:
+    """Turn permissions (second_opinion, teaching, research) into explicit denies in every
+    active Consent of the image (If-Match); a Consent that already denies them is unchanged."""
     if not by.strip() or not reason.strip():
         raise ActionRefused("narrowing consent needs who (by) and why (reason)")
     purposes = set()
@@ -359,24 +466,46 @@ def narrow_consent(
                 "research (to stop care use, withdraw the consent)"
             )
         purposes.add(_PERMISSION_PURPOSE[name])
-    consent = client.read(consent_ref)
-    version = consent.get("meta", {}).get("versionId")
-    root = consent.setdefault("provision", {"type": "deny"})
-    nested = root.setdefault("provision", [])
-    for purpose in purposes:
-        matching = [p for p in nested if purpose in {x.get("code") for x in p.get("purpose", [])}]
-        for p in matching:
-            p["type"] = "deny"
-        if not matching:
-            nested.append(
-                {"type": "deny", "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}]}
+    result = ConsentChange()
+    for media in _images_named(client, ref):
+        for consent in consents_for_image(client, media):
+            cref = f"Consent/{consent['id']}"
+            if consent.get("status") != "active":
+                result.unchanged.append(cref)
+                continue
+            version = consent.get("meta", {}).get("versionId")
+            root = consent.setdefault("provision", {"type": "deny"})
+            nested = root.setdefault("provision", [])
+            changed = False
+            for purpose in purposes:
+                matching = [
+                    p for p in nested if purpose in {x.get("code") for x in p.get("purpose", [])}
+                ]
+                for p in matching:
+                    if p.get("type") != "deny":
+                        p["type"] = "deny"
+                        changed = True
+                if not matching:
+                    nested.append(
+                        {"type": "deny", "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}]}
+                    )
+                    changed = True
+            if not changed:
+                result.unchanged.append(cref)
+                continue
+            updated = client.update(consent, if_match=version)
+            record_consent_change(
+                client,
+                updated,
+                by=by,
+                reason=reason,
+                activity="narrowed: " + ", ".join(sorted(purposes)),
             )
-    updated = client.update(consent, if_match=version)
-    _record_change(client, updated, by, reason, "consent narrowed: " + ", ".join(sorted(purposes)))
-    if c.COC in purposes:
-        for media in _media_of(updated):
-            apply_labels(client, media, [c.NORDSCLCDS.as_coding()])
-    return updated
+            result.changed.append(cref)
+        if result.changed and c.COC in purposes:
+            label_image(client, media, [c.NORDSCLCDS.as_coding()])
+            result.images.append(media)
+    return result
 
 
 # ----------------------------------------------------------------------------- retention
@@ -584,21 +713,34 @@ def destroy(
     if until is None or today < until:
         raise ActionRefused(f"retention ({schedule.title}) says keep it: {why}")
 
-    consents = list(client.search("Consent", {"data": media_ref, "_count": "50"}))
-    shared = [x for x in consents if set(_media_of(x)) - {media_ref}]
+    consents = consents_for_image(client, media_ref)
+    shared = [x for x in consents if set(images_of_consent(x)) - {media_ref}]
     if shared:
         raise ActionRefused(
             "a Consent also covers other images ("
             + ", ".join(f"Consent/{x['id']}" for x in shared)
             + "); change it first"
         )
-    provenances = list(client.search("Provenance", {"target": media_ref, "_count": "50"}))
     doomed = [media_ref]
-    binary = media.get("content", {}).get("url", "")
-    if binary.startswith("Binary/"):
+    binary = binary_reference(media.get("content", {}).get("url"), client.base_url)
+    if binary is not None:
+        context = client.binary_meta(binary).get("securityContext", {}).get("reference")
+        if context != media_ref:
+            raise ActionRefused(
+                f"{binary} does not name {media_ref} as its securityContext: the bytes may "
+                "belong to another image, so nothing is destroyed; resolve it by hand"
+            )
         doomed.append(binary)
     doomed += [f"Consent/{x['id']}" for x in consents]
-    doomed += [f"Provenance/{x['id']}" for x in provenances]
+    provenances = {
+        f"Provenance/{p['id']}"
+        for target in [media_ref, *(f"Consent/{x['id']}" for x in consents)]
+        for p in client.search("Provenance", {"target": target, "_count": "100"})
+    }
+    doomed += sorted(provenances)
+    doomed += [
+        f"Task/{t['id']}" for t in client.search("Task", {"focus": media_ref, "_count": "100"})
+    ]
     audit = audit_destruction(
         media, media_ref, by=by, reason=reason, retention=why, destroyed_with=doomed[1:]
     )
@@ -652,6 +794,13 @@ def anonymise(
         kind, why = provision_for(consent, purpose)
         if kind != "permit":
             raise ActionRefused(f"not consented: {why}")
+    if (
+        record.binary is None
+        or record.binary.get("securityContext", {}).get("reference") != media_ref
+    ):
+        raise ActionRefused(
+            f"the bytes of {media_ref} are not a Binary that names it as its securityContext"
+        )
     media = record.media
     ctype = media.get("content", {}).get("contentType", "")
     if not ctype.startswith("image/"):
@@ -659,21 +808,26 @@ def anonymise(
             "only still images can be anonymised automatically; recordings "
             "need manual review and editing"
         )
-    from PIL import Image, ImageOps
+    from ._intake import Limits, decode_for_copy
 
-    out_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    with tempfile.TemporaryDirectory() as tmp:
-        raw = Path(tmp) / "raw"
-        client.download_binary(media["content"]["url"], raw, ctype)
-        with Image.open(raw) as im:
-            upright = ImageOps.exif_transpose(im).convert("RGB")
+    limits = Limits()
+    raw = bytearray()
+    binary = binary_reference(media["content"]["url"], client.base_url)
+    assert binary is not None
+    for chunk in client.iter_binary(binary, ctype):
+        raw += chunk
+        if len(raw) > limits.max_image_bytes:
+            raise ActionRefused(f"{binary} is larger than an image may be; no copy is made")
+    upright = decode_for_copy(bytes(raw), limits)
+    from PIL import Image
+
     pixels = Image.frombytes("RGB", upright.size, upright.tobytes())  # nothing but pixels
     buf = io.BytesIO()
     pixels.save(buf, "PNG")
     data = buf.getvalue()
-    name = hashlib.sha256(data).hexdigest()[:16]
+    sha256 = hashlib.sha256(data).hexdigest()
+    name = sha256[:16]
     image_path = out_dir / f"anonymised-{name}.png"
-    image_path.write_bytes(data)
     copy: dict[str, Any] = {
         "resourceType": "Media",
         "meta": {
@@ -695,7 +849,7 @@ def anonymise(
         },
         "note": [
             {
-                "text": f"Anonymised copy for {purpose} made by {by}: metadata, identifiers, "
+                "text": f"Anonymised copy for {purpose}: metadata, identifiers, "
                 "dates and free text removed. The picture itself may still identify the "
                 "patient; review it before use."
             }
@@ -709,6 +863,68 @@ def anonymise(
                     for cd in media[key].get("coding", [])
                 ]
             }
+    # a secondary use: audited before anything is written out, or nothing is
+    client.create(audit_anonymisation(record, purpose=purpose, by=by, copy_sha256=sha256))
+    _private_dir(out_dir)
+    _write_private(image_path, data)
     media_path = out_dir / f"anonymised-{name}.json"
-    media_path.write_text(json.dumps(copy, indent=2))
+    _write_private(media_path, json.dumps(copy, indent=2).encode())
     return AnonymisedCopy(image_path, media_path)
+
+
+def audit_anonymisation(
+    record: ImageRecord, *, purpose: str, by: str, copy_sha256: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """The AuditEvent of an anonymised copy made for a secondary use (ISO 21089 de-identify):
+    who made it, for what, from which image, and the copy's hash."""
+    subject = record.media.get("subject", {}).get("reference")
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [c.conf(record.confidentiality).as_coding()]},
+        "type": {"system": c.DCM_EXPORT[0], "code": c.DCM_EXPORT[1], "display": c.DCM_EXPORT[2]},
+        "subtype": [
+            {
+                "system": c.ISO_LIFECYCLE,
+                "code": "deidentify",
+                "display": "De-Identify (Anononymize) Record Lifecycle Event",
+            }
+        ],
+        "action": "E",
+        "recorded": _now(now),
+        "outcome": "0",
+        "purposeOfEvent": [{"coding": [{"system": c.V3_ACT_REASON, "code": purpose}]}],
+        "agent": [
+            {
+                "type": {
+                    "coding": [{"system": c.DICOM, "code": "110153", "display": "Source Role ID"}]
+                },
+                "who": {"display": SOURCE_NAME},
+                "requestor": False,
+            },
+            {"who": _who(by), "requestor": True},
+        ],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": [
+            *(
+                [
+                    {
+                        "what": {"reference": subject},
+                        "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
+                        "role": {"system": c.OBJECT_ROLE, "code": "1", "display": "Patient"},
+                    }
+                ]
+                if subject
+                else []
+            ),
+            {
+                "what": {"reference": record.ref},
+                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "role": {"system": c.OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+            },
+            {
+                "what": {"identifier": {"system": c.SID_SHA256, "value": copy_sha256}},
+                "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"},
+                "description": "the anonymised copy",
+            },
+        ],
+    }

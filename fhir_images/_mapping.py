@@ -1,19 +1,27 @@
 """Mapping: a decision to store -> FHIR R4 resources and one transaction Bundle.
 
-No HTTP here. The image bytes are not put in the Bundle: ``Media.content.url``
-holds a ``urn:uuid`` placeholder for the Binary, which the sender uploads raw
-(POST /Binary) first and then substitutes (see :class:`MappedSubmission`).
+No HTTP here. The Bundle holds every resource of one image, the Binary included,
+so that the server stores all of them or none (see :class:`MappedSubmission`):
+the Binary carries the Media's security labels and a ``securityContext``
+pointing at the Media from the moment it exists. Its bytes are not in the
+outbox copy of the Bundle: the sender adds them (streamed) as the server allows.
+
+Every entry is a conditional create keyed on a deterministic *record key*
+(:func:`image_key`, :func:`consent_key`), so the same image and the same consent
+act are stored once however often, and from however many outboxes, they are sent.
 """
 
 from __future__ import annotations
 
 import base64
+import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir.resources.R4B.binary import Binary
 from fhir.resources.R4B.bundle import Bundle
 from fhir.resources.R4B.consent import Consent
 from fhir.resources.R4B.encounter import Encounter
@@ -35,13 +43,40 @@ _MODALITY = {
 }
 
 
+def image_key(patient: str, sha256_hex: str) -> str:
+    """The record key of one image of one patient (the same bytes for another patient differ).
+
+    A one-way hash: it names the image without revealing the patient reference.
+    """
+    return hashlib.sha256(f"{patient}|{sha256_hex}".encode()).hexdigest()[:32]
+
+
+def consent_key(consent: ConsentRecord | None) -> str:
+    """The record key of one consent act (``implicit`` when consent is implicit)."""
+    if consent is None:
+        return "implicit"
+    return hashlib.sha256(consent.model_dump_json().encode()).hexdigest()[:32]
+
+
+def binary_id(image: str) -> str:
+    """The id fhir-images gives the Binary of an image: deterministic, so a repeat finds it."""
+    return f"fi-{image}"
+
+
+def record_key(image: str, part: str, consent: str | None = None) -> str:
+    """``{image}.{part}`` or ``{image}.{part}.{consent}``: the value of a SID_RECORD key."""
+    return f"{image}.{part}" if consent is None else f"{image}.{part}.{consent}"
+
+
 @dataclass(frozen=True)
 class MappedSubmission:
     """What will be sent for one image.
 
-    ``binary_placeholder`` appears in ``Media.content.url``; the sender uploads
-    the stored bytes as a Binary and replaces the placeholder with the Binary's
-    relative URL (``Binary/{id}``) before posting ``bundle``.
+    ``bundle`` is a transaction whose Binary has no ``data``: the sender adds the
+    stored bytes (inline, streamed, or written into the Binary right after the
+    transaction, as the server allows). ``media_url`` and ``binary_url`` are the
+    ``fullUrl`` of the Media and Binary entries. The Binary is created with a
+    client-chosen id (:func:`binary_id`), which ``Media.content.url`` names.
     """
 
     submission_id: str
@@ -50,17 +85,21 @@ class MappedSubmission:
     consent: Consent | None
     provenance: Provenance
     encounter: Encounter | None
-    binary_placeholder: str
+    binary: Binary
+    media_url: str
+    binary_url: str
+    image_key: str
+    consent_key: str
 
     def bundle_json(self) -> dict[str, Any]:
         return self.bundle.model_dump(mode="json", exclude_none=True)
 
 
-def _meta(labels: list[c.Label], submission_id: str) -> dict[str, Any]:
-    return {
-        "security": [label.as_coding() for label in labels],
-        "tag": [{"system": c.SID_SUBMISSION, "code": submission_id}],
-    }
+def _meta(labels: list[c.Label], submission_id: str, record: str | None = None) -> dict[str, Any]:
+    tags = [{"system": c.SID_SUBMISSION, "code": submission_id}]
+    if record is not None:
+        tags.insert(0, {"system": c.SID_RECORD, "code": record})
+    return {"security": [label.as_coding() for label in labels], "tag": tags}
 
 
 def _coded(coded: Any) -> dict[str, Any]:
@@ -194,6 +233,7 @@ def build_consent(
     *,
     submission_id: str,
     media_ref: str,
+    record: str | None = None,
 ) -> Consent:
     giver = ctx.patient if consent.given_by is ConsentGiver.PATIENT else consent.giver
     assert giver is not None  # validated by ConsentRecord
@@ -201,7 +241,7 @@ def build_consent(
     data: dict[str, Any] = {
         "resourceType": "Consent",
         "meta": _meta(labels.without_provenance().all(), submission_id),
-        "identifier": [{"system": c.SID_SUBMISSION, "value": submission_id}],
+        "identifier": _identifiers(submission_id, record),
         "status": "active",
         "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
         "category": [
@@ -247,6 +287,13 @@ def build_consent(
     return Consent.model_validate(data)
 
 
+def _identifiers(submission_id: str, record: str | None) -> list[dict[str, str]]:
+    ids = [{"system": c.SID_SUBMISSION, "value": submission_id}]
+    if record is not None:
+        ids.insert(0, {"system": c.SID_RECORD, "value": record})
+    return ids
+
+
 def build_provenance(
     ctx: ClinicalContext,
     labels: SecurityLabels,
@@ -254,6 +301,7 @@ def build_provenance(
     submission_id: str,
     targets: list[str],
     now: datetime | None = None,
+    record: str | None = None,
 ) -> Provenance:
     """Who supplied the image and when; ``now`` (``recorded``) defaults to the current time."""
     agents: list[dict[str, Any]] = []
@@ -277,7 +325,7 @@ def build_provenance(
         )
     data: dict[str, Any] = {
         "resourceType": "Provenance",
-        "meta": _meta(labels.without_provenance().all(), submission_id),
+        "meta": _meta(labels.without_provenance().all(), submission_id, record),
         "target": [{"reference": t} for t in targets],
         "occurredDateTime": _iso(ctx.captured),
         "recorded": _iso(now or datetime.now(UTC)),
@@ -288,18 +336,38 @@ def build_provenance(
 
 
 def build_encounter(
-    ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str
+    ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str, record: str | None = None
 ) -> Encounter:
     """A virtual Encounter (class VR) for a remote consultation that has none in the record."""
     return Encounter.model_validate(
         {
             "resourceType": "Encounter",
             "meta": _meta([c.conf(labels.confidentiality)], submission_id),
-            "identifier": [{"system": c.SID_SUBMISSION, "value": submission_id}],
+            "identifier": _identifiers(submission_id, record),
             "status": "finished",
             "class": {"system": c.V3_ACT_CODE, "code": "VR", "display": "virtual"},
             "subject": {"reference": ctx.patient},
             "period": {"start": _iso(ctx.captured), "end": _iso(ctx.captured)},
+        }
+    )
+
+
+def build_binary(
+    facts: ImageFacts,
+    labels: SecurityLabels,
+    *,
+    submission_id: str,
+    media_ref: str,
+    record: str,
+) -> Binary:
+    """The Binary for the stored bytes, without them: the Media's labels and a securityContext
+    naming the Media, so the server and every reader treat the bytes as the Media."""
+    return Binary.model_validate(
+        {
+            "resourceType": "Binary",
+            "meta": _meta(labels.all(), submission_id, record),
+            "contentType": facts.media_type,
+            "securityContext": {"reference": media_ref},
         }
     )
 
@@ -343,23 +411,41 @@ def map_submission(
     sid = submission_id or make_id()
     media_url = f"urn:uuid:{make_id()}"
     binary_url = f"urn:uuid:{make_id()}"
-    tag_query = f"_tag={c.SID_SUBMISSION}|{sid}"
     labels = decision.labels
+    key = image_key(ctx.patient, facts.sha256_hex)
+    ckey = consent_key(consent)
+
+    def by_identifier(record: str) -> str:
+        return f"identifier={c.SID_RECORD}|{record}"
 
     entries: list[dict[str, Any]] = []
     encounter = None
     encounter_ref = ctx.encounter
     if ctx.remote and not ctx.encounter:
-        encounter = build_encounter(ctx, labels, submission_id=sid)
+        record = record_key(key, "encounter")
+        encounter = build_encounter(ctx, labels, submission_id=sid, record=record)
         encounter_ref = f"urn:uuid:{make_id()}"
-        entries.append(_entry(encounter_ref, encounter, f"identifier={c.SID_SUBMISSION}|{sid}"))
+        entries.append(_entry(encounter_ref, encounter, by_identifier(record)))
 
+    record = record_key(key, "binary")
+    binary_ref = f"Binary/{binary_id(key)}"
+    binary = build_binary(facts, labels, submission_id=sid, media_ref=media_url, record=record)
+    binary.id = binary_id(key)
+    entries.append(
+        {
+            "fullUrl": binary_url,
+            "resource": binary.model_dump(mode="json", exclude_none=True),
+            # a client-chosen id: created once, found again after a lost reply, and named by
+            # the Media directly (not every server resolves placeholders in a url element)
+            "request": {"method": "PUT", "url": binary_ref},
+        }
+    )
     media = build_media(
         ctx,
         facts,
         decision,
         submission_id=sid,
-        binary_url=binary_url,
+        binary_url=binary_ref,
         encounter_ref=encounter_ref,
         now=now,
     )
@@ -372,11 +458,17 @@ def map_submission(
     consent_res = None
     if consent is not None:
         consent_url = f"urn:uuid:{make_id()}"
-        consent_res = build_consent(ctx, consent, labels, submission_id=sid, media_ref=media_url)
-        entries.append(_entry(consent_url, consent_res, f"identifier={c.SID_SUBMISSION}|{sid}"))
+        record = record_key(key, "consent", ckey)
+        consent_res = build_consent(
+            ctx, consent, labels, submission_id=sid, media_ref=media_url, record=record
+        )
+        entries.append(_entry(consent_url, consent_res, by_identifier(record)))
         targets.append(consent_url)
-    provenance = build_provenance(ctx, labels, submission_id=sid, targets=targets, now=now)
-    entries.append(_entry(f"urn:uuid:{make_id()}", provenance, tag_query))
+    record = record_key(key, "provenance", ckey)
+    provenance = build_provenance(
+        ctx, labels, submission_id=sid, targets=targets, now=now, record=record
+    )
+    entries.append(_entry(f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{record}"))
 
     # DS4P: the Bundle carries only the high-water mark; caveats and sensitivity codes that would
     # reveal private facts stay on the entries.
@@ -388,4 +480,16 @@ def map_submission(
             "entry": entries,
         }
     )
-    return MappedSubmission(sid, bundle, media, consent_res, provenance, encounter, binary_url)
+    return MappedSubmission(
+        sid,
+        bundle,
+        media,
+        consent_res,
+        provenance,
+        encounter,
+        binary,
+        media_url,
+        binary_url,
+        key,
+        ckey,
+    )

@@ -28,7 +28,7 @@ import os
 import random
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -65,6 +65,10 @@ class ServerProfile:
     with ``X-Meta-Snapshot-Mode``. ``extra_headers``: sent on every request.
     ``binary_read_operation``: an operation that streams a Binary's bytes (HAPI
     answers a plain read of a large, externalised Binary with JSON, not bytes).
+    ``binary_write_operation``: an operation that streams raw bytes into an
+    existing Binary, keeping its labels and securityContext (HAPI's
+    ``$binary-access-write``); without it the bytes travel base64-encoded inside
+    the transaction that creates the Binary.
     """
 
     name: str
@@ -72,6 +76,7 @@ class ServerProfile:
     put_merges_security: bool = False
     extra_headers: dict[str, str] = field(default_factory=dict)
     binary_read_operation: str | None = None
+    binary_write_operation: str | None = None
 
 
 PROFILES: dict[str, ServerProfile] = {
@@ -82,6 +87,7 @@ PROFILES: dict[str, ServerProfile] = {
         put_merges_security=True,
         extra_headers={"Cache-Control": "no-cache"},
         binary_read_operation="$binary-access-read?path=Binary",
+        binary_write_operation="$binary-access-write?path=Binary",
     ),
     "medplum": ServerProfile("medplum", meta_operations=False),
     "azure": ServerProfile("azure", meta_operations=False),
@@ -148,13 +154,14 @@ def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
     except ValueError:
         body = None
     issues = _issues(body)
-    detail = "; ".join(str(i.get("diagnostics") or i.get("code")) for i in issues)[:500]
+    # the server's diagnostics stay in ``issues``: they can echo patient data (an id, a name)
+    codes = sorted({str(i["code"]) for i in issues if i.get("code")})
     cls = _STATUS_ERRORS.get(response.status_code, ServerError)
     # 429 and 503 say the request was not processed; after a 502/504 it may have been
     retry_safe = idempotent if response.status_code in (502, 504) else None
     message = f"{response.request.method} {_path(response.url)}: HTTP {response.status_code}"
-    if detail:
-        message += f": {detail}"
+    if codes:
+        message += f" ({', '.join(codes)})"
     return cls(
         message,
         status=response.status_code,
@@ -165,8 +172,21 @@ def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
 
 
 def _path(url: str) -> str:
-    """The URL without its query string (queries can carry identifiers; never log them)."""
-    return url.split("?", 1)[0]
+    """The URL's path without its query string (queries carry identifiers; never log them).
+
+    Only the resource type and the interaction remain: ids go too (an id can be chosen by
+    whoever created the resource, so it may carry a name)."""
+    path = url.split("?", 1)[0].split("://", 1)[-1]
+    path = path.split("/", 1)[1] if "/" in path else ""
+    parts = [p for p in path.split("/") if p]
+    # keep the FHIR part: from the first segment that looks like a resource type or operation
+    out = []
+    for p in parts:
+        if p[:1].isupper() or p.startswith("$") or p == "_history":
+            out.append(p)
+        elif out and not out[-1].startswith("$"):
+            out.append("{id}")
+    return "/" + "/".join(out)
 
 
 class FhirClient:
@@ -258,7 +278,7 @@ class FhirClient:
         *,
         idempotent: bool | None = None,
         json_body: Any = None,
-        data_factory: Callable[[], IO[bytes] | bytes] | None = None,
+        data_factory: Callable[[], IO[bytes] | bytes | Iterable[bytes]] | None = None,
         headers: dict[str, str] | None = None,
         params: dict[str, str] | None = None,
         stream: bool = False,
@@ -459,55 +479,92 @@ class FhirClient:
             raise BadResponse("the transaction answer is not a Bundle")
         return data
 
-    # ---------------------------------------------------------------- binaries
-
-    def upload_binary(self, path: Path, content_type: str) -> str:
-        """POST the raw bytes of a file as a Binary, streamed from disk; return 'Binary/{id}'."""
+    def transaction_stream(
+        self, body: Callable[[], Iterable[bytes]], *, idempotent: bool
+    ) -> dict[str, Any]:
+        """POST a transaction whose JSON is produced by ``body`` (called again on a retry), so
+        that large content is streamed rather than held in memory."""
         response = self.request(
             "POST",
-            "Binary",
-            idempotent=False,
+            "",
+            idempotent=idempotent,
+            data_factory=body,
+            headers={"Content-Type": FHIR_JSON, "Prefer": "return=minimal"},
+        )
+        data: dict[str, Any] = self._json(response)
+        if data.get("resourceType") != "Bundle":
+            raise BadResponse("the transaction answer is not a Bundle")
+        return data
+
+    def patch(
+        self, ref: str, operations: list[dict[str, Any]], *, if_match: str | None = None
+    ) -> dict[str, Any]:
+        """JSON Patch a resource (with If-Match when a version is given)."""
+        headers = {"Content-Type": "application/json-patch+json", "Prefer": "return=representation"}
+        if if_match is not None:
+            headers["If-Match"] = f'W/"{if_match}"'
+        response = self.request(
+            "PATCH",
+            ref,
+            idempotent=if_match is not None,
+            data_factory=lambda: json.dumps(operations).encode(),
+            headers=headers,
+        )
+        data: dict[str, Any] = self._json(response)
+        return data
+
+    # ---------------------------------------------------------------- binaries
+
+    def write_binary(self, ref: str, path: Path, content_type: str) -> None:
+        """Stream a file's raw bytes into an existing Binary (the server keeps its labels and
+        securityContext). Only for servers with a binary write operation."""
+        op = self.profile.binary_write_operation
+        if op is None:
+            raise IncompatibleServer("the server has no operation to write a Binary's bytes")
+        self.request(
+            "POST",
+            f"{ref}/{op}",
+            idempotent=True,  # the same bytes again: a repeat changes nothing
             data_factory=lambda: path.open("rb"),
             headers={
                 "Content-Type": content_type,
                 "Content-Length": str(path.stat().st_size),
-                "Prefer": "return=minimal",  # not the whole image back as base64
+                "Prefer": "return=minimal",
             },
         )
-        location = response.headers.get("Location") or response.headers.get("Content-Location")
-        if location:
-            return relative_reference(location)
-        body = self._json(response)
-        if isinstance(body, dict) and body.get("id"):
-            return f"Binary/{body['id']}"
-        raise BadResponse("the server created a Binary but did not say where")
 
-    def download_binary(self, ref: str, dest: Path, content_type: str) -> int:
-        """GET a Binary's raw bytes into a file, streamed; return the byte count."""
+    def binary_meta(self, ref: str) -> dict[str, Any]:
+        """A Binary without its bytes: ``meta`` (labels) and ``securityContext``."""
+        data = self._json(self.request("GET", ref, params={"_elements": "securityContext"}))
+        if not isinstance(data, dict) or data.get("resourceType") != "Binary":
+            raise BadResponse("the answer to a Binary read is not a Binary")
+        data.pop("data", None)  # a server that ignored _elements
+        return data
+
+    def iter_binary(self, ref: str, content_type: str) -> Iterator[bytes]:
+        """A Binary's raw bytes, streamed in chunks."""
         op = self.profile.binary_read_operation
         path = f"{ref}/{op}" if op else ref
         response = self.request("GET", path, headers={"Accept": content_type}, stream=True)
-        size = 0
-        with response, dest.open("wb") as f:
+        with response:
             got = response.headers.get("Content-Type", "").split(";")[0].strip()
             if got in (FHIR_JSON, "application/json"):
                 body = self._json(response)
                 if not isinstance(body, dict) or "data" not in body:
                     raise BadResponse("the server sent the Binary as FHIR JSON without its bytes")
-                data = base64.b64decode(body["data"])
-                f.write(data)
-                return len(data)
-            for chunk in response.iter_content(_CHUNK):
+                yield base64.b64decode(body["data"])
+                return
+            yield from response.iter_content(_CHUNK)
+
+    def download_binary(self, ref: str, dest: Path, content_type: str) -> int:
+        """GET a Binary's raw bytes into a file, streamed; return the byte count."""
+        size = 0
+        fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            for chunk in self.iter_binary(ref, content_type):
                 f.write(chunk)
                 size += len(chunk)
         return size
-
-    def binary_exists(self, ref: str) -> bool:
-        try:
-            self.request("HEAD", ref, headers={"Accept": FHIR_JSON})
-        except ResourceNotFound:
-            return False
-        return True
 
     # ----------------------------------------------------------------- labels
 

@@ -26,7 +26,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from . import _codes
-from ._delivery import DeliveryResult, patient_images, push
+from ._approvals import approve, pending_approvals, refuse_approval
+from ._delivery import DeliveryResult, patient_images, push, retry_failed
 from ._disclosure import DisclosureRequest
 from ._exceptions import ActionRefused, BadInput, FhirImagesError
 from ._ingest import (
@@ -392,33 +393,21 @@ def outbox_group() -> None:
 
 
 @outbox_group.command("list")
-@click.option("--state", type=click.Choice(["ready", "held"]), default=None)
+@click.option("--state", type=click.Choice(["ready", "held", "failed"]), default=None)
 @click.option("--json", "as_json", is_flag=True)
 @_outbox_option
 def outbox_list(state: str | None, as_json: bool, outbox_dir: Path | None) -> None:
     """List entries (no patient identifiers are shown)."""
     outbox = Outbox(outbox_dir or default_outbox())
-    rows = [
-        {
-            "id": e.id,
-            "state": e.state,
-            "media_type": e.meta.get("media_type"),
-            "size": e.meta.get("size"),
-            "decision": e.meta["decision"]["outcome"],
-            "blocking": [
-                r["rule"] for r in e.meta["decision"]["reasons"] if r["outcome"] != "store"
-            ],
-            "security": e.meta["decision"]["security"],
-        }
-        for e in outbox.entries(state)  # type: ignore[arg-type]
-    ]
+    rows = [e.meta.summary() for e in outbox.entries(state)]  # type: ignore[arg-type]
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table()
-    for col in ("Id", "State", "Type", "Bytes", "Labels", "Waiting on"):
+    for col in ("Id", "State", "Type", "Bytes", "Labels", "Waiting on", "Last delivery error"):
         table.add_column(col, overflow="fold")
     for r in rows:
+        last = r["last_error"]
         table.add_row(
             r["id"],
             r["state"],
@@ -426,6 +415,13 @@ def outbox_list(state: str | None, as_json: bool, outbox_dir: Path | None) -> No
             str(r["size"]),
             _label_text(r["security"]),
             ", ".join(r["blocking"]),
+            (
+                f"{last['type']}"
+                + (f" (HTTP {last['status']})" if last.get("status") else "")
+                + f", attempt {last['attempt']}, {last['at']}"
+                if last
+                else ""
+            ),
         )
     Console().print(table)
 
@@ -491,6 +487,20 @@ def outbox_discard(entry_id: str, by: str, reason: str, outbox_dir: Path | None)
     click.echo(f"discarded {entry_id}; record kept in {outbox.root / 'discarded'}")
 
 
+@outbox_group.command("retry")
+@click.argument("entry_id")
+@_outbox_option
+def outbox_retry(entry_id: str, outbox_dir: Path | None) -> None:
+    """Put a failed entry back in ready (after fixing what the server refused); push sends it."""
+    outbox = Outbox(outbox_dir or default_outbox())
+    try:
+        retry_failed(outbox, entry_id)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    click.echo(f"{entry_id} is ready again; the next push sends it")
+
+
 # ------------------------------------------------------------------------ server side
 
 _server_option = click.option(
@@ -527,14 +537,19 @@ def _print_deliveries(results: list[DeliveryResult], held: int, as_json: bool) -
     for col in ("Entry", "Result", "Media", "Consent", "Binary", "Notes"):
         table.add_column(col, overflow="fold")
     for r in results:
-        status = "[green]delivered[/]" if r.delivered else f"[red]kept: {r.error_type}[/]"
+        status = (
+            "[green]delivered[/]"
+            if r.delivered
+            else f"[red]{'failed for good' if r.state == 'failed' else 'kept'}: {r.error_type}[/]"
+        )
         notes = "; ".join(r.notes + ([r.error] if r.error else []))
         table.add_row(r.entry_id, status, r.media or "", r.consent or "", r.binary or "", notes)
     Console().print(table)
     ok = sum(r.delivered for r in results)
+    failed = sum(r.state == "failed" for r in results)
     click.echo(
-        f"{ok} delivered, {len(results) - ok} kept in the outbox for the next push, "
-        f"{held} held (not sent)"
+        f"{ok} delivered, {len(results) - ok - failed} kept in the outbox for the next push, "
+        f"{failed} failed for good (see 'outbox list --state failed'), {held} held (not sent)"
     )
 
 
@@ -556,11 +571,7 @@ def push_cmd(server: str | None, workers: int, as_json: bool, outbox_dir: Path |
     """
     outbox = Outbox(outbox_dir or default_outbox())
     client = _client(server, workers)
-    try:
-        results = _deliver(client, outbox, None, workers, as_json)
-    except FhirImagesError as exc:
-        err.print(f"[red]error:[/red] {exc}")
-        sys.exit(EXIT_ERROR)
+    results = _deliver(client, outbox, None, workers, as_json)
     _print_deliveries(results, len(list(outbox.entries("held"))), as_json)
     sys.exit(EXIT_OK if all(r.delivered for r in results) else EXIT_NOT_DELIVERED)
 
@@ -626,12 +637,6 @@ def show_cmd(patient: str, labels: tuple[str, ...], server: str | None, as_json:
 )
 @click.option("--recipient", default=None, help="Who receives it, if not the requester.")
 @click.option(
-    "--approve",
-    "approved",
-    multiple=True,
-    help="A Media a clinician has approved for this disclosure; repeatable.",
-)
-@click.option(
     "--out",
     "out_dir",
     required=True,
@@ -647,31 +652,36 @@ def disclose_cmd(
     role: str,
     clearance: str,
     recipient: str | None,
-    approved: tuple[str, ...],
     out_dir: Path,
     server: str | None,
     as_json: bool,
 ) -> None:
     """Release a patient's images for a purpose, as their labels and consent allow.
 
+    Images that need a clinician's approval are released only against an approval recorded
+    on the server ('fhir-images approvals approve'); without one, an approval is requested.
     Exit 0 when everything was released, 3 when some images wait for approval, 4 when some
     were withheld.
     """
     client = _client(server)
     try:
-        request = DisclosureRequest(
-            purpose=purpose,
-            requester=requester,
-            role=role,
-            clearance=clearance,
-            recipient=recipient,
-            approved=frozenset(approved),
+        request = DisclosureRequest.model_validate(
+            {
+                "purpose": purpose,
+                "requester": requester,
+                "role": role,
+                "clearance": clearance,
+                "recipient": recipient,
+            }
         )
     except ValidationError as exc:
         err.print(f"[magenta]bad input:[/magenta] {_first_error(exc)}")
         sys.exit(EXIT_BAD_INPUT)
     try:
         result = disclose(client, patient, request, out_dir)
+    except ActionRefused as exc:
+        err.print(f"[red]refused:[/red] {exc}")
+        sys.exit(EXIT_REFUSED)
     except FhirImagesError as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(EXIT_ERROR)
@@ -684,6 +694,7 @@ def disclose_cmd(
                     "bundle": str(result.bundle),
                     "withheld": str(result.withheld),
                     "audit_events": result.audit_events,
+                    "approval_requests": result.approval_requests,
                 },
                 indent=2,
             )
@@ -705,6 +716,8 @@ def disclose_cmd(
             f"release bundle: {result.bundle}\nwithheld list: {result.withheld}\n"
             f"audit events: {len(result.audit_events)}"
         )
+        for media, task in result.approval_requests.items():
+            click.echo(f"approval requested for {media}: {task}")
     verdicts = {r["verdict"] for r in rows}
     sys.exit(
         EXIT_REFUSED if "withhold" in verdicts else EXIT_HELD if "approve" in verdicts else EXIT_OK
@@ -759,11 +772,18 @@ def _with_by_reason(f: Any) -> Any:
 @_server_option
 def consent_withdraw(consent_ref: str, by: str, reason: str, server: str | None) -> None:
     """The patient withdraws a consent: it becomes inactive and its images stop being shared."""
-    _run_action(
-        lambda c: withdraw_consent(c, consent_ref, by=by, reason=reason),
-        server,
-        f"{consent_ref} withdrawn",
-    )
+
+    def act(client: FhirClient) -> None:
+        change = withdraw_consent(client, consent_ref, by=by, reason=reason)
+        if change.nothing_changed:
+            click.echo(
+                "no active consent for that image: nothing was changed "
+                f"(already inactive: {', '.join(change.unchanged) or 'none'})"
+            )
+        else:
+            click.echo(f"withdrawn: {', '.join(change.changed)}")
+
+    _run_action(act, server, "")
 
 
 @consent_group.command("narrow")
@@ -782,11 +802,15 @@ def consent_narrow(
     consent_ref: str, deny: tuple[str, ...], by: str, reason: str, server: str | None
 ) -> None:
     """Turn some permissions of a consent into refusals."""
-    _run_action(
-        lambda c: narrow_consent(c, consent_ref, deny=deny, by=by, reason=reason),
-        server,
-        f"{consent_ref} narrowed: no {', '.join(deny)}",
-    )
+
+    def act(client: FhirClient) -> None:
+        change = narrow_consent(client, consent_ref, deny=deny, by=by, reason=reason)
+        if change.nothing_changed:
+            click.echo("no active consent permits that any more: nothing was changed")
+        else:
+            click.echo(f"narrowed (no {', '.join(deny)}): {', '.join(change.changed)}")
+
+    _run_action(act, server, "")
 
 
 def _run_action(action: Any, server: str | None, done: str) -> None:
@@ -799,7 +823,8 @@ def _run_action(action: Any, server: str | None, done: str) -> None:
     except FhirImagesError as exc:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(EXIT_ERROR)
-    click.echo(done)
+    if done:
+        click.echo(done)
 
 
 @main.command("destroy")
@@ -942,6 +967,85 @@ def hook_install(server: str | None, endpoint: str, timeout: float) -> None:
         err.print(f"[red]error:[/red] {exc}")
         sys.exit(EXIT_ERROR)
     click.echo("active: " + ", ".join(refs))
+
+
+# ------------------------------------------------------------------------------ approvals
+
+
+@main.group("approvals")
+def approvals_group() -> None:
+    """Approvals of disclosures that need a clinician (recorded on the server as Tasks)."""
+
+
+@approvals_group.command("list")
+@click.option("--patient", default=None, help="Only this patient's (Patient/..).")
+@_server_option
+@click.option("--json", "as_json", is_flag=True)
+def approvals_list(patient: str | None, server: str | None, as_json: bool) -> None:
+    """List the approvals waiting for a clinician."""
+    client = _client(server)
+    try:
+        pending = pending_approvals(client, patient)
+    except FhirImagesError as exc:
+        err.print(f"[red]error:[/red] {exc}")
+        sys.exit(EXIT_ERROR)
+    rows = [
+        {
+            "task": a.ref,
+            "media": a.media,
+            "purpose": a.purpose,
+            "requester": a.requester,
+            "recipient": a.recipient,
+        }
+        for a in pending
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table()
+    for col in ("Task", "Media", "Purpose", "Requester", "Recipient"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            *(str(r[k] or "") for k in ("task", "media", "purpose", "requester", "recipient"))
+        )
+    Console().print(table)
+
+
+@approvals_group.command("approve")
+@click.argument("task_ref")
+@click.option("--by", required=True, help="The approving clinician (Practitioner/..).")
+@click.option(
+    "--valid-days",
+    default=30,
+    show_default=True,
+    type=click.IntRange(1, 365),
+    help="How long the approval may be used (once).",
+)
+@_server_option
+def approvals_approve(task_ref: str, by: str, valid_days: int, server: str | None) -> None:
+    """Approve one requested disclosure (not your own request)."""
+
+    def act(client: FhirClient) -> None:
+        a = approve(client, task_ref, by=by, valid_days=valid_days)
+        click.echo(f"{a.ref} approved by {a.approver} for {a.media} until {a.valid_until}")
+
+    _run_action(act, server, "")
+
+
+@approvals_group.command("refuse")
+@click.argument("task_ref")
+@click.option("--by", required=True, help="The refusing clinician (Practitioner/..).")
+@click.option("--reason", required=True, help="Why.")
+@_server_option
+def approvals_refuse(task_ref: str, by: str, reason: str, server: str | None) -> None:
+    """Refuse one requested disclosure."""
+
+    def act(client: FhirClient) -> None:
+        a = refuse_approval(client, task_ref, by=by, reason=reason)
+        click.echo(f"{a.ref} refused")
+
+    _run_action(act, server, "")
 
 
 @main.command("policies")

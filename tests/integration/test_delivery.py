@@ -5,10 +5,10 @@ from __future__ import annotations
 import json
 import shutil
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-import requests
 from click.testing import CliRunner
 
 from fhir_images import (
@@ -120,6 +120,25 @@ def test_each_stored_example_is_delivered_and_reads_back(client, case, tmp_path)
     assert list(Outbox(outbox).entries("ready")) == []
 
 
+def _record_counts(client: FhirClient, patient: str, entry_meta) -> dict[str, int]:
+    key, ckey = entry_meta.image_key, entry_meta.consent_key
+    return {
+        "Binary": _count(client, "Binary", {"_tag": f"{c.SID_RECORD}|{key}.binary"}),
+        "Media": _count(
+            client,
+            "Media",
+            {"identifier": f"{c.SID_SHA256}|{entry_meta.sha256}", "subject": patient},
+        ),
+        "Consent": _count(
+            client, "Consent", {"identifier": f"{c.SID_RECORD}|{key}.consent.{ckey}"}
+        ),
+        "Provenance": _count(
+            client, "Provenance", {"_tag": f"{c.SID_RECORD}|{key}.provenance.{ckey}"}
+        ),
+        "Encounter": _count(client, "Encounter", {"identifier": f"{c.SID_RECORD}|{key}.encounter"}),
+    }
+
+
 def test_delivering_the_same_entry_twice_stores_one_of_each(client, patient, tmp_path):
     outbox = Outbox(tmp_path / "ob")
     result = ingest(synthetic.jpeg(seed=7), _ctx(patient), make_consent(), outbox=outbox)
@@ -132,29 +151,134 @@ def test_delivering_the_same_entry_twice_stores_one_of_each(client, patient, tmp
     [second] = push(client, outbox)
     assert second.delivered and second.binary_reused
     assert second.media == first.media and second.consent == first.consent
-    sid = entry.id
-    sha = entry.meta["sha256"]
-    assert _count(client, "Media", {"identifier": f"{c.SID_SHA256}|{sha}", "subject": patient}) == 1
-    assert _count(client, "Consent", {"identifier": f"{c.SID_SUBMISSION}|{sid}"}) == 1
-    assert _count(client, "Provenance", {"_tag": f"{c.SID_SUBMISSION}|{sid}"}) == 1
-    assert _count(client, "Encounter", {"identifier": f"{c.SID_SUBMISSION}|{sid}"}) == 1
+    assert second.binary == first.binary
+    assert _record_counts(client, patient, entry.meta) == {
+        "Binary": 1,
+        "Media": 1,
+        "Consent": 1,
+        "Provenance": 1,
+        "Encounter": 1,
+    }
 
 
-def test_rejected_transaction_removes_its_binary_and_keeps_the_entry(client, patient, tmp_path):
+def test_three_rounds_of_ingest_and_push_store_one_of_each(client, patient, tmp_path):
+    """The same photo ingested and pushed again from fresh outboxes (a double submit, a
+    re-import): one Binary, Media, Consent and Provenance on the server."""
+    photo = synthetic.jpeg(seed=21)
+    metas = []
+    for round_ in range(3):
+        outbox = Outbox(tmp_path / f"ob{round_}")
+        entry = ingest(photo, _ctx(patient), make_consent(), outbox=outbox).entry
+        metas.append(entry.meta)
+        [result] = push(client, outbox)
+        assert result.delivered, result.error
+    assert len({(m.image_key, m.consent_key) for m in metas}) == 1
+    assert _record_counts(client, patient, metas[0]) == {
+        "Binary": 1,
+        "Media": 1,
+        "Consent": 1,
+        "Provenance": 1,
+        "Encounter": 1,
+    }
+    media = next(client.search("Media", {"subject": patient}))
+    assert len(list(client.search("Consent", {"data": f"Media/{media['id']}"}))) == 1
+
+
+def test_the_binary_carries_the_media_labels_and_names_it(client, tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    ctx = child_context(patient="Patient/ex-child-1", operator="RelatedPerson/ex-mother-1")
+    ingest(
+        synthetic.jpeg(seed=31),
+        ctx,
+        parent_consent(giver="RelatedPerson/ex-mother-1"),
+        outbox=outbox,
+    )
+    [result] = push(client, outbox)
+    assert result.delivered, result.error
+    media = client.read(result.media)
+    binary = client.binary_meta(result.binary)
+    assert _codes(binary) == _codes(media) and {"V", "intimate", "HUAPRV"} <= _codes(binary)
+    assert binary["securityContext"] == {"reference": result.media}
+    receipt = Outbox(tmp_path / "ob").receipts()[0]
+    assert "binary labels (the same as the media's)" in receipt["verified"]
+
+
+def test_a_new_consent_act_supersedes_the_older_one(client, patient, tmp_path):
+    photo = synthetic.jpeg(seed=22)
+    first = Outbox(tmp_path / "a")
+    ingest(photo, _ctx(patient), make_consent(), outbox=first)
+    [one] = push(client, first)
+    later = make_consent(
+        date=datetime(2026, 11, 22, 9, 0, tzinfo=UTC),
+        permissions={"view": True, "store": True, "second_opinion": False},
+    )
+    second = Outbox(tmp_path / "b")
+    ingest(photo, _ctx(patient), later, outbox=second)
+    [two] = push(client, second)
+    assert two.delivered and two.media == one.media and two.consent != one.consent
+    assert client.read(one.consent)["status"] == "inactive"
+    assert client.read(two.consent)["status"] == "active"
+    assert any("superseded" in n for n in two.notes)
+    cid = one.consent.split("/")[1]
+    changes = list(client.search("Provenance", {"_tag": f"{c.SID_RECORD}|consent-change.{cid}.2"}))
+    assert len(changes) == 1 and changes[0]["activity"]["text"] == "consent superseded"
+
+
+def test_an_older_consent_never_revives_a_withdrawn_image(client, patient, tmp_path):
+    from fhir_images import withdraw_consent
+
+    photo = synthetic.jpeg(seed=23)
+    first = Outbox(tmp_path / "a")
+    ingest(photo, _ctx(patient), make_consent(), outbox=first)
+    [one] = push(client, first)
+    withdraw_consent(client, one.media, by="Practitioner/gp1", reason="patient asked")
+    stale = make_consent(date=datetime(2026, 11, 19, 9, 0, tzinfo=UTC))  # before the withdrawal
+    second = Outbox(tmp_path / "b")
+    ingest(photo, _ctx(patient), stale, outbox=second)
+    [two] = push(client, second)
+    assert two.delivered, two.error
+    statuses = [x["status"] for x in client.search("Consent", {"data": one.media})]
+    assert statuses.count("active") == 0, "a stale outbox does not revive withdrawn consent"
+    assert any("stored as inactive" in n for n in two.notes)
+
+
+def test_rejected_transaction_leaves_nothing_on_the_server_and_keeps_the_entry(
+    client, patient, tmp_path
+):
     outbox = Outbox(tmp_path / "ob")
     ctx = make_context(patient=patient, made_by="clinician", operator="Practitioner/missing-x")
     entry = ingest(synthetic.jpeg(seed=8), ctx, make_consent(), outbox=outbox).entry
     [result] = push(client, outbox)
     assert not result.delivered
-    assert result.error_type == "InvalidRequest" and "missing-x" in result.error
+    assert result.error_type == "InvalidRequest" and "missing-x" not in result.error
     kept = outbox.get(entry.id)
     assert kept.state == "ready"
-    assert kept.meta["delivery"]["last_error_type"] == "InvalidRequest"
-    removed = kept.meta["delivery"]["binary_removed"]
-    r = requests.get(
-        f"{client.base_url}{removed}", headers={"Accept": "application/fhir+json"}, timeout=30
+    assert kept.meta.delivery.last_error.type == "InvalidRequest"
+    assert kept.meta.delivery.last_error.status == 400
+    assert "missing-x" not in (kept.path / "entry.json").read_text()
+    assert _count(client, "Binary", {"_tag": f"{c.SID_RECORD}|{entry.meta.image_key}.binary"}) == 0
+    for _ in range(2):
+        push(client, outbox)
+    assert outbox.get(entry.id).state == "failed", "a refused entry is not retried for ever"
+
+
+def test_push_to_a_closed_port_exits_5_and_says_why_in_the_entry(tmp_path):
+    outbox = Outbox(tmp_path / "ob")
+    entry = ingest(synthetic.jpeg(seed=24), make_context(), make_consent(), outbox=outbox).entry
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # nothing listens here once the socket is closed
+    result = CliRunner().invoke(
+        main, ["push", "--server", f"http://127.0.0.1:{port}/fhir", "--outbox", str(outbox.root)]
     )
-    assert r.status_code in (404, 410), "no orphaned Binary left on the server"
+    assert result.exit_code == 5, result.output
+    kept = outbox.get(entry.id)
+    assert kept.meta.delivery.last_error.type == "ServerUnavailable"
+    assert kept.meta.delivery.attempts == 1
+    listed = CliRunner().invoke(main, ["outbox", "list", "--json", "--outbox", str(outbox.root)])
+    assert json.loads(listed.output)[0]["last_error"]["type"] == "ServerUnavailable"
 
 
 def test_held_images_are_not_sent(client, tmp_path):

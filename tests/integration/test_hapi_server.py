@@ -57,8 +57,9 @@ def token(coding: dict[str, str]) -> str:
 
 
 def create(base: str, resource: Resource) -> Resource:
-    r = requests.post(f"{base}/{resource['resourceType']}", json=resource, headers=HEADERS,
-                      timeout=TIMEOUT)
+    r = requests.post(
+        f"{base}/{resource['resourceType']}", json=resource, headers=HEADERS, timeout=TIMEOUT
+    )
     assert r.status_code == 201, f"create {resource['resourceType']}: {r.status_code} {r.text}"
     created: Resource = r.json()
     assert created.get("id"), created
@@ -73,19 +74,24 @@ def read(base: str, rtype: str, rid: str) -> Resource:
 
 
 def search_ids(base: str, rtype: str, params: dict[str, str]) -> list[str]:
-    r = requests.get(f"{base}/{rtype}", params={**params, "_count": "50"}, headers=HEADERS,
-                     timeout=TIMEOUT)
+    r = requests.get(
+        f"{base}/{rtype}", params={**params, "_count": "50"}, headers=HEADERS, timeout=TIMEOUT
+    )
     assert r.status_code == 200, f"search {rtype} {params}: {r.status_code} {r.text}"
     bundle = r.json()
     assert bundle["resourceType"] == "Bundle" and bundle["type"] == "searchset", bundle
-    return [e["resource"]["id"] for e in bundle.get("entry", [])
-            if e.get("search", {}).get("mode", "match") == "match"]
+    return [
+        e["resource"]["id"]
+        for e in bundle.get("entry", [])
+        if e.get("search", {}).get("mode", "match") == "match"
+    ]
 
 
 def meta_operation(base: str, rtype: str, rid: str, operation: str, meta: Resource) -> Resource:
     body = {"resourceType": "Parameters", "parameter": [{"name": "meta", "valueMeta": meta}]}
-    r = requests.post(f"{base}/{rtype}/{rid}/${operation}", json=body, headers=HEADERS,
-                      timeout=TIMEOUT)
+    r = requests.post(
+        f"{base}/{rtype}/{rid}/${operation}", json=body, headers=HEADERS, timeout=TIMEOUT
+    )
     assert r.status_code == 200, f"${operation}: {r.status_code} {r.text}"
     params = r.json()
     assert params["resourceType"] == "Parameters", params
@@ -129,12 +135,15 @@ def media(code: str, **extra: Any) -> Resource:
 @pytest.fixture()
 def patient(fhir_base_url: str) -> Resource:
     code = uid()
-    return create(fhir_base_url, {
-        "resourceType": "Patient",
-        "meta": {"tag": [tag(code)]},
-        "identifier": [{"system": f"{ID_SYSTEM_PREFIX}patient", "value": code}],
-        "name": [{"family": "Integration", "given": ["Test"]}],
-    })
+    return create(
+        fhir_base_url,
+        {
+            "resourceType": "Patient",
+            "meta": {"tag": [tag(code)]},
+            "identifier": [{"system": f"{ID_SYSTEM_PREFIX}patient", "value": code}],
+            "name": [{"family": "Integration", "given": ["Test"]}],
+        },
+    )
 
 
 def _minimal(rtype: str, code: str, patient_ref: str) -> Resource:
@@ -143,24 +152,41 @@ def _minimal(rtype: str, code: str, patient_ref: str) -> Resource:
     ident = [{"system": f"{ID_SYSTEM_PREFIX}{rtype.lower()}", "value": code}]
     bodies: dict[str, Resource] = {
         "Patient": {"identifier": ident, "name": [{"family": "Crud"}]},
-        "Media": {"identifier": ident, "status": "completed", "subject": {"reference": patient_ref},
-                  "content": {"contentType": "image/jpeg", "url": "http://example.org/x.jpg"}},
+        "Media": {
+            "identifier": ident,
+            "status": "completed",
+            "subject": {"reference": patient_ref},
+            "content": {"contentType": "image/jpeg", "url": "http://example.org/x.jpg"},
+        },
         "Consent": {
             "identifier": ident,
             "status": "active",
-            "scope": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/consentscope",
-                "code": "patient-privacy"}]},
+            "scope": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/consentscope",
+                        "code": "patient-privacy",
+                    }
+                ]
+            },
             "category": [{"coding": [{"system": "http://loinc.org", "code": "59284-0"}]}],
             "patient": {"reference": patient_ref},
-            "policyRule": {"coding": [{
-                "system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}]},
+            "policyRule": {
+                "coding": [
+                    {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "OPTIN"}
+                ]
+            },
             "provision": {"type": "permit"},
         },
-        "Binary": {"contentType": "text/plain",
-                   "data": base64.b64encode(f"hello {code}".encode()).decode()},
-        "Provenance": {"target": [{"reference": patient_ref}], "recorded": now,
-                       "agent": [{"who": {"display": "fhir-images tests"}}]},
+        "Binary": {
+            "contentType": "text/plain",
+            "data": base64.b64encode(f"hello {code}".encode()).decode(),
+        },
+        "Provenance": {
+            "target": [{"reference": patient_ref}],
+            "recorded": now,
+            "agent": [{"who": {"display": "fhir-images tests"}}],
+        },
         "AuditEvent": {
             "type": {"system": "http://dicom.nema.org/resources/ontology/DCM", "code": "110110"},
             "recorded": now,
@@ -170,19 +196,24 @@ def _minimal(rtype: str, code: str, patient_ref: str) -> Resource:
         "Encounter": {
             "identifier": ident,
             "status": "finished",
-            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode",
-                      "code": "AMB"},
+            "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
             "subject": {"reference": patient_ref},
         },
-        "RelatedPerson": {"identifier": ident, "patient": {"reference": patient_ref},
-                          "name": [{"family": "Relative"}]},
+        "RelatedPerson": {
+            "identifier": ident,
+            "patient": {"reference": patient_ref},
+            "name": [{"family": "Relative"}],
+        },
         # status "off": stored and searchable, but never activated or delivered
         "Subscription": {
             "status": "off",
             "reason": "fhir-images integration test",
             "criteria": f"Media?_tag={TEST_TAG_SYSTEM}|{code}",
-            "channel": {"type": "rest-hook", "endpoint": "http://127.0.0.1:9/unused",
-                        "payload": FHIR_JSON},
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": "http://127.0.0.1:9/unused",
+                "payload": FHIR_JSON,
+            },
         },
         "StructureDefinition": {
             "url": f"http://example.org/fhir/StructureDefinition/crud-{code}",
@@ -202,8 +233,18 @@ def _minimal(rtype: str, code: str, patient_ref: str) -> Resource:
 
 # --------------------------------------------------------------------------- tests
 
-RESOURCE_TYPES = ["Patient", "Media", "Consent", "Binary", "Provenance", "AuditEvent",
-                  "Encounter", "RelatedPerson", "Subscription", "StructureDefinition"]
+RESOURCE_TYPES = [
+    "Patient",
+    "Media",
+    "Consent",
+    "Binary",
+    "Provenance",
+    "AuditEvent",
+    "Encounter",
+    "RelatedPerson",
+    "Subscription",
+    "StructureDefinition",
+]
 
 
 @pytest.mark.parametrize("rtype", RESOURCE_TYPES)
@@ -225,8 +266,9 @@ def test_crud_and_search(fhir_base_url: str, patient: Resource, rtype: str) -> N
     assert search_ids(base, rtype, {"_id": rid}) == [rid]
     if "identifier" in created:
         ident = created["identifier"][0]
-        assert search_ids(base, rtype, {"identifier": f"{ident['system']}|{ident['value']}"}) \
-            == [rid]
+        assert search_ids(base, rtype, {"identifier": f"{ident['system']}|{ident['value']}"}) == [
+            rid
+        ]
 
     fetched["language"] = "en"
     r = requests.put(f"{base}/{rtype}/{rid}", json=fetched, headers=HEADERS, timeout=TIMEOUT)
@@ -256,8 +298,11 @@ def _transaction(code: str, media_code: str) -> Resource:
                     "identifier": [{"system": f"{ID_SYSTEM_PREFIX}patient", "value": code}],
                     "name": [{"family": "Transaction"}],
                 },
-                "request": {"method": "POST", "url": "Patient",
-                            "ifNoneExist": f"identifier={patient_ident}"},
+                "request": {
+                    "method": "POST",
+                    "url": "Patient",
+                    "ifNoneExist": f"identifier={patient_ident}",
+                },
             },
             {
                 "fullUrl": media_url,
@@ -305,8 +350,7 @@ def test_transaction_urn_uuid_references_and_conditional_create(fhir_base_url: s
     assert mid2 != mid
     assert read(base, "Media", mid2)["subject"]["reference"] == f"Patient/{pid}"
 
-    assert search_ids(base, "Patient", {"identifier": f"{ID_SYSTEM_PREFIX}patient|{code}"}) \
-        == [pid]
+    assert search_ids(base, "Patient", {"identifier": f"{ID_SYSTEM_PREFIX}patient|{code}"}) == [pid]
 
 
 def test_search_by_security_label_and_tag(fhir_base_url: str) -> None:
@@ -334,8 +378,9 @@ def test_meta_add_and_meta_delete(fhir_base_url: str) -> None:
     rid = create(base, media(code))["id"]
     extra_tag = tag(uid())
 
-    returned = meta_operation(base, "Media", rid, "meta-add",
-                              {"security": [RESTRICTED], "tag": [extra_tag]})
+    returned = meta_operation(
+        base, "Media", rid, "meta-add", {"security": [RESTRICTED], "tag": [extra_tag]}
+    )
     assert pair(RESTRICTED) in codings(returned, "security")
     meta = read(base, "Media", rid)["meta"]
     assert pair(RESTRICTED) in codings(meta, "security")
@@ -366,12 +411,18 @@ def test_put_merges_security_labels_unless_snapshot_mode(fhir_base_url: str) -> 
     created["meta"] = {"security": [VERY_RESTRICTED]}
     r = requests.put(f"{base}/Media/{rid}", json=created, headers=HEADERS, timeout=TIMEOUT)
     assert r.status_code == 200, r.text
-    assert codings(read(base, "Media", rid)["meta"], "security") \
-        == {pair(RESTRICTED), pair(VERY_RESTRICTED)}
+    assert codings(read(base, "Media", rid)["meta"], "security") == {
+        pair(RESTRICTED),
+        pair(VERY_RESTRICTED),
+    }
 
     created["meta"] = {"security": [VERY_RESTRICTED]}
-    r = requests.put(f"{base}/Media/{rid}", json=created, timeout=TIMEOUT,
-                     headers={**HEADERS, "X-Meta-Snapshot-Mode": "SECURITY_LABEL"})
+    r = requests.put(
+        f"{base}/Media/{rid}",
+        json=created,
+        timeout=TIMEOUT,
+        headers={**HEADERS, "X-Meta-Snapshot-Mode": "SECURITY_LABEL"},
+    )
     assert r.status_code == 200, r.text
     assert codings(read(base, "Media", rid)["meta"], "security") == {pair(VERY_RESTRICTED)}
 
@@ -379,8 +430,12 @@ def test_put_merges_security_labels_unless_snapshot_mode(fhir_base_url: str) -> 
 def test_raw_binary_upload_and_readback(fhir_base_url: str) -> None:
     base = fhir_base_url
     payload = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(256 * 1024) + b"\xff\xd9"
-    r = requests.post(f"{base}/Binary", data=payload, timeout=TIMEOUT,
-                      headers={"Content-Type": "image/jpeg", "Accept": FHIR_JSON})
+    r = requests.post(
+        f"{base}/Binary",
+        data=payload,
+        timeout=TIMEOUT,
+        headers={"Content-Type": "image/jpeg", "Accept": FHIR_JSON},
+    )
     assert r.status_code == 201, f"{r.status_code} {r.text[:500]}"
     location = r.headers.get("Location") or r.headers["Content-Location"]
     rid = location.split("/Binary/")[1].split("/")[0]
@@ -402,14 +457,19 @@ def test_large_binary_bytes_via_binary_access_read(fhir_base_url: str) -> None:
     """Above 10 MB HAPI no longer inlines the bytes on a plain read; $binary-access-read works."""
     base = fhir_base_url
     payload = b"\xff\xd8\xff\xe0" + os.urandom(11 * 1024 * 1024)
-    r = requests.post(f"{base}/Binary", data=payload, timeout=120,
-                      headers={"Content-Type": "image/jpeg", "Accept": FHIR_JSON})
+    r = requests.post(
+        f"{base}/Binary",
+        data=payload,
+        timeout=120,
+        headers={"Content-Type": "image/jpeg", "Accept": FHIR_JSON},
+    )
     assert r.status_code == 201, f"{r.status_code} {r.text[:500]}"
     rid = (r.headers.get("Location") or r.headers["Content-Location"]).split("/Binary/")[1]
     rid = rid.split("/")[0]
 
-    raw = requests.get(f"{base}/Binary/{rid}/$binary-access-read", params={"path": "Binary"},
-                       timeout=120)
+    raw = requests.get(
+        f"{base}/Binary/{rid}/$binary-access-read", params={"path": "Binary"}, timeout=120
+    )
     assert raw.status_code == 200, raw.text[:500]
     assert raw.headers["Content-Type"].split(";")[0].strip() == "image/jpeg"
     assert raw.content == payload
@@ -468,30 +528,43 @@ def active_subscription(fhir_base_url: str, hook: _HookRecorder) -> Iterator[tup
     """A rest-hook Subscription on Media with a unique tag; yields (tag code, endpoint path)."""
     base, code = fhir_base_url, uid()
     port = hook.server_address[1]
-    sub = create(base, {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "fhir-images integration test",
-        "criteria": f"Media?_tag={TEST_TAG_SYSTEM}|{code}",
-        "channel": {"type": "rest-hook", "endpoint": f"http://127.0.0.1:{port}/hook",
-                    "payload": FHIR_JSON},
-    })
+    sub = create(
+        base,
+        {
+            "resourceType": "Subscription",
+            "status": "requested",
+            "reason": "fhir-images integration test",
+            "criteria": f"Media?_tag={TEST_TAG_SYSTEM}|{code}",
+            "channel": {
+                "type": "rest-hook",
+                "endpoint": f"http://127.0.0.1:{port}/hook",
+                "payload": FHIR_JSON,
+            },
+        },
+    )
     try:
-        wait_for(lambda: read(base, "Subscription", sub["id"])["status"] == "active",
-                 SUBSCRIPTION_TIMEOUT, "the Subscription to become active")
+        wait_for(
+            lambda: read(base, "Subscription", sub["id"])["status"] == "active",
+            SUBSCRIPTION_TIMEOUT,
+            "the Subscription to become active",
+        )
         yield code, "/hook"
     finally:
         requests.delete(f"{base}/Subscription/{sub['id']}", headers=HEADERS, timeout=TIMEOUT)
 
 
 def test_rest_hook_subscription_delivers_put(
-        fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]) -> None:
+    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+) -> None:
     base = fhir_base_url
     code, path = active_subscription
     rid = create(base, media(code))["id"]
 
-    bodies = wait_for(lambda: hook.seen("PUT", f"{path}/Media/{rid}"), SUBSCRIPTION_TIMEOUT,
-                      f"PUT {path}/Media/{rid} on the rest-hook endpoint")
+    bodies = wait_for(
+        lambda: hook.seen("PUT", f"{path}/Media/{rid}"),
+        SUBSCRIPTION_TIMEOUT,
+        f"PUT {path}/Media/{rid} on the rest-hook endpoint",
+    )
     delivered = json.loads(bodies[0])
     assert delivered["resourceType"] == "Media"
     assert delivered["id"] == rid
@@ -499,7 +572,8 @@ def test_rest_hook_subscription_delivers_put(
 
 
 def test_label_only_change_triggers_rest_hook(
-        fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]) -> None:
+    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+) -> None:
     """$meta-add changes labels without a new version; servers/hapi still notifies."""
     base = fhir_base_url
     r = requests.get(f"{base}/metadata", headers=HEADERS, timeout=TIMEOUT)
@@ -509,24 +583,37 @@ def test_label_only_change_triggers_rest_hook(
         pytest.skip("server does not declare that label-only changes trigger subscriptions")
     code, path = active_subscription
     rid = create(base, media(code))["id"]
-    wait_for(lambda: hook.seen("PUT", f"{path}/Media/{rid}"), SUBSCRIPTION_TIMEOUT,
-             f"PUT {path}/Media/{rid} after the create")
+    wait_for(
+        lambda: hook.seen("PUT", f"{path}/Media/{rid}"),
+        SUBSCRIPTION_TIMEOUT,
+        f"PUT {path}/Media/{rid} after the create",
+    )
 
     meta_operation(base, "Media", rid, "meta-add", {"security": [RESTRICTED]})
-    bodies = wait_for(lambda: [b for b in hook.seen("PUT", f"{path}/Media/{rid}")
-                               if pair(RESTRICTED) in codings(json.loads(b)["meta"], "security")],
-                      SUBSCRIPTION_TIMEOUT, "delivery of the label-only change")
+    bodies = wait_for(
+        lambda: [
+            b
+            for b in hook.seen("PUT", f"{path}/Media/{rid}")
+            if pair(RESTRICTED) in codings(json.loads(b)["meta"], "security")
+        ],
+        SUBSCRIPTION_TIMEOUT,
+        "delivery of the label-only change",
+    )
     assert json.loads(bodies[0])["id"] == rid
 
 
 def test_non_matching_resource_is_not_delivered(
-        fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]) -> None:
+    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+) -> None:
     base = fhir_base_url
     code, path = active_subscription
     other = create(base, media(uid()))["id"]  # a different tag: must not be delivered
     matching = create(base, media(code))["id"]
-    wait_for(lambda: hook.seen("PUT", f"{path}/Media/{matching}"), SUBSCRIPTION_TIMEOUT,
-             "delivery of the matching Media")
+    wait_for(
+        lambda: hook.seen("PUT", f"{path}/Media/{matching}"),
+        SUBSCRIPTION_TIMEOUT,
+        "delivery of the matching Media",
+    )
     assert hook.seen("PUT", f"{path}/Media/{other}") == []
 
 
@@ -539,8 +626,13 @@ def _issues(outcome: Resource, *severities: str) -> list[Resource]:
 
 
 def _validate(base: str, resource: Resource, profile: str) -> Resource:
-    r = requests.post(f"{base}/Media/$validate", params={"profile": profile}, json=resource,
-                      headers=HEADERS, timeout=VALIDATE_TIMEOUT)
+    r = requests.post(
+        f"{base}/Media/$validate",
+        params={"profile": profile},
+        json=resource,
+        headers=HEADERS,
+        timeout=VALIDATE_TIMEOUT,
+    )
     # HAPI answers 200 with the outcome; some servers use 412 for an invalid resource
     assert r.status_code in (200, 412), f"$validate: {r.status_code} {r.text}"
     outcome: Resource = r.json()
@@ -551,20 +643,23 @@ def test_validate_against_uploaded_profile(fhir_base_url: str) -> None:
     base, code = fhir_base_url, uid()
     profile = f"http://example.org/fhir/StructureDefinition/media-with-note-{code}"
     # Upload the profile before anything asks for its URL (servers cache failed look-ups).
-    create(base, {
-        "resourceType": "StructureDefinition",
-        "url": profile,
-        "name": f"MediaWithNote{code[:12]}",
-        "status": "active",
-        "fhirVersion": "4.0.1",
-        "kind": "resource",
-        "abstract": False,
-        "type": "Media",
-        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Media",
-        "derivation": "constraint",
-        # differential only: the server has to generate the snapshot itself
-        "differential": {"element": [{"id": "Media.note", "path": "Media.note", "min": 1}]},
-    })
+    create(
+        base,
+        {
+            "resourceType": "StructureDefinition",
+            "url": profile,
+            "name": f"MediaWithNote{code[:12]}",
+            "status": "active",
+            "fhirVersion": "4.0.1",
+            "kind": "resource",
+            "abstract": False,
+            "type": "Media",
+            "baseDefinition": "http://hl7.org/fhir/StructureDefinition/Media",
+            "derivation": "constraint",
+            # differential only: the server has to generate the snapshot itself
+            "differential": {"element": [{"id": "Media.note", "path": "Media.note", "min": 1}]},
+        },
+    )
     conforming = media(code, note=[{"text": "taken with consent"}])
     nonconforming = media(code)
 

@@ -90,17 +90,27 @@ def patients(hook) -> dict[str, str]:
     return {"adult": f"Patient/ha-{tag}", "child": f"Patient/hc-{tag}"}
 
 
-def create_media(client: FhirClient, subject: str, **extra) -> str:
+def create_binary(client: FhirClient) -> str:
+    """Bytes as another system uploads them: no labels, no securityContext."""
+    binary = {"resourceType": "Binary", "contentType": "image/jpeg", "data": "/9j/2wBDAA=="}
+    return f"Binary/{client.create(binary)['id']}"
+
+
+def create_media(client: FhirClient, subject: str, binary: str | None = None, **extra) -> str:
     media = {
         "resourceType": "Media",
         "status": "completed",
         "subject": {"reference": subject},
         "operator": {"reference": "Practitioner/gp1"},
         "reasonCode": [{"text": "Review of a skin lesion"}],
-        "content": {"contentType": "image/jpeg", "url": "Binary/none"},
+        "content": {"contentType": "image/jpeg", "url": binary or create_binary(client)},
         **extra,
     }
     return f"Media/{client.create(media)['id']}"
+
+
+def binary_of(client: FhirClient, media_ref: str) -> dict:
+    return client.binary_meta(client.read(media_ref)["content"]["url"])
 
 
 def labels_of(client: FhirClient, ref: str) -> dict[str, set[str]]:
@@ -124,13 +134,22 @@ def tasks_for(client: FhirClient, ref: str) -> list[dict]:
     return list(client.search("Task", {"identifier": f"{SID_HOOK_TASK}|{ref}"}))
 
 
+def wait_tasks(client: FhirClient, ref: str) -> list[dict]:
+    """The hook's Tasks for an image, once there is one (it labels first, then reports)."""
+    deadline = time.monotonic() + LABEL_TIMEOUT
+    while not (found := tasks_for(client, ref)):
+        assert time.monotonic() < deadline, f"no Task for {ref}"
+        time.sleep(0.5)
+    return found
+
+
 def test_media_created_without_labels_is_labelled_and_reported(hook, patients):
     client, _ = hook
     ref = create_media(client, patients["adult"])
     labels = wait_labelled(client, ref, extra="HUAPRV")
     assert labels[CONF] == {"R"}, "no consent on record: restricted"
     assert {"HUAPRV", "NOREUSE", "NORDSCLCDS"} <= labels[c.V3_ACT_CODE]
-    [task] = tasks_for(client, ref)
+    [task] = wait_tasks(client, ref)
     assert task["status"] == "requested" and "Consent" in task["description"]
 
 
@@ -145,7 +164,29 @@ def test_intimate_image_of_a_child_without_consent_gets_the_most_restrictive_lab
     assert labels[CONF] == {"V"}
     assert {"PHY", "HUAPRV", "NOREUSE", "NORDSCLCDS"} <= labels[c.V3_ACT_CODE]
     assert {"intimate", "young-child"} <= labels[c.LOCAL_SENSITIVITY]
-    assert tasks_for(client, ref)
+    assert wait_tasks(client, ref)
+    binary = binary_of(client, ref)
+    assert {s["code"] for s in binary["meta"]["security"]} == {
+        code for codes in labels.values() for code in codes
+    }, "the bytes carry the image's labels"
+    assert binary["securityContext"] == {"reference": ref}
+
+
+def test_bytes_the_hook_cannot_label_are_reported(hook, patients):
+    client, _ = hook
+    missing = create_media(client, patients["adult"], binary="Binary/not-there")
+    other = create_media(client, patients["adult"])
+    shared = client.read(other)["content"]["url"]
+    wait_labelled(client, other, extra="HUAPRV")  # the hook gave that Binary to `other`
+    borrowed = create_media(client, patients["child"], binary=shared)
+    for ref, why in ((missing, "could not be labelled"), (borrowed, "belong to another")):
+        labels = wait_labelled(client, ref, extra="HUAPRV")
+        assert c.Confidentiality[next(iter(labels[CONF]))] >= c.Confidentiality.R
+        deadline = time.monotonic() + LABEL_TIMEOUT
+        while not [t for t in tasks_for(client, ref) if why in t.get("description", "")]:
+            assert time.monotonic() < deadline, f"no Task saying the bytes {why}"
+            time.sleep(0.5)
+    assert binary_of(client, other)["securityContext"] == {"reference": other}
 
 
 def test_xray_with_purpose_is_labelled_normal_without_a_task(hook, patients):

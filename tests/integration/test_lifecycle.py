@@ -72,6 +72,10 @@ def people(client: FhirClient) -> dict[str, str]:
                     "request": {"method": "PUT", "url": "Practitioner/gp1"},
                 },
                 {
+                    "resource": {"resourceType": "Practitioner", "id": "lead"},
+                    "request": {"method": "PUT", "url": "Practitioner/lead"},
+                },
+                {
                     "resource": {
                         "resourceType": "Organization",
                         "id": "dermatology",
@@ -195,25 +199,218 @@ def test_patient_copy_through_the_cli(client, tmp_path, people):
     assert Image.open(io.BytesIO(base64.b64decode(binary["data"]))).format == "JPEG"
 
 
+# -------------------------------------------------------------- bypasses of the disclosure
+
+
+def _disclose_cli(client, people, tmp_path, *args):
+    return CliRunner().invoke(
+        main,
+        ["disclose", "--json", "--server", client.base_url, "--out", str(tmp_path), *args],
+    )
+
+
+def test_the_requester_cannot_approve_their_own_request(client, tmp_path, people):
+    """A V intimate image of a child: `--approve` on the requester's own command line once
+    released it at clearance N. Approval is now a recorded act of another clinician."""
+    child = child_image(client, tmp_path, people, 42)
+    args = ["--patient", people["child"], "--purpose", "ETREAT", "--requester", "Practitioner/gp1"]
+    args += ["--role", "clinician", "--clearance", "N"]
+    first = _disclose_cli(client, people, tmp_path / "a", *args)
+    assert first.exit_code == 3, first.output
+    out = json.loads(first.output)
+    assert [d["verdict"] for d in out["decisions"]] == ["approve"]
+    task = out["approval_requests"][child.media]
+    gone = _disclose_cli(client, people, tmp_path / "x", *args, "--approve", child.media)
+    assert gone.exit_code == 2, "the requester's own approval flag no longer exists"
+    from fhir_images import approve
+
+    with pytest.raises(ActionRefused, match="cannot approve their own"):
+        approve(client, task, by="Practitioner/gp1")
+    still = json.loads(_disclose_cli(client, people, tmp_path / "b", *args).output)
+    assert still["decisions"][0]["verdict"] == "approve" and audits_for(client, child.media) == []
+    assert still["approval_requests"][child.media] == task, "asking again reuses the request"
+
+    listed = CliRunner().invoke(
+        main,
+        ["approvals", "list", "--json", "--server", client.base_url, "--patient", people["child"]],
+    )
+    assert [a["task"] for a in json.loads(listed.output)] == [task]
+    ok = CliRunner().invoke(
+        main,
+        ["approvals", "approve", task, "--by", "Practitioner/lead", "--server", client.base_url],
+    )
+    assert ok.exit_code == 0, ok.output
+    released = _disclose_cli(client, people, tmp_path / "c", *args)
+    assert released.exit_code == 0, released.output
+    [audit] = audits_for(client, child.media)
+    authorizer = [
+        a
+        for a in audit["agent"]
+        if a.get("type", {}).get("coding", [{}])[0].get("code") == c.BALP_AUTHORIZER[1]
+    ]
+    assert [a["who"] for a in authorizer] == [{"reference": "Practitioner/lead"}]
+    assert client.read(task)["status"] == "completed", "an approval is used once"
+    again = json.loads(_disclose_cli(client, people, tmp_path / "d", *args).output)
+    assert again["decisions"][0]["verdict"] == "approve"
+
+
+def test_patient_role_does_not_open_a_v_image(client, tmp_path, people):
+    child = child_image(client, tmp_path, people, 43)
+    out = _disclose_cli(
+        client,
+        people,
+        tmp_path / "a",
+        "--patient",
+        people["child"],
+        "--purpose",
+        "PATRQT",
+        "--requester",
+        people["child"],
+        "--role",
+        "patient",
+    )
+    assert out.exit_code == 3, out.output
+    decision = json.loads(out.output)["decisions"][0]
+    assert decision["media"] == child.media and decision["verdict"] == "approve"
+    assert json.loads((tmp_path / "a" / "release-bundle.json").read_text())["entry"] == []
+
+
+def test_a_media_pointing_at_another_images_bytes_is_refused(client, tmp_path, people):
+    """A Media created directly on the server, for another patient, labelled N, pointing at a
+    V child's Binary: the bytes' own labels and securityContext decide."""
+    child = child_image(client, tmp_path, people, 44)
+    forged = client.create(
+        {
+            "resourceType": "Media",
+            "meta": {"security": [{"system": c.V3_CONFIDENTIALITY, "code": "N"}]},
+            "status": "completed",
+            "subject": {"reference": people["adult"]},
+            "content": {"contentType": "image/jpeg", "url": child.binary},
+            "note": [{"text": "consent implicit"}],
+        }
+    )
+    client.create(
+        {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
+            "patient": {"reference": people["adult"]},
+            "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
+            "provision": {
+                "type": "permit",
+                "data": [
+                    {"meaning": "instance", "reference": {"reference": f"Media/{forged['id']}"}}
+                ],
+            },
+        }
+    )
+    for purpose, role, requester in (
+        ("TREAT", "clinician", "Practitioner/gp1"),
+        ("PATRQT", "patient", people["adult"]),
+    ):
+        request = DisclosureRequest(purpose=purpose, requester=requester, role=role, clearance="N")
+        result = disclose(client, people["adult"], request, tmp_path / purpose)
+        [d] = [x for x in result.decisions if x.media == f"Media/{forged['id']}"]
+        assert d.verdict is Verdict.WITHHOLD, d
+        assert d.confidentiality == "V"
+        assert any("another resource" in r for r in d.reasons)
+        bundle = json.loads(result.bundle.read_text())
+        assert all(e["resource"]["resourceType"] != "Binary" for e in bundle["entry"])
+    labels = {s["code"] for s in client.binary_meta(child.binary)["meta"]["security"]}
+    assert "V" in labels and "N" not in labels, "nothing relabelled the child's Binary"
+
+
+def test_release_files_are_owner_only_in_an_existing_folder(client, tmp_path, people):
+    adult_image(client, tmp_path, people, 45)
+    out = tmp_path / "shared-folder"
+    out.mkdir(mode=0o755)
+    request = DisclosureRequest(purpose="TREAT", requester="Practitioner/gp1", role="clinician")
+    result = disclose(client, people["adult"], request, out)
+    for path in (result.bundle, result.withheld):
+        assert oct(path.stat().st_mode & 0o777) == "0o600", path.name
+
+
+def test_an_unknown_recipient_is_refused_before_anything_is_written(client, tmp_path, people):
+    image = adult_image(client, tmp_path, people, 46)
+    request = DisclosureRequest(
+        purpose="TREAT",
+        requester="Practitioner/gp1",
+        role="clinician",
+        recipient="Organization/nobody-x",
+    )
+    with pytest.raises(ActionRefused, match="recipient"):
+        disclose(client, people["adult"], request, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+    assert audits_for(client, image.media) == []
+
+
 # ----------------------------------------------------------------------- consent lifecycle
 
 
 def test_withdrawn_consent_stops_disclosure_and_adds_labels(client, tmp_path, people):
     image = adult_image(client, tmp_path, people, 25)
-    consent = withdraw_consent(
+    change = withdraw_consent(
         client,
         image.consent,
         by="Practitioner/gp1",
         reason="Patient asked for the photo not to be shared",
     )
-    assert consent["status"] == "inactive"
+    assert change.changed == [image.consent]
+    withdrawn = client.read(image.consent)
+    assert withdrawn["status"] == "inactive" and withdrawn["provision"]["period"]["end"]
     codes = {s["code"] for s in client.read(image.media)["meta"]["security"]}
     assert {"NOREUSE", "NORDSCLCDS"} <= codes
+    binary = {s["code"] for s in client.binary_meta(image.binary)["meta"]["security"]}
+    assert binary == codes, "the bytes are relabelled with the image"
     request = DisclosureRequest(purpose="TREAT", requester="Practitioner/gp1", role="clinician")
     [d] = disclose(client, people["adult"], request, tmp_path / "out").decisions
     assert d.verdict is Verdict.WITHHOLD and "inactive" in d.reasons[0]
-    changes = list(client.search("Provenance", {"target": image.consent}))
-    assert any("withdrawn" in p.get("activity", {}).get("text", "") for p in changes)
+    cid = image.consent.split("/")[1]
+    version = withdrawn["meta"]["versionId"]
+    [change_record] = client.search(
+        "Provenance", {"_tag": f"{c.SID_RECORD}|consent-change.{cid}.{version}"}
+    )
+    assert change_record["activity"]["text"] == "consent withdrawn"
+    again = CliRunner().invoke(
+        main,
+        [
+            "consent",
+            "withdraw",
+            image.consent,
+            "--by",
+            "Practitioner/gp1",
+            "--reason",
+            "again",
+            "--server",
+            client.base_url,
+        ],
+    )
+    assert again.exit_code == 0 and "nothing was changed" in again.output
+    assert client.read(image.consent)["meta"]["versionId"] == version, "no second change"
+
+
+def test_withdrawal_ends_every_active_consent_of_the_image(client, tmp_path, people):
+    """Four simultaneous submissions once left four active Consents: withdrawing one left the
+    image releasable. Withdrawal is of the patient's consent for the image."""
+    image = adult_image(
+        client,
+        tmp_path,
+        people,
+        41,
+        permissions={"view": True, "store": True, "second_opinion": True},
+    )
+    extra = client.read(image.consent)
+    for key in ("id", "meta", "identifier"):
+        extra.pop(key, None)
+    second = client.create(extra)  # another active Consent for the same image (another route)
+    withdraw_consent(client, image.consent, by="Practitioner/gp1", reason="patient asked")
+    assert client.read(f"Consent/{second['id']}")["status"] == "inactive"
+    request = DisclosureRequest(
+        purpose="COC", requester="Practitioner/gp1", role="clinician", clearance="R"
+    )
+    [d] = disclose(client, people["adult"], request, tmp_path / "out").decisions
+    assert d.verdict is Verdict.WITHHOLD
 
 
 def test_narrowed_consent_stops_second_opinions(client, tmp_path, people):
@@ -364,8 +561,15 @@ def test_anonymised_copy_only_when_consented(client, tmp_path, people):
     assert "subject" not in media and "identifier" not in media
     codes = {s["code"] for s in media["meta"]["security"]}
     assert {"L", "ANONYED", "NORELINK", "HUAPRV"} <= codes
+    [audit] = [
+        a for a in audits_for(client, image.media) if a["subtype"][0]["code"] == "deidentify"
+    ]
+    assert audit["purposeOfEvent"][0]["coding"][0]["code"] == "TRAIN"
+    assert audit["agent"][-1]["who"] == {"reference": "Practitioner/gp1"}
+    assert oct(copy.image.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ActionRefused, match="HRESCH"):
         anonymise(
             client, image.media, tmp_path / "research", purpose="HRESCH", by="Practitioner/gp1"
         )
     assert not (tmp_path / "research").exists() or not any((tmp_path / "research").iterdir())
+    assert len([a for a in audits_for(client, image.media)]) == 1, "refused: nothing audited"

@@ -60,6 +60,7 @@ VALIDATE_TIMEOUT = 300  # the first $validate loads the core definitions
 
 SD = f"{c.CANONICAL_BASE}/StructureDefinition"
 PROFILE_FOR = {
+    "Binary": f"{SD}/image-binary",
     "Media": f"{SD}/clinical-image",
     "Consent": f"{SD}/recording-consent",
     "Provenance": f"{SD}/image-provenance",
@@ -77,6 +78,18 @@ ALLOWED_WARNINGS: dict[str, tuple[str, str]] = {
         "narrative on purpose: every fact is in structured elements, and a narrative would copy "
         "free text about a sensitive image (purpose, consent discussion) into an element that "
         "cannot be labelled or stripped separately.",
+    ),
+    "iso-21089-deidentify": (
+        r"iso-21089-lifecycle#deidentify\) was not found in the value set 'Audit Event Sub-Type'",
+        "The AuditEvent of an anonymised copy (a secondary use) is coded ISO 21089 de-identify, as "
+        "IHE BALP codes lifecycle events; R4's own sub-type value set (extensible) lacks ISO "
+        "21089 codes.",
+    ),
+    "balp-authorizer": (
+        r"value set 'ParticipationRoleType'.*codes = http://snomed\.info/sct#429577009",
+        "IHE BALP fixes the authorizer agent of a privacy disclosure (the clinician who "
+        "approved it) to SNOMED CT 429577009; R4's participation-role-type value set "
+        "(extensible) has no such code.",
     ),
     "loinc-not-loaded": (
         r"CodeSystem is unknown and can't be validated: http://loinc\.org",
@@ -139,7 +152,12 @@ def audit_profile(audit: Resource) -> str:
         return DISCLOSURE_AUDIT
     if (c.ISO_LIFECYCLE, "destroy") in subtypes:
         return DESTRUCTION_AUDIT
+    if (c.ISO_LIFECYCLE, "deidentify") in subtypes:  # an anonymised copy: the base spec
+        return BASE_PROFILE + "AuditEvent"
     raise AssertionError(f"no profile for this fhir-images AuditEvent: {json.dumps(audit)}")
+
+
+BASE_PROFILE = "http://hl7.org/fhir/StructureDefinition/"
 
 
 def profile_for(resource: Resource) -> str:
@@ -170,10 +188,10 @@ def example_resources() -> list[tuple[str, Resource]]:
     return out
 
 
-def _all(base: str, resource_type: str) -> Iterator[Resource]:
+def _all(base: str, resource_type: str, **extra: str) -> Iterator[Resource]:
     """Every resource of a type on the server, following the paging links."""
     url: str | None = f"{base}/{resource_type}"
-    params: dict[str, str] | None = {"_count": "200"}
+    params: dict[str, str] | None = {"_count": "200", **extra}
     while url:
         r = requests.get(url, params=params, headers=HEADERS, timeout=TIMEOUT)
         assert r.status_code == 200, f"search {resource_type}: {r.status_code} {r.text[:500]}"
@@ -186,7 +204,10 @@ def _all(base: str, resource_type: str) -> Iterator[Resource]:
 
 
 def _tagged(resource: Resource) -> bool:
-    return any(t.get("system") == c.SID_SUBMISSION for t in resource.get("meta", {}).get("tag", []))
+    return any(
+        t.get("system") in (c.SID_SUBMISSION, c.SID_RECORD)
+        for t in resource.get("meta", {}).get("tag", [])
+    )
 
 
 def written_by_fhir_images(base: str) -> list[Resource]:
@@ -195,7 +216,11 @@ def written_by_fhir_images(base: str) -> list[Resource]:
 
     HAPI cannot search a tag by its system alone, so each type is read whole and filtered.
     """
-    found = [r for t in PROFILE_FOR for r in _all(base, t) if _tagged(r)]
+    found = [r for t in PROFILE_FOR if t != "Binary" for r in _all(base, t) if _tagged(r)]
+    # Binaries without their bytes (the labels and securityContext are what is profiled)
+    found += [
+        r for r in _all(base, "Binary", _elements="securityContext,contentType") if _tagged(r)
+    ]
     found += [
         a
         for a in _all(base, "AuditEvent")
@@ -205,7 +230,11 @@ def written_by_fhir_images(base: str) -> list[Resource]:
 
 
 def kinds(resources: list[Resource]) -> set[str]:
-    return {profile_for(r).rsplit("/", 1)[1] for r in resources}
+    return {
+        profile_for(r).rsplit("/", 1)[1]
+        for r in resources
+        if not profile_for(r).startswith(BASE_PROFILE)
+    }
 
 
 ALL_KINDS = {

@@ -3,8 +3,8 @@ with its reason, and no Binary orphaned without a record."""
 
 from __future__ import annotations
 
+import base64
 import json
-import re
 
 import pytest
 import requests
@@ -34,12 +34,10 @@ def entry(outbox):
     return ingest(synthetic.jpeg(), make_context(), make_consent(), outbox=outbox).entry
 
 
-def mock_until_transaction(labels):
-    """A server that has no such Media yet, takes the Binary and labels it."""
-    responses.get(f"{BASE}/metadata", json=capability(software="Generic FHIR"))
-    responses.get(f"{BASE}/Media", json={"resourceType": "Bundle", "entry": []})
-    responses.post(f"{BASE}/Binary", status=201, headers={"Location": f"{BASE}/Binary/b1"})
-    responses.post(f"{BASE}/Binary/b1/$meta-add", json=meta_parameters(labels))
+def labels_of(entry):
+    bundle = json.loads(entry.bundle_path.read_text())
+    media = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
+    return media["resource"]["meta"]["security"]
 
 
 def meta_parameters(labels):
@@ -49,192 +47,326 @@ def meta_parameters(labels):
     }
 
 
-def labels_of(entry):
-    bundle = json.loads(entry.bundle_path.read_text())
-    media = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
-    return media["resource"]["meta"]["security"]
-
-
 def connection_refused():
     return requests.exceptions.ConnectionError(
         MaxRetryError(None, "/", NewConnectionError(None, "refused"))
     )
 
 
+def mock_before_transaction(software="Generic FHIR"):
+    """A server that has no such Media yet."""
+    responses.get(f"{BASE}/metadata", json=capability(software=software))
+    responses.get(f"{BASE}/Media", json={"resourceType": "Bundle", "entry": []})
+
+
+def answer(*locations, status="201 Created"):
+    return {
+        "resourceType": "Bundle",
+        "type": "transaction-response",
+        "entry": [{"response": {"status": status, "location": loc}} for loc in locations],
+    }
+
+
+LOCATIONS = (
+    "Encounter/e1/_history/1",
+    "Binary/b1/_history/1",
+    "Media/m1/_history/1",
+    "Consent/c1/_history/1",
+    "Provenance/p1/_history/1",
+)
+
+
+def mock_read_back(
+    entry, *, media_labels=None, binary_labels=None, bytes_=None, context="Media/m1"
+):
+    labels = labels_of(entry)
+    media = {
+        "resourceType": "Media",
+        "id": "m1",
+        "subject": {"reference": entry.meta.patient},
+        "meta": {"security": labels if media_labels is None else media_labels},
+        "content": {"url": "Binary/b1", "hash": entry.meta.facts["sha1_b64"]},
+    }
+    responses.get(f"{BASE}/Media/m1", json=media)
+    binary = {
+        "resourceType": "Binary",
+        "id": "b1",
+        "meta": {"versionId": "1", "security": labels if binary_labels is None else binary_labels},
+        "securityContext": {"reference": context},
+    }
+    responses.get(
+        f"{BASE}/Binary/b1",
+        json=binary,
+        match=[responses.matchers.query_param_matcher({"_elements": "securityContext"})],
+    )
+    responses.get(
+        f"{BASE}/Consent/c1",
+        json={
+            "resourceType": "Consent",
+            "id": "c1",
+            "status": "active",
+            "dateTime": "2026-11-20T10:00:00Z",
+            "provision": {"data": [{"reference": {"reference": "Media/m1"}}]},
+        },
+    )
+    responses.get(
+        f"{BASE}/Consent",
+        json={"resourceType": "Bundle", "entry": []},
+    )
+    responses.get(
+        f"{BASE}/Binary/b1",
+        body=entry.content_path.read_bytes() if bytes_ is None else bytes_,
+        content_type="image/jpeg",
+    )
+
+
 @responses.activate
 @pytest.mark.parametrize(
-    "reply, error_type, binary_kept",
+    "reply, error_type, counts",
     [
         (
-            {"status": 400, "json": outcome("Media.subject: unknown patient")},
+            {"status": 400, "json": outcome("Media.subject: Patient/ghost-4711")},
             "InvalidRequest",
-            False,
+            1,
         ),
-        ({"status": 401, "json": outcome("no token")}, "AuthenticationFailed", False),
-        ({"status": 403, "json": outcome("forbidden")}, "AuthenticationFailed", False),
-        ({"status": 404, "json": outcome("not found")}, "ResourceNotFound", False),
-        ({"status": 409, "json": outcome("conflict")}, "VersionConflict", False),
-        ({"status": 412, "json": outcome("precondition")}, "VersionConflict", False),
-        ({"status": 429, "headers": {"Retry-After": "0"}}, "RateLimited", True),
-        ({"status": 503}, "ServerUnavailable", True),
-        ({"status": 502}, "ServerUnavailable", True),  # conditional transaction: safe to repeat
-        ({"status": 200, "body": "<html>not json</html>"}, "BadResponse", False),
+        ({"status": 401, "json": outcome("no token")}, "AuthenticationFailed", 0),
+        ({"status": 403, "json": outcome("forbidden")}, "AuthenticationFailed", 0),
+        ({"status": 404, "json": outcome("not found")}, "ResourceNotFound", 1),
+        ({"status": 409, "json": outcome("conflict")}, "VersionConflict", 1),
+        ({"status": 412, "json": outcome("precondition")}, "VersionConflict", 1),
+        ({"status": 429, "headers": {"Retry-After": "0"}}, "RateLimited", 0),
+        ({"status": 503}, "ServerUnavailable", 0),
+        ({"status": 502}, "ServerUnavailable", 0),  # conditional transaction: safe to repeat
+        ({"status": 200, "body": "<html>not json</html>"}, "BadResponse", 1),
         (
             {"body": requests.exceptions.ConnectionError(ConnectionResetError(104, "reset"))},
             "ServerUnavailable",
-            True,
+            0,
         ),
-        ({"body": connection_refused()}, "ServerUnavailable", True),
+        ({"body": connection_refused()}, "ServerUnavailable", 0),
     ],
 )
 def test_transaction_failures_keep_the_entry_with_its_reason(
-    client, outbox, entry, reply, error_type, binary_kept
+    client, outbox, entry, reply, error_type, counts
 ):
-    mock_until_transaction(labels_of(entry))
+    mock_before_transaction()
     responses.post(BASE + "/", **reply)
-    responses.delete(f"{BASE}/Binary/b1", status=204)
     [result] = push(client, outbox)
     assert not result.delivered and result.error_type == error_type
     kept = outbox.get(entry.id)
     assert kept.state == "ready", "a failed entry stays in the outbox"
-    delivery = kept.meta["delivery"]
-    assert delivery["last_error_type"] == error_type and delivery["attempts"] == 1
-    deleted = [call for call in responses.calls if call.request.method == "DELETE"]
-    if binary_kept:
-        assert delivery["binary"] == "Binary/b1" and not deleted
-        assert "kept for the next attempt" in " ".join(result.notes)
-    else:
-        assert delivery["binary_removed"] == "Binary/b1" and delivery["binary"] is None
-        assert len(deleted) == 1
+    delivery = kept.meta.delivery
+    assert delivery.attempts == 1 and delivery.permanent_failures == counts
+    assert delivery.last_error.type == error_type and delivery.last_error.attempt == 1
+    assert delivery.last_error.status == result.status
+    assert "ghost-4711" not in (entry.path / "entry.json").read_text(), "no server diagnostics"
+    posts = [call for call in responses.calls if call.request.method == "POST"]
+    assert [call.request.url for call in posts] == [BASE + "/"] * len(posts), "only the transaction"
+    assert not any(call.request.method == "DELETE" for call in responses.calls)
     assert outbox.receipts() == []
+
+
+@responses.activate
+def test_the_transaction_carries_the_bytes_with_their_labels(client, outbox, entry):
+    """Without a binary write operation, the bytes go base64 inside the one transaction,
+    in the Binary that carries the Media's labels and names it as its securityContext."""
+    mock_before_transaction()
+    bodies = []
+
+    def transaction(request):
+        body = request.body
+        bodies.append(body if isinstance(body, bytes) else b"".join(body))
+        return (200, {}, json.dumps(answer(*LOCATIONS)))
+
+    responses.add_callback(responses.POST, BASE + "/", callback=transaction)
+    mock_read_back(entry)
+    stored = entry.content_path.read_bytes()
+    [result] = push(client, outbox)
+    assert result.delivered, result.error
+    sent = json.loads(bodies[0])
+    binary = next(e for e in sent["entry"] if e["resource"]["resourceType"] == "Binary")
+    media = next(e for e in sent["entry"] if e["resource"]["resourceType"] == "Media")
+    assert base64.b64decode(binary["resource"]["data"]) == stored
+    assert binary["resource"]["meta"]["security"] == media["resource"]["meta"]["security"]
+    assert binary["resource"]["securityContext"]["reference"] == media["fullUrl"]
+    receipt = outbox.receipts()[0]
+    assert receipt["resources"]["Binary"] == "Binary/b1"
+    assert "binary securityContext" in receipt["verified"]
+
+
+@responses.activate
+def test_bytes_written_into_the_labelled_binary_where_the_server_can(outbox, entry, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5))
+    mock_before_transaction(software="HAPI FHIR Server")
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    responses.post(f"{BASE}/Binary/b1/$binary-access-write", json={"resourceType": "Binary"})
+    mock_read_back(entry)
+    responses.get(
+        f"{BASE}/Binary/b1/$binary-access-read",
+        body=entry.content_path.read_bytes(),
+        content_type="image/jpeg",
+    )
+    [result] = push(hapi, outbox)
+    assert result.delivered, result.error
+    calls = [(c_.request.method, c_.request.url.split("?")[0]) for c_ in responses.calls]
+    tx = calls.index(("POST", BASE + "/"))
+    write = calls.index(("POST", f"{BASE}/Binary/b1/$binary-access-write"))
+    assert tx < write, "the labelled Binary exists before its bytes arrive"
+    sent = json.loads(responses.calls[tx].request.body)
+    binary = next(e for e in sent["entry"] if e["resource"]["resourceType"] == "Binary")
+    assert "data" not in binary["resource"] and binary["resource"]["meta"]["security"]
+
+
+@responses.activate
+def test_bytes_refused_for_good_remove_what_the_transaction_created(outbox, entry, monkeypatch):
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5))
+    mock_before_transaction(software="HAPI FHIR Server")
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    responses.post(f"{BASE}/Binary/b1/$binary-access-write", status=413, json=outcome("too large"))
+    responses.post(BASE + "/", json=answer())  # the undo
+    [result] = push(hapi, outbox)
+    assert not result.delivered and result.status == 413
+    undo = json.loads(
+        [c_ for c_ in responses.calls if c_.request.url == BASE + "/"][1].request.body
+    )
+    assert {e["request"]["url"] for e in undo["entry"]} == {
+        loc.split("/_history")[0] for loc in LOCATIONS
+    }
+    assert all(e["request"]["method"] == "DELETE" for e in undo["entry"])
+    assert "removed again" in " ".join(result.notes)
+
+
+@responses.activate
+def test_permanent_failures_move_the_entry_to_failed_after_three_attempts(client, outbox, entry):
+    from fhir_images._delivery import retry_failed
+
+    mock_before_transaction()
+    responses.post(BASE + "/", status=400, json=outcome("Patient/ghost-4711 not found"))
+    for attempt in (1, 2):
+        [result] = push(client, outbox)
+        assert result.state == "ready" and outbox.get(entry.id).meta.delivery.attempts == attempt
+    [result] = push(client, outbox)
+    assert result.state == "failed"
+    failed = outbox.get(entry.id)
+    assert failed.state == "failed" and failed.meta.delivery.failed_at is not None
+    assert push(client, outbox) == [], "a failed entry is not sent again by push"
+    assert retry_failed(outbox, entry.id).state == "ready"
+    assert outbox.get(entry.id).meta.delivery.permanent_failures == 0
+
+
+@responses.activate
+def test_a_server_that_is_down_never_fails_an_entry_for_good(client, outbox, entry):
+    responses.get(f"{BASE}/metadata", body=connection_refused())
+    for _ in range(5):
+        [result] = push(client, outbox)
+        assert result.error_type == "ServerUnavailable" and result.retry_safe
+    kept = outbox.get(entry.id)
+    assert kept.state == "ready" and kept.meta.delivery.attempts == 5
+    assert kept.meta.delivery.last_error.type == "ServerUnavailable"
 
 
 @responses.activate
 def test_server_that_is_not_r4_leaves_everything_in_the_outbox(client, outbox, entry):
     responses.get(f"{BASE}/metadata", json=capability(version="5.0.0"))
-    from fhir_images import IncompatibleServer
-
-    with pytest.raises(IncompatibleServer):
-        push(client, outbox)
+    [result] = push(client, outbox)
+    assert result.error_type == "IncompatibleServer"
     assert outbox.get(entry.id).state == "ready"
+    assert outbox.get(entry.id).meta.delivery.last_error.type == "IncompatibleServer"
     assert not any(call.request.method == "POST" for call in responses.calls)
 
 
 @responses.activate
-def test_upload_failure_keeps_the_entry(client, outbox, entry):
-    responses.get(f"{BASE}/metadata", json=capability())
-    responses.get(f"{BASE}/Media", json={"resourceType": "Bundle"})
-    responses.post(f"{BASE}/Binary", status=413, json=outcome("too large"))
-    [result] = push(client, outbox)
-    assert not result.delivered and "413" in result.error
-    assert outbox.get(entry.id).meta["delivery"]["last_error"] == result.error
-
-
-@responses.activate
-def test_retry_reuses_the_binary_of_an_earlier_attempt(client, outbox, entry):
-    mock_until_transaction(labels_of(entry))
-    responses.post(BASE + "/", status=503)
-    [first] = push(client, outbox)
-    assert not first.delivered
-    responses.reset()
-    responses.get(f"{BASE}/Media", json={"resourceType": "Bundle"})
-    responses.head(f"{BASE}/Binary/b1", status=200)
-    responses.post(BASE + "/", status=400, json=outcome("stop here"))
-    responses.delete(f"{BASE}/Binary/b1", status=204)
-    [second] = push(client, outbox)
-    posts = [call.request.url for call in responses.calls if call.request.method == "POST"]
-    assert posts == [BASE + "/"], "no second upload"
-    sent = json.loads(
-        next(call.request.body for call in responses.calls if call.request.method == "POST")
-    )
-    media = next(e for e in sent["entry"] if e["resource"]["resourceType"] == "Media")
-    assert media["resource"]["content"]["url"] == "Binary/b1"
-    assert second.binary_reused
-    # reused from an earlier attempt, so a rejection of this one does not delete it blindly
-    assert not any(call.request.method == "DELETE" for call in responses.calls)
-
-
-@responses.activate
-def test_labels_dropped_by_the_server_are_added_back_and_verified(client, outbox, entry):
-    labels = labels_of(entry)
-    mock_until_transaction(labels)
-    responses.post(
-        BASE + "/",
-        json={
-            "resourceType": "Bundle",
-            "type": "transaction-response",
-            "entry": [
-                {"response": {"location": loc}}
-                for loc in (
-                    "Encounter/e1/_history/1",
-                    "Media/m1/_history/1",
-                    "Consent/c1/_history/1",
-                    "Provenance/p1/_history/1",
-                )
-            ],
-        },
-    )
-    without = [s for s in labels if s["code"] != "NORDSCLCDS"]
-    media = {
+def test_an_image_already_on_the_server_reuses_its_binary_and_sends_no_new_one(
+    client, outbox, entry
+):
+    responses.get(f"{BASE}/metadata", json=capability(software="Generic FHIR"))
+    existing = {
         "resourceType": "Media",
         "id": "m1",
-        "meta": {"security": without},
-        "content": {"url": "Binary/b1", "hash": entry.meta["facts"]["sha1_b64"]},
+        "subject": {"reference": entry.meta.patient},
+        "content": {"url": "Binary/b1"},
     }
-    responses.get(f"{BASE}/Media/m1", json=media)
-    responses.post(f"{BASE}/Media/m1/$meta-add", json=meta_parameters(labels))
     responses.get(
-        f"{BASE}/Consent/c1",
-        json={
-            "resourceType": "Consent",
-            "provision": {"data": [{"reference": {"reference": "Media/m1"}}]},
-        },
+        f"{BASE}/Media", json={"resourceType": "Bundle", "entry": [{"resource": existing}]}
     )
     responses.get(
-        f"{BASE}/Binary/b1", body=entry.content_path.read_bytes(), content_type="image/jpeg"
+        f"{BASE}/Binary/b1",
+        json={"resourceType": "Binary", "id": "b1", "meta": {"versionId": "1"}},
+        match=[responses.matchers.query_param_matcher({"_elements": "securityContext"})],
+    )
+    responses.patch(f"{BASE}/Binary/b1", json={"resourceType": "Binary", "id": "b1"})
+    responses.get(f"{BASE}/Consent", json={"resourceType": "Bundle", "entry": []})
+    responses.post(BASE + "/", status=400, json=outcome("stop here"))
+    [result] = push(client, outbox)
+    patch = next(c_ for c_ in responses.calls if c_.request.method == "PATCH")
+    assert json.loads(patch.request.body)[0]["value"] == {"reference": "Media/m1"}
+    tx = next(c_ for c_ in responses.calls if c_.request.url == BASE + "/")
+    sent = json.loads(tx.request.body)
+    kinds = [e["resource"]["resourceType"] for e in sent["entry"]]
+    assert "Binary" not in kinds, "no second Binary for an image the server has"
+    media = next(e for e in sent["entry"] if e["resource"]["resourceType"] == "Media")
+    assert media["resource"]["content"]["url"] == "Binary/b1"
+    assert result.binary_reused
+
+
+@responses.activate
+def test_an_existing_image_whose_bytes_belong_to_another_resource_is_refused(client, outbox, entry):
+    responses.get(f"{BASE}/metadata", json=capability(software="Generic FHIR"))
+    existing = {"resourceType": "Media", "id": "m1", "content": {"url": "Binary/b1"}}
+    responses.get(
+        f"{BASE}/Media", json={"resourceType": "Bundle", "entry": [{"resource": existing}]}
+    )
+    responses.get(
+        f"{BASE}/Binary/b1",
+        json={"resourceType": "Binary", "id": "b1", "securityContext": {"reference": "Media/x"}},
     )
     [result] = push(client, outbox)
+    assert not result.delivered and "another resource" in result.error
+    assert not any(c_.request.method in ("POST", "PATCH") for c_ in responses.calls)
+
+
+@responses.activate
+def test_labels_dropped_by_the_server_are_added_back_on_media_and_binary(client, outbox, entry):
+    labels = labels_of(entry)
+    mock_before_transaction()
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    without = [s for s in labels if s["code"] != "NORDSCLCDS"]
+    mock_read_back(entry, media_labels=without, binary_labels=without)
+    responses.post(f"{BASE}/Media/m1/$meta-add", json=meta_parameters(labels))
+    responses.post(f"{BASE}/Binary/b1/$meta-add", json=meta_parameters(labels))
+    [result] = push(client, outbox)
     assert result.delivered, result.error
-    added = [
-        json.loads(call.request.body)
-        for call in responses.calls
-        if call.request.url.endswith("Media/m1/$meta-add")
-    ]
-    assert added[0]["parameter"][0]["valueMeta"]["security"] == [
-        {"system": c.V3_ACT_CODE, "code": "NORDSCLCDS"}
-    ]
-    assert outbox.receipts()[0]["resources"]["Media"] == "Media/m1"
+    for ref in ("Media/m1", "Binary/b1"):
+        added = [
+            json.loads(call.request.body)
+            for call in responses.calls
+            if call.request.url.endswith(f"{ref}/$meta-add")
+        ]
+        assert added[0]["parameter"][0]["valueMeta"]["security"] == [
+            {"system": c.V3_ACT_CODE, "code": "NORDSCLCDS"}
+        ], ref
+    assert {(x["system"], x["code"]) for x in result.labels} == {
+        (x["system"], x["code"]) for x in labels
+    }
+
+
+@responses.activate
+def test_a_binary_that_names_another_media_fails_verification(client, outbox, entry):
+    mock_before_transaction()
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    mock_read_back(entry, context="Media/other")
+    [result] = push(client, outbox)
+    assert not result.delivered and "securityContext" in result.error
+    assert outbox.get(entry.id).state == "ready"
 
 
 @responses.activate
 def test_bytes_that_do_not_match_the_hash_fail_verification(client, outbox, entry):
-    labels = labels_of(entry)
-    mock_until_transaction(labels)
-    responses.post(
-        BASE + "/",
-        json={
-            "resourceType": "Bundle",
-            "entry": [
-                {"response": {"location": loc}}
-                for loc in ("Encounter/e1", "Media/m1", "Consent/c1", "Provenance/p1")
-            ],
-        },
-    )
-    media = {
-        "resourceType": "Media",
-        "id": "m1",
-        "meta": {"security": labels},
-        "content": {"url": "Binary/b1", "hash": entry.meta["facts"]["sha1_b64"]},
-    }
-    responses.get(re.compile(f"{BASE}/Media/m1"), json=media)
-    responses.get(
-        f"{BASE}/Consent/c1",
-        json={
-            "resourceType": "Consent",
-            "provision": {"data": [{"reference": {"reference": "Media/m1"}}]},
-        },
-    )
-    responses.get(f"{BASE}/Binary/b1", body=b"something else", content_type="image/jpeg")
+    mock_before_transaction()
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    mock_read_back(entry, bytes_=b"something else")
     [result] = push(client, outbox)
     assert not result.delivered and "do not match" in result.error
     assert outbox.get(entry.id).state == "ready"

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from datetime import date
+from dataclasses import replace
+from datetime import UTC, date, datetime, timedelta
 
 import pytest
 from hypothesis import given, settings
@@ -18,21 +19,32 @@ from fhir_images import (
 )
 from fhir_images import _codes as c
 from fhir_images._context import Permissions
-from fhir_images._disclosure import decide_one, high_water_mark, releasable_labels
+from fhir_images._disclosure import Approval, decide_one, high_water_mark, releasable_labels
 from fhir_images._mapping import consent_provisions
 
 CONF = c.V3_CONFIDENTIALITY
 
 
-def media(conf: str | None = "N", *codes: tuple[str, str], subject="Patient/p1", mid="1"):
+def _security(conf, codes):
     security = [{"system": CONF, "code": conf}] if conf else []
-    security += [{"system": s, "code": k} for s, k in codes]
+    return security + [{"system": s, "code": k} for s, k in codes]
+
+
+def media(conf: str | None = "N", *codes: tuple[str, str], subject="Patient/p1", mid="1"):
     return {
         "resourceType": "Media",
         "id": mid,
         "subject": {"reference": subject},
-        "meta": {"security": security},
+        "meta": {"security": _security(conf, codes)},
+        "content": {"url": f"Binary/b{mid}"},
     }
+
+
+def binary(conf: str | None = "N", *codes, context="Media/1"):
+    b = {"resourceType": "Binary", "id": "b1", "meta": {"security": _security(conf, codes)}}
+    if context is not None:
+        b["securityContext"] = {"reference": context}
+    return b
 
 
 def consent(status="active", **perms):
@@ -44,11 +56,32 @@ def consent(status="active", **perms):
     }
 
 
-def record(conf="N", *codes, consents=None, **kw):
+def record(conf="N", *codes, consents=None, binary_labels=None, **kw):
+    m = media(conf, *codes, **kw)
+    bconf, *bcodes = binary_labels if binary_labels is not None else (conf, *codes)
     return ImageRecord(
-        media(conf, *codes, **kw),
+        m,
         [consent(view=True, store=True)] if consents is None else consents,
+        binary=binary(bconf, *bcodes, context=f"Media/{m['id']}"),
     )
+
+
+NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+
+
+def approval(**kw):
+    base = dict(
+        ref="Task/a1",
+        status="accepted",
+        media="Media/1",
+        purpose="TREAT",
+        requester="Practitioner/gp1",
+        recipient="Practitioner/gp1",
+        approver="Practitioner/lead",
+        approved_at=NOW - timedelta(hours=1),
+        valid_until=NOW + timedelta(days=1),
+    )
+    return Approval(**{**base, **kw})
 
 
 def req(purpose="TREAT", role="clinician", clearance="N", requester="Practitioner/gp1", **kw):
@@ -62,13 +95,104 @@ A = c.V3_ACT_CODE
 
 
 def verdict(rec, request) -> Verdict:
-    return decide_one(rec, request).verdict
+    return decide_one(rec, request, now=NOW).verdict
 
 
 def test_normal_image_released_for_care():
     d = decide_one(record(), req())
     assert d.verdict is Verdict.RELEASE
-    assert any("permits TREAT" in r for r in d.reasons)
+    assert any("provision for TREAT is a permit" in r for r in d.reasons)
+
+
+# ------------------------------------------------------------ the bytes are what goes out
+
+
+def test_the_binary_labels_count_too():
+    """A Media labelled N whose Binary is V (another image's bytes, or a Media relabelled
+    by hand) is decided on V."""
+    rec = record("N", binary_labels=("V", (A, "HUAPRV")))
+    d = decide_one(rec, req(clearance="N"))
+    assert d.verdict is Verdict.WITHHOLD and d.confidentiality == "V"
+    assert any("labelled V" in r for r in d.reasons)
+
+
+def test_a_binary_without_a_confidentiality_label_counts_as_v():
+    rec = record("N", binary_labels=(None,))
+    d = decide_one(rec, req(clearance="R"))
+    assert d.verdict is Verdict.WITHHOLD
+    assert any("no confidentiality label on the Binary" in r for r in d.reasons)
+
+
+def test_bytes_of_another_resource_are_withheld():
+    rec = replace(record("N"), binary=binary("N", context="Media/someone-else"))
+    d = decide_one(rec, req(clearance="V"))
+    assert d.verdict is Verdict.WITHHOLD
+    assert any("belongs to another resource" in r for r in d.reasons)
+
+
+def test_bytes_that_do_not_say_whose_they_are_are_withheld():
+    rec = replace(record("N"), binary=binary("N", context=None))
+    d = decide_one(rec, req(clearance="V"))
+    assert d.verdict is Verdict.WITHHOLD
+    assert any("no securityContext" in r for r in d.reasons)
+
+
+def test_content_that_is_not_a_binary_here_is_withheld():
+    rec = replace(record("N"), binary=None, binary_error="the Binary is not on the server")
+    assert verdict(rec, req(clearance="V")) is Verdict.WITHHOLD
+    rec = replace(record("N"), binary=None, binary_error=None)  # no content at all
+    assert verdict(rec, req(clearance="V")) is Verdict.WITHHOLD
+
+
+def test_release_labels_are_never_lower_than_the_binarys():
+    rec = record("N", (A, "NORDSCLCDS"), binary_labels=("V", (A, "PHY"), (A, "HUAPRV")))
+    codes = {x["code"] for x in releasable_labels(rec)}
+    assert codes == {"V", "NORDSCLCDS", "HUAPRV"}, "highest conf, obligations of both, no PHY"
+
+
+# ------------------------------------------------------------------- approvals, recorded
+
+
+def test_approval_must_be_recorded_by_someone_else():
+    rec = record("V", (A, "HUAPRV"))
+    request = req(clearance="V")
+    assert verdict(rec, request) is Verdict.APPROVE
+    by_requester = replace(rec, approvals=(approval(approver="Practitioner/gp1"),))
+    d = decide_one(by_requester, request, now=NOW)
+    assert d.verdict is Verdict.APPROVE and any("someone else" in r for r in d.reasons)
+    ok = replace(rec, approvals=(approval(),))
+    d = decide_one(ok, request, now=NOW)
+    assert d.verdict is Verdict.RELEASE and d.approval is not None
+    assert d.approval.approver == "Practitioner/lead"
+    assert any("approved by Practitioner/lead (Task/a1)" in r for r in d.reasons)
+
+
+@pytest.mark.parametrize(
+    "change, why",
+    [
+        ({"status": "requested"}, "is requested"),
+        ({"status": "completed"}, "is completed"),
+        ({"media": "Media/2"}, "another image"),
+        ({"purpose": "COC"}, "another purpose"),
+        ({"requester": "Practitioner/other"}, "another requester"),
+        ({"recipient": "Organization/elsewhere"}, "another requester or recipient"),
+        ({"approver": "Patient/p1"}, "clinician"),
+        ({"approver": None}, "clinician"),
+        ({"valid_until": NOW - timedelta(minutes=1)}, "expired"),
+        ({"approved_at": NOW + timedelta(minutes=1)}, "in the past"),
+        ({"approved_at": None}, "in the past"),
+    ],
+)
+def test_an_approval_covers_only_what_it_names(change, why):
+    rec = replace(record("V", (A, "HUAPRV")), approvals=(approval(**change),))
+    d = decide_one(rec, req(clearance="V"), now=NOW)
+    assert d.verdict is Verdict.APPROVE
+    assert any(why in r for r in d.reasons), d.reasons
+
+
+def test_approval_does_not_lift_a_withhold():
+    rec = replace(record("V", (A, "HUAPRV")), approvals=(approval(),))
+    assert verdict(rec, req(clearance="N")) is Verdict.WITHHOLD
 
 
 def test_restricted_image_needs_clearance():
@@ -90,7 +214,17 @@ def test_second_opinion_follows_the_consent():
     assert verdict(record(consents=allowed), req("COC")) is Verdict.RELEASE
     d = decide_one(record(consents=refused), req("COC"))
     assert d.verdict is Verdict.WITHHOLD
-    assert any("provision denys COC" in r or "denies" in r or "deny" in r for r in d.reasons)
+    assert any("provision for COC is a deny" in r for r in d.reasons)
+
+
+def test_consents_that_disagree_withhold():
+    both = [
+        consent(view=True, store=True, second_opinion=True),
+        {**consent(view=True, store=True, second_opinion=False), "id": "c2"},
+    ]
+    d = decide_one(record(consents=both), req("COC"))
+    assert d.verdict is Verdict.WITHHOLD
+    assert any("Consent/c2" in r for r in d.reasons)
 
 
 def test_no_consent_withholds_unless_implicit():
@@ -104,7 +238,7 @@ def test_withdrawn_consent_withholds():
 
 
 def test_unreadable_consent_withholds():
-    rec = ImageRecord(media(), [], consent_error="ServerUnavailable")
+    rec = replace(record(consents=[]), consent_error="ServerUnavailable")
     assert verdict(rec, req()) is Verdict.WITHHOLD
 
 
@@ -114,15 +248,27 @@ def test_identifiable_images_never_go_for_teaching_or_research():
     assert verdict(rec, req("HRESCH", role="researcher")) is Verdict.WITHHOLD
 
 
-def test_patient_gets_own_images_but_not_nopat_ones_without_approval():
+def test_patient_gets_own_images_but_not_nopat_or_v_ones_without_approval():
     own = req("PATRQT", role="patient", requester="Patient/p1")
     assert verdict(record("R"), own) is Verdict.RELEASE  # their own copy: no clearance needed
-    assert verdict(record("V", (A, "NOPAT")), own) is Verdict.APPROVE
-    approved = req(
-        "PATRQT", role="patient", requester="Patient/p1", approved=frozenset({"Media/1"})
+    assert verdict(record("R", (A, "NOPAT")), own) is Verdict.APPROVE
+    d = decide_one(record("V"), own, now=NOW)
+    assert d.verdict is Verdict.APPROVE and any("PATRQT" in r for r in d.reasons)
+    approved = replace(
+        record("V", (A, "NOPAT")),
+        approvals=(approval(purpose="PATRQT", requester="Patient/p1", recipient="Patient/p1"),),
     )
-    assert verdict(record("V", (A, "NOPAT")), approved) is Verdict.RELEASE
+    assert verdict(approved, own) is Verdict.RELEASE
     assert verdict(record(subject="Patient/other"), own) is Verdict.WITHHOLD
+
+
+def test_patient_copy_follows_the_binary_not_the_media():
+    """A Media of the requester that points at another child's V bytes is not their copy."""
+    own = req("PATRQT", role="patient", requester="Patient/p1")
+    rec = replace(record("N"), binary=binary("V", context="Media/victim"))
+    d = decide_one(rec, own, now=NOW)
+    assert d.verdict is Verdict.WITHHOLD
+    assert any("another resource" in r for r in d.reasons)
 
 
 def test_family_request_of_restricted_image_needs_review():
@@ -142,6 +288,10 @@ def test_emergency_treatment_breaks_the_glass_for_r_only():
 
 def test_request_validation():
     with pytest.raises(ValidationError):
+        req(requester="gp1")
+    with pytest.raises(ValidationError):
+        req(recipient="Organization/../x")
+    with pytest.raises(ValidationError):
         req("PATRQT", role="clinician")
     with pytest.raises(ValidationError):
         req("FAMRQT", role="clinician")
@@ -150,10 +300,8 @@ def test_request_validation():
 
 
 def test_released_labels_drop_sensitivity_codes():
-    security = media(
-        "V", (A, "PHY"), (c.LOCAL_SENSITIVITY, "intimate"), (A, "NORDSCLCDS"), (A, "SDV")
-    )["meta"]["security"]
-    kept = {s["code"] for s in releasable_labels(security)}
+    rec = record("V", (A, "PHY"), (c.LOCAL_SENSITIVITY, "intimate"), (A, "NORDSCLCDS"), (A, "SDV"))
+    kept = {s["code"] for s in releasable_labels(rec)}
     assert kept == {"V", "NORDSCLCDS"}
 
 
@@ -185,40 +333,48 @@ permissions = st.fixed_dictionaries(
 @given(
     conf=st.sampled_from(["N", "R", "V", None]),
     codes=label_sets,
+    binary_conf=st.sampled_from(["N", "R", "V", None]),
+    binary_codes=label_sets,
+    context=st.sampled_from(["Media/1", "Media/2", None]),
     perms=st.one_of(st.none(), permissions),
     status=st.sampled_from(["active", "inactive"]),
-    purpose=st.sampled_from(["TREAT", "COC", "TRAIN", "HRESCH", "FAMRQT", "HLEGAL"]),
+    purpose=st.sampled_from(["TREAT", "COC", "TRAIN", "HRESCH", "FAMRQT", "HLEGAL", "PATRQT"]),
     clearance=st.sampled_from(["N", "R", "V"]),
 )
 def test_nothing_is_released_that_labels_or_consent_forbid(
-    conf, codes, perms, status, purpose, clearance
+    conf, codes, binary_conf, binary_codes, context, perms, status, purpose, clearance
 ):
-    role = {"FAMRQT": "family", "HLEGAL": "legal", "TRAIN": "teacher", "HRESCH": "researcher"}.get(
-        purpose, "clinician"
-    )
+    role = {
+        "FAMRQT": "family",
+        "HLEGAL": "legal",
+        "TRAIN": "teacher",
+        "HRESCH": "researcher",
+        "PATRQT": "patient",
+    }.get(purpose, "clinician")
     consents = [] if perms is None else [consent(status, **perms)]
-    rec = ImageRecord(media(conf, *codes), consents)
-    d = decide_one(
-        rec,
-        req(
-            purpose,
-            role=role,
-            clearance=clearance,
-            requester="RelatedPerson/x" if role == "family" else "Practitioner/x",
-        ),
+    rec = ImageRecord(
+        media(conf, *codes), consents, binary=binary(binary_conf, *binary_codes, context=context)
     )
+    requester = {"family": "RelatedPerson/x", "patient": "Patient/p1"}.get(role, "Practitioner/x")
+    d = decide_one(rec, req(purpose, role=role, clearance=clearance, requester=requester), now=NOW)
     if d.verdict is not Verdict.RELEASE:
         assert d.reasons
         return
     # released: every rule that could forbid it must be satisfied
-    effective = LEVEL.get(conf or "V", 5)
-    assert effective <= LEVEL[clearance], "R or V released without the clearance"
+    all_codes = {x for _, x in codes} | {x for _, x in binary_codes}
+    effective = max(LEVEL.get(conf or "V", 5), LEVEL.get(binary_conf or "V", 5))
+    assert context == "Media/1", "bytes released that are not this image's"
+    if purpose == "PATRQT":
+        assert effective < 5, "a V image given to the patient without review"
+    else:
+        assert effective <= LEVEL[clearance], "R or V released without the clearance"
     assert purpose not in ("TRAIN", "HRESCH"), "identifiable image released for secondary use"
-    assert not {x for _, x in codes} & {"HUAPRV"}, "released without the required approval"
+    assert "HUAPRV" not in all_codes, "released without the required approval"
+    if purpose in ("FAMRQT", "PATRQT"):
+        assert "NOPAT" not in all_codes
     if purpose == "FAMRQT":
-        assert "NOPAT" not in {x for _, x in codes}
         assert effective < 4
-    if DEVAST not in codes:
+    if DEVAST not in codes or DEVAST not in binary_codes:
         assert perms is not None and status == "active", "released without an active consent"
         if purpose in ("TREAT", "COC"):
             key = {"TREAT": perms["view"] and perms["store"], "COC": perms["second_opinion"]}

@@ -104,7 +104,8 @@ def test_examples_cover_every_storing_case_and_both_audits(
         media = next(
             e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media"
         )
-        assert media["content"]["url"].startswith("urn:uuid:"), "Binary placeholders stay"
+        binary = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+        assert media["content"]["url"] == f"Binary/{binary['resource']['id']}"
     assert generated["audit-disclosure.json"]["type"]["code"] == "110106"
     assert generated["audit-destruction.json"]["action"] == "D"
 
@@ -120,15 +121,15 @@ def test_fixed_ids_and_clock_are_used_and_the_defaults_stay_random(workdir: Path
     )
     data = fixed.bundle_json()
     assert fixed.submission_id == "id-0"
-    assert fixed.binary_placeholder == "urn:uuid:id-2"
-    assert {e["fullUrl"] for e in data["entry"]} == {f"urn:uuid:id-{i}" for i in (1, 3, 4, 5)}
+    assert (fixed.media_url, fixed.binary_url) == ("urn:uuid:id-1", "urn:uuid:id-2")
+    assert {e["fullUrl"] for e in data["entry"]} == {f"urn:uuid:id-{i}" for i in (1, 2, 3, 4, 5)}
     assert fixed.media.model_dump(mode="json")["issued"].startswith("2026-11-21T09:00:00")
     assert fixed.provenance.model_dump(mode="json")["recorded"].startswith("2026-11-21T09:00:00")
 
     first = map_submission(ctx, consent, facts, decision)
     second = map_submission(ctx, consent, facts, decision)
     assert first.submission_id != second.submission_id
-    assert first.binary_placeholder != second.binary_placeholder
+    assert first.binary_url != second.binary_url
     assert {e["fullUrl"] for e in first.bundle_json()["entry"]}.isdisjoint(
         e["fullUrl"] for e in second.bundle_json()["entry"]
     )

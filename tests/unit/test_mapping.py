@@ -27,14 +27,49 @@ def test_bundle_is_a_valid_transaction_with_conditional_creates(workdir):
     Bundle.model_validate(data)  # round-trips through the R4B model
     assert data["type"] == "transaction"
     entries = _entries(mapped)
-    assert set(entries) == {"Encounter", "Media", "Consent", "Provenance"}
-    for entry in entries.values():
+    assert set(entries) == {"Encounter", "Binary", "Media", "Consent", "Provenance"}
+    for kind, entry in entries.items():
         assert entry["fullUrl"].startswith("urn:uuid:")
-        assert entry["request"]["method"] == "POST"
-        assert entry["request"]["ifNoneExist"]
+        if kind == "Binary":  # created with its own deterministic id
+            assert entry["request"] == {"method": "PUT", "url": f"Binary/fi-{mapped.image_key}"}
+        else:
+            assert entry["request"]["method"] == "POST"
+            assert entry["request"]["ifNoneExist"]
     media_req = entries["Media"]["request"]["ifNoneExist"]
     assert f"{c.SID_SHA256}|{facts.sha256_hex}" in media_req
     assert "subject=Patient/p1" in media_req  # the same bytes for another patient are not merged
+
+
+def test_the_binary_carries_the_media_labels_and_names_it_from_the_start(workdir):
+    mapped, _facts = _mapped(child_context(intimate=True), parent_consent(), workdir)
+    entries = _entries(mapped)
+    binary, media = entries["Binary"], entries["Media"]
+    assert binary["resource"]["meta"]["security"] == media["resource"]["meta"]["security"]
+    assert binary["resource"]["securityContext"] == {"reference": media["fullUrl"]}
+    assert media["resource"]["content"]["url"] == f"Binary/{binary['resource']['id']}"
+    assert "data" not in binary["resource"], "the outbox copy holds no bytes"
+    tags = binary["resource"]["meta"]["tag"]
+    assert {"system": c.SID_RECORD, "code": f"{mapped.image_key}.binary"} in tags
+
+
+def test_record_keys_are_the_same_for_the_same_image_and_consent(workdir):
+    ctx, consent = make_context(), make_consent()
+    first, _ = _mapped(ctx, consent, workdir)
+    again, _ = _mapped(ctx, consent, workdir)
+    other_consent, _ = _mapped(
+        ctx, make_consent(permissions={"view": True, "store": True}), workdir
+    )
+    other_patient, _ = _mapped(
+        make_context(patient="Patient/p2", operator="Patient/p2"), consent, workdir
+    )
+    assert first.submission_id != again.submission_id
+    for a, b in ((first, again),):
+        for kind in ("Binary", "Media", "Consent", "Provenance", "Encounter"):
+            assert _entries(a)[kind]["request"] == _entries(b)[kind]["request"], kind
+    assert first.consent_key != other_consent.consent_key
+    assert first.image_key == other_consent.image_key
+    assert first.image_key != other_patient.image_key
+    assert "Patient" not in first.image_key
 
 
 def test_media_fields(workdir):
@@ -61,7 +96,7 @@ def test_media_fields(workdir):
     assert content["contentType"] == "image/jpeg"
     assert content["size"] == facts.size
     assert content["hash"] == facts.sha1_b64
-    assert content["url"] == mapped.binary_placeholder
+    assert content["url"] == f"Binary/fi-{mapped.image_key}"
     assert "data" not in content, "image bytes never go inline in Media"
     notes = " ".join(n["text"] for n in media["note"])
     assert "purpose" in notes and "remote consultation" in notes and "GPS" in notes
@@ -99,7 +134,7 @@ def test_implicit_consent_has_no_consent_resource(workdir):
     )
     mapped, _ = _mapped(ctx, None, workdir, synthetic.png())
     assert mapped.consent is None
-    assert set(_entries(mapped)) == {"Media", "Provenance"}
+    assert set(_entries(mapped)) == {"Binary", "Media", "Provenance"}
     media = _entries(mapped)["Media"]["resource"]
     assert media["modality"]["coding"][0]["code"] == "US"
 

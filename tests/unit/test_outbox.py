@@ -24,6 +24,13 @@ def _mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
+def _leftovers(outbox) -> list:
+    """What is in the temporary folder besides this process's own (empty) work folder."""
+    found = [p for p in (outbox.root / ".tmp").iterdir() if p != outbox.work]
+    found += [p for p in outbox.work.iterdir() if p.name != ".lock"]
+    return found
+
+
 def test_stored_image_is_a_complete_ready_entry(outbox):
     result = ingest(synthetic.jpeg(gps=True), make_context(), make_consent(), outbox=outbox)
     assert result.decision.outcome is Outcome.STORE
@@ -33,7 +40,8 @@ def test_stored_image_is_a_complete_ready_entry(outbox):
     assert names == {"entry.json", "bundle.json", "context.json", "consent.json", "content.jpg"}
     bundle = json.loads(entry.bundle_path.read_text())
     media = next(e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media")
-    assert media["content"]["url"] == entry.meta["binary_placeholder"]
+    binary = next(e for e in bundle["entry"] if e["resource"]["resourceType"] == "Binary")
+    assert media["content"]["url"] == f"Binary/{binary['resource']['id']}"
     assert media["content"]["size"] == entry.content_path.stat().st_size
 
 
@@ -61,7 +69,7 @@ def test_refused_image_leaves_nothing(outbox):
     assert result.decision.outcome is Outcome.REFUSE
     assert result.entry is None
     assert list(outbox.entries()) == []
-    assert list((outbox.root / ".tmp").iterdir()) == []
+    assert _leftovers(outbox) == []
 
 
 def test_bad_input_leaves_nothing(outbox, tmp_path):
@@ -70,7 +78,7 @@ def test_bad_input_leaves_nothing(outbox, tmp_path):
     with pytest.raises(UnsupportedMediaType):
         ingest(path, make_context(), make_consent(), outbox=outbox)
     assert list(outbox.entries()) == []
-    assert list((outbox.root / ".tmp").iterdir()) == []
+    assert _leftovers(outbox) == []
 
 
 def test_crash_while_writing_leaves_no_entry(outbox, monkeypatch):
@@ -82,7 +90,7 @@ def test_crash_while_writing_leaves_no_entry(outbox, monkeypatch):
         ingest(synthetic.jpeg(), make_context(), make_consent(), outbox=outbox)
     monkeypatch.undo()
     assert list(outbox.entries()) == []
-    assert list((outbox.root / ".tmp").iterdir()) == []
+    assert _leftovers(outbox) == []
 
 
 def test_same_image_same_patient_is_not_queued_twice(outbox):
@@ -101,6 +109,84 @@ def test_same_image_same_patient_is_not_queued_twice(outbox):
     assert len(list(outbox.entries("ready"))) == 2
 
 
+def test_held_images_are_not_queued_twice_either(outbox):
+    data = synthetic.jpeg()
+    first = ingest(data, child_context(), None, outbox=outbox)
+    second = ingest(data, child_context(), None, outbox=outbox)
+    assert first.entry.state == "held" and second.duplicate_of == first.entry.id
+    assert len(list(outbox.entries("held"))) == 1
+
+
+def test_same_image_with_another_consent_act_is_a_new_entry(outbox):
+    data = synthetic.jpeg()
+    first = ingest(data, make_context(), make_consent(), outbox=outbox)
+    changed = make_consent(permissions={"view": True, "store": True, "second_opinion": False})
+    second = ingest(data, make_context(), changed, outbox=outbox)
+    assert second.duplicate_of is None and second.entry.id != first.entry.id
+
+
+def _ingest_in_child(root: str, queue) -> None:  # runs in another process
+    from fhir_images import Outbox as Box
+
+    box = Box(root)
+    result = ingest(synthetic.jpeg(seed=77), make_context(), make_consent(), outbox=box)
+    queue.put(result.duplicate_of or result.entry.id)
+
+
+def test_simultaneous_ingests_of_one_photo_make_one_entry(tmp_path):
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    root = str(tmp_path / "shared")
+    procs = [ctx.Process(target=_ingest_in_child, args=(root, queue)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    ids = {queue.get(timeout=5) for _ in procs}
+    assert len(ids) == 1, "four submissions of one photo: one entry"
+    assert len(list(Outbox(root).entries())) == 1
+
+
+def test_work_of_a_killed_process_is_cleared_whatever_its_age(tmp_path):
+    root = tmp_path / "ob"
+    Outbox(root)
+    dead = root / ".tmp" / "w-999999-deadbeef"
+    dead.mkdir()
+    (dead / ".lock").write_text("")
+    (dead / "intake-partial").write_bytes(b"\xff" * 1000)  # a half-copied image
+    stray = root / ".tmp" / "left-by-an-old-version"
+    stray.mkdir()
+    live = Outbox(root)
+    assert not dead.exists() and not stray.exists()
+    other = Outbox(root)  # a second process-like user does not remove the live one's folder
+    assert live.work.exists() and other.work.exists()
+
+
+def test_entries_written_by_the_previous_version_are_read(outbox):
+    entry = ingest(synthetic.jpeg(), make_context(), make_consent(), outbox=outbox).entry
+    old = {
+        "id": entry.id,
+        "state": "ready",
+        "content": entry.meta.content,
+        "created": entry.meta.created.isoformat(),
+        "patient": entry.meta.patient,
+        "sha256": entry.meta.sha256,
+        "media_type": entry.meta.media_type,
+        "size": entry.meta.size,
+        "decision": entry.meta.decision,
+        "facts": entry.meta.facts,
+        "binary_placeholder": "urn:uuid:x",
+        "delivery": {"attempts": 2, "last_error": "x", "binary": "Binary/1"},
+    }
+    (entry.path / "entry.json").write_text(json.dumps(old))
+    again = outbox.get(entry.id)
+    assert again.meta.image_key == entry.meta.image_key
+    assert again.meta.consent_key == entry.meta.consent_key
+    assert again.meta.delivery.attempts == 2
+
+
 def test_recheck_with_confirmed_consent_moves_held_to_ready(outbox):
     held = ingest(synthetic.jpeg(), child_context(), None, outbox=outbox).entry
     result = recheck(outbox, held.id, parent_consent())
@@ -115,7 +201,7 @@ def test_recheck_with_insufficient_consent_stays_held(outbox):
     result = recheck(outbox, held.id, parent_consent(parental_responsibility=False))
     assert result.decision.outcome is Outcome.HOLD
     assert outbox.get(held.id).state == "held"
-    reasons = outbox.get(held.id).meta["decision"]["reasons"]
+    reasons = outbox.get(held.id).meta.decision["reasons"]
     assert any(r["rule"] == "G5" and r["outcome"] == "hold" for r in reasons)
 
 
