@@ -204,7 +204,20 @@ class Deliverer:
 
     def deliver(self, entry: Entry) -> DeliveryResult:
         result = DeliveryResult(entry.id, delivered=False)
+        with self.outbox.claim(entry.id) as mine:
+            if not mine:
+                result.notes.append("being delivered by another push at the same time")
+                result.error_type = "InProgress"
+                return result
+            return self._attempt(entry, result)
+
+    def _attempt(self, entry: Entry, result: DeliveryResult) -> DeliveryResult:
         try:
+            entry = self.outbox.get(entry.id)  # as it is now, not as listed before the claim
+            if entry.state != "ready":
+                result.state = entry.state
+                result.notes.append(f"the entry is {entry.state}: not sent")
+                return result
             entry = self.begin(entry)
             self._deliver(entry, result)
         except FhirImagesError as exc:

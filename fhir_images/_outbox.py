@@ -13,6 +13,7 @@ Layout (every folder 0700, every file 0600: these are patient images)::
                      written and intake's scratch files; a folder whose owner has died is
                      removed by the next process that opens the outbox, whatever its age
       .lock          taken while a new entry is checked for duplicates and written
+      .locks/<id>    held by the process delivering that entry
 
 An entry is written whole into the process's work folder and then renamed into
 place, so a crash leaves either the complete entry or none. A ready entry is
@@ -373,7 +374,7 @@ class Outbox:
         }
         try:
             _replace(self.root / "discarded" / f"{entry.id}.json", _dump(record))
-            shutil.rmtree(entry.path)
+            self._remove(entry)
         except OSError as exc:
             raise OutboxError(
                 f"could not discard entry {entry.id}: {exc.strerror or type(exc).__name__}"
@@ -391,9 +392,32 @@ class Outbox:
         }
         _replace(path, _dump(receipt))
         _replace(self._key_path(entry.meta.image_key, entry.meta.consent_key), entry.id.encode())
-        shutil.rmtree(entry.path)
+        self._remove(entry)
         log.info("outbox: entry %s delivered", entry.id)
         return path
+
+    def _remove(self, entry: Entry) -> None:
+        """Take an entry out of its state folder in one step (a rename), then delete it: a
+        crash leaves the whole entry in place, or a folder the next process clears."""
+        gone = self.work / f"gone-{entry.id}-{uuid.uuid4().hex[:8]}"
+        os.rename(entry.path, gone)
+        shutil.rmtree(gone, ignore_errors=True)
+
+    @contextlib.contextmanager
+    def claim(self, entry_id: str) -> Iterator[bool]:
+        """Hold an entry for delivery across processes: yields False when another has it."""
+        locks = self.root / ".locks"
+        locks.mkdir(mode=0o700, exist_ok=True)
+        fd = os.open(locks / entry_id, os.O_WRONLY | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                yield False
+                return
+            yield True
+        finally:
+            os.close(fd)
 
     def _key_path(self, image_key: str, consent_key: str) -> Path:
         return self.root / "sent" / "keys" / f"{image_key}.{consent_key}"
