@@ -47,6 +47,7 @@ from ._exceptions import (
     InputTooLarge,
     InvalidContext,
     InvalidRequest,
+    InvalidSetting,
     LabelError,
     LabelVerificationFailed,
     OutboxError,
@@ -58,7 +59,16 @@ from ._exceptions import (
     UnsupportedMediaType,
     VersionConflict,
 )
-from ._ingest import IngestResult, ingest, load_structured, parse_consent, parse_context, recheck
+from ._ingest import (
+    Case,
+    IngestResult,
+    ingest,
+    load_case,
+    parse_consent,
+    parse_context,
+    recheck,
+)
+from ._inputs import load_structured
 from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
 from ._labels import apply_labels, label_image, plan_label_change
 from ._lifecycle import (
@@ -102,6 +112,7 @@ __all__ = [
     "AuthenticationFailed",
     "BadInput",
     "BadResponse",
+    "Case",
     "ClinicalContext",
     "Coded",
     "ConsentChange",
@@ -130,6 +141,7 @@ __all__ = [
     "IntakeResult",
     "InvalidContext",
     "InvalidRequest",
+    "InvalidSetting",
     "LabelError",
     "LabelVerificationFailed",
     "Limits",
@@ -167,6 +179,7 @@ __all__ = [
     "ingest",
     "intake",
     "label_image",
+    "load_case",
     "load_structured",
     "map_submission",
     "narrow_consent",

@@ -7,37 +7,46 @@ restrictive answer.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, date, datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, Field, model_validator
 
 from ._codes import SNOMED
+from ._inputs import InputModel, Line, Text, reference
 
-_REF = re.compile(r"^(?P<type>[A-Z][A-Za-z]+)/(?P<id>[A-Za-z0-9\-.]{1,64})$")
-
-
-def _reference(*allowed: str) -> AfterValidator:
-    def check(value: str) -> str:
-        m = _REF.match(value)
-        if not m or m.group("type") not in allowed:
-            raise ValueError(
-                f"must be a relative reference to {' or '.join(allowed)}, like {allowed[0]}/123"
-            )
-        return value
-
-    return AfterValidator(check)
-
-
-PatientRef = Annotated[str, _reference("Patient")]
-EncounterRef = Annotated[str, _reference("Encounter")]
-PractitionerRef = Annotated[str, _reference("Practitioner", "PractitionerRole")]
+PatientRef = Annotated[str, reference("Patient")]
+EncounterRef = Annotated[str, reference("Encounter")]
+PractitionerRef = Annotated[str, reference("Practitioner", "PractitionerRole")]
 PersonRef = Annotated[
-    str, _reference("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
+    str, reference("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 ]
-OrganizationRef = Annotated[str, _reference("Organization")]
+OrganizationRef = Annotated[str, reference("Organization")]
+
+#: The earliest date fhir-images accepts for a birth, an image or a consent
+EARLIEST = date(1900, 1, 1)
+
+
+def _birth_date(value: date) -> date:
+    if value < EARLIEST:
+        raise ValueError(f"is before {EARLIEST.isoformat()}")
+    if value > datetime.now(UTC).date():
+        raise ValueError("is in the future")
+    return value
+
+
+def _past_instant(value: datetime) -> datetime:
+    value = value if value.tzinfo else value.replace(tzinfo=UTC)
+    if value.date() < EARLIEST:
+        raise ValueError(f"is before {EARLIEST.isoformat()}")
+    if value > datetime.now(UTC) + timedelta(days=1):
+        raise ValueError("is in the future")
+    return value
+
+
+BirthDate = Annotated[date, AfterValidator(_birth_date)]
+PastInstant = Annotated[datetime, AfterValidator(_past_instant)]
 
 
 class Maker(StrEnum):
@@ -74,13 +83,13 @@ IMPLICIT_CONSENT_KINDS = frozenset(
 )
 
 
-class Coded(BaseModel):
+class Coded(InputModel):
     """A code with its system (SNOMED CT unless said otherwise) and text."""
 
-    model_config = ConfigDict(extra="forbid")
-    code: str | None = None
-    system: str = SNOMED
-    display: str | None = None
+    input_name: ClassVar[str] = "code"
+    code: Line | None = None
+    system: Line = SNOMED
+    display: Line | None = None
 
     @model_validator(mode="after")
     def _something(self) -> Coded:
@@ -89,14 +98,14 @@ class Coded(BaseModel):
         return self
 
 
-class ClinicalContext(BaseModel):
+class ClinicalContext(InputModel):
     """Everything the policy needs to know about one image, apart from consent."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    input_name: ClassVar[str] = "context"
 
     patient: PatientRef
-    birth_date: date
-    captured: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    birth_date: BirthDate
+    captured: PastInstant = Field(default_factory=lambda: datetime.now(UTC))
     made_by: Maker
     operator: PersonRef | None = None
     kind: ImageKind = ImageKind.PHOTO
@@ -109,15 +118,15 @@ class ClinicalContext(BaseModel):
     remote: bool = False
     encounter: EncounterRef | None = None
     body_site: Coded | None = None
-    purpose: str | None = Field(default=None, description="Clinical relevance and purpose (G8)")
+    purpose: Text | None = Field(default=None, description="Clinical relevance and purpose (G8)")
     purpose_code: Coded | None = None
     safeguarding_concern: bool = False
-    best_interests: str | None = Field(
+    best_interests: Text | None = Field(
         default=None,
         description="For a child: why keeping the image is in their best interests (G7)",
     )
-    device_name: str | None = None
-    title: str | None = None
+    device_name: Line | None = None
+    title: Line | None = None
     recorded_by: PractitionerRef | None = None
     organization: OrganizationRef | None = None
 
@@ -167,20 +176,20 @@ class Relationship(StrEnum):
     OTHER = "OTHER"
 
 
-class Explained(BaseModel):
+class Explained(InputModel):
     """What the clinician explained when seeking consent (G1, G2)."""
 
-    model_config = ConfigDict(extra="forbid")
+    input_name: ClassVar[str] = "explained"
     why: bool = False
     form: bool = False
     secure_storage: bool = False
     secondary_uses: bool = False
 
 
-class Permissions(BaseModel):
+class Permissions(InputModel):
     """What the consent allows. Anything not said is not allowed."""
 
-    model_config = ConfigDict(extra="forbid")
+    input_name: ClassVar[str] = "permissions"
     view: bool = False
     store: bool = False
     second_opinion: bool = False
@@ -188,10 +197,10 @@ class Permissions(BaseModel):
     research: bool = False
 
 
-class ConsentRecord(BaseModel):
+class ConsentRecord(InputModel):
     """A recorded consent discussion for one image or recording."""
 
-    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+    input_name: ClassVar[str] = "consent"
 
     given_by: ConsentGiver
     giver: PersonRef | None = Field(
@@ -202,7 +211,7 @@ class ConsentRecord(BaseModel):
     gillick_competent: bool | None = Field(
         default=None, description="For a patient under 16 consenting for themselves"
     )
-    date: datetime
+    date: PastInstant
     taken_by: PractitionerRef
     method: Literal["verbal", "written", "implied"]
     confirmed: bool = Field(
@@ -211,7 +220,7 @@ class ConsentRecord(BaseModel):
     )
     explained: Explained = Field(default_factory=Explained)
     permissions: Permissions
-    discussion: str | None = Field(
+    discussion: Text | None = Field(
         default=None, description="Key elements of the discussion (G2, G8)"
     )
 

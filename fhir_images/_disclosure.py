@@ -20,12 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from . import _codes as c
 from ._codes import Confidentiality
+from ._inputs import InputModel, reference
 
 Purpose = Literal[
     "TREAT", "COC", "TRAIN", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "HLEGAL", "ETREAT", "BTG"
@@ -54,21 +55,13 @@ class Verdict(StrEnum):
 _RANK = {Verdict.RELEASE: 0, Verdict.APPROVE: 1, Verdict.WITHHOLD: 2}
 
 
-def _check_reference(value: str) -> str:
-    from ._records import is_reference
-
-    if not is_reference(value):
-        raise ValueError("must be a relative reference Type/id, like Practitioner/123")
-    return value
+Reference = Annotated[str, reference()]
 
 
-Reference = Annotated[str, AfterValidator(_check_reference)]
-
-
-class DisclosureRequest(BaseModel):
+class DisclosureRequest(InputModel):
     """Who asks, in what role, with what clearance, for what purpose, for whom."""
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    input_name: ClassVar[str] = "request"
 
     purpose: Purpose
     requester: Reference = Field(

@@ -9,8 +9,10 @@ catches them all. The hierarchy::
     │   ├── ContentTypeMismatch   content contradicts the type the sender claimed
     │   ├── InputTooLarge         over the configured byte or pixel limits
     │   ├── CorruptMedia          the content claims a format but cannot be read as it
-    │   └── InvalidContext        the clinical context or consent record is invalid
-    ├── PolicyNotFound            no policy pack of that name
+    │   ├── InvalidContext        the clinical context, consent record, case file or request
+    │   │                         is invalid (names the field and the rule, never the value)
+    │   ├── InvalidSetting        a setting (an environment variable) is not usable
+    │   └── PolicyNotFound        no policy pack of that name
     ├── OutboxError               the local outbox could not be read or written
     │   └── EntryNotFound         no outbox entry with that id
     ├── ServerError               a FHIR server answered with an error, or not at all
@@ -69,7 +71,11 @@ class InvalidContext(BadInput):
     """The clinical context or consent record is missing something or contradicts itself."""
 
 
-class PolicyNotFound(FhirImagesError):
+class InvalidSetting(BadInput):
+    """A setting, such as a ``FHIR_IMAGES_*`` environment variable, is not usable."""
+
+
+class PolicyNotFound(BadInput):
     """No policy pack has that name."""
 
 

@@ -44,6 +44,7 @@ from . import _codes as c
 from ._context import IMPLICIT_CONSENT_KINDS, ClinicalContext, ImageKind, Maker
 from ._disclosure import provision_for
 from ._exceptions import FhirImagesError, ResourceNotFound
+from ._inputs import reference_parts
 from ._labels import apply_labels, label_image
 from ._policy import Situation, default_labels
 from ._records import binary_reference, consents_for_image, create_once
@@ -323,6 +324,7 @@ class HookService:
         workers: int = 2,
         retries: int = 3,
         retry_delay: float = 5.0,
+        max_body: int = 16 << 20,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
@@ -332,6 +334,7 @@ class HookService:
         self.workers = workers
         self.retries = retries
         self.retry_delay = retry_delay
+        self.max_body = max_body
         self.stats = HookStats()
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
         self._pending: set[tuple[str, str]] = set()
@@ -370,10 +373,18 @@ class HookService:
         given = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(given.encode(), self.secret.encode())
 
-    async def _drain(self, request: Request) -> None:
-        """Read and discard the body: the resource is re-read from the server instead."""
-        async for _ in request.stream():
-            pass
+    async def _drain(self, request: Request) -> bool:
+        """Read and discard the body (the resource is re-read from the server instead); False,
+        without reading further, when it is over ``max_body`` bytes."""
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body:
+            return False
+        seen = 0
+        async for chunk in request.stream():
+            seen += len(chunk)
+            if seen > self.max_body:
+                return False
+        return True
 
     async def notify(self, request: Request) -> Response:
         self.stats.received += 1
@@ -381,14 +392,15 @@ class HookService:
             self.stats.rejected += 1
             return _outcome("unauthorised", status_code=401)
         rtype, rid = request.path_params["rtype"], request.path_params["rid"]
-        if (
-            rtype not in ("Media", "Consent")
-            or not rid.replace("-", "").replace(".", "").isalnum()
-            or len(rid) > 64
-        ):
+        if rtype not in ("Media", "Consent") or reference_parts(f"{rtype}/{rid}") is None:
             self.stats.rejected += 1
-            return _outcome("only Media and Consent notifications are handled", status_code=400)
-        await self._drain(request)
+            return _outcome(
+                "only Media and Consent notifications, with ids by FHIR's rules, are handled",
+                status_code=400,
+            )
+        if not await self._drain(request):
+            self.stats.rejected += 1
+            return _outcome("the notification body is too large", status_code=413)
         return self._enqueue(rtype, rid)
 
     async def bare_notify(self, request: Request) -> Response:
@@ -396,7 +408,8 @@ class HookService:
         if not self._authorised(request):
             self.stats.rejected += 1
             return _outcome("unauthorised", status_code=401)
-        await self._drain(request)
+        if not await self._drain(request):
+            return _outcome("the notification body is too large", status_code=413)
         return _outcome(
             "configure the Subscription with a payload, so the server calls /hook/{type}/{id}",
             status_code=400,
@@ -448,30 +461,99 @@ class HookService:
                 self._queue.task_done()
 
     async def health(self, request: Request) -> Response:
+        """Counts for anyone; the ids of recent failures only for callers with the secret."""
         q = self._queue
         s = self.stats
-        return JSONResponse(
-            {
-                "status": "ok",
-                "queued": q.qsize() if q else 0,
-                "queue_size": self.queue_size,
-                "received": s.received,
-                "rejected": s.rejected,
-                "processed": s.processed,
-                "failed": s.failed,
-                "binaries_not_labelled": self.labeller.unlabelled_binaries,
-                "coalesced": s.coalesced,
-                "recent_failures": list(s.recent_failures),
-            }
-        )
+        body: dict[str, Any] = {
+            "status": "ok",
+            "queued": q.qsize() if q else 0,
+            "queue_size": self.queue_size,
+            "received": s.received,
+            "rejected": s.rejected,
+            "processed": s.processed,
+            "failed": s.failed,
+            "binaries_not_labelled": self.labeller.unlabelled_binaries,
+            "coalesced": s.coalesced,
+        }
+        if self._authorised(request):
+            body["recent_failures"] = list(s.recent_failures)
+        return JSONResponse(body)
+
+
+# ------------------------------------------------------------------------------- serving
+
+
+def guarded_protocol(header_timeout: float = 10.0, max_idle: int = 256) -> type[Any]:
+    """uvicorn's HTTP/1.1 protocol with two guards that idle clients cannot get round:
+
+    * a connection must send a whole request head within ``header_timeout`` seconds of
+      connecting, or it is closed (uvicorn's own keep-alive timeout only starts after a first
+      request);
+    * at most ``max_idle`` connections may be waiting for their first request; one more closes
+      the oldest of them, so a crowd of idle connections never turns a real notification away.
+    """
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    idle: dict[Any, float] = {}
+
+    class GuardedH11(H11Protocol):
+        def connection_made(self, transport: Any) -> None:
+            super().connection_made(transport)
+            self._head_timer = self.loop.call_later(header_timeout, self._no_head)
+            idle[self] = self.loop.time()
+            while len(idle) > max_idle:
+                oldest = min(idle, key=idle.__getitem__)
+                idle.pop(oldest, None)
+                oldest.transport.close()
+
+        def _no_head(self) -> None:
+            if self in idle:
+                idle.pop(self, None)
+                self.transport.close()
+
+        def handle_events(self) -> None:
+            super().handle_events()
+            if self.cycle is not None and self in idle:
+                idle.pop(self, None)
+                self._head_timer.cancel()
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            idle.pop(self, None)
+            timer = getattr(self, "_head_timer", None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(exc)
+
+    return GuardedH11
+
+
+def run_service(
+    service: HookService, *, host: str, port: int, header_timeout: float = 10.0
+) -> None:
+    """Serve the hook with uvicorn, guarded against idle and slow clients."""
+    import uvicorn
+
+    uvicorn.run(
+        service.app,
+        host=host,
+        port=port,
+        log_level="warning",
+        http=guarded_protocol(header_timeout),
+        timeout_keep_alive=5,
+        h11_max_incomplete_event_size=16 * 1024,
+    )
 
 
 def _outcome(text: str, status_code: int, headers: dict[str, str] | None = None) -> Response:
     """Answers to the FHIR server are FHIR: HAPI parses them and retries on anything else."""
     severity = "information" if status_code < 400 else "error"
-    code = {202: "informational", 400: "not-supported", 401: "security", 503: "transient"}.get(
-        status_code, "processing"
-    )
+    code = {
+        202: "informational",
+        400: "not-supported",
+        401: "security",
+        413: "too-long",
+        503: "transient",
+    }.get(status_code, "processing")
     body = {
         "resourceType": "OperationOutcome",
         "issue": [{"severity": severity, "code": code, "diagnostics": text}],

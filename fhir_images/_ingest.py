@@ -12,13 +12,11 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import yaml
-from pydantic import ValidationError
+from typing import Any, ClassVar
 
 from ._context import ClinicalContext, ConsentRecord
 from ._exceptions import InvalidContext, OutboxError
+from ._inputs import load_structured
 from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
 from ._mapping import MappedSubmission, consent_key, image_key, map_submission
 from ._outbox import Entry, EntryMeta, Outbox
@@ -77,44 +75,63 @@ def facts_from_json(data: dict[str, Any]) -> ImageFacts:
     return ImageFacts(**values)
 
 
-def load_structured(path: Path) -> Any:
-    """Read a JSON or YAML file. Raises InvalidContext with the reason."""
-    try:
-        text = Path(path).read_text()
-    except OSError as exc:
-        raise InvalidContext(f"cannot read {path}: {exc.strerror}") from exc
-    try:
-        if Path(path).suffix.lower() == ".json":
-            return json.loads(text)
-        return yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise InvalidContext(
-            f"{path} is not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}"
-        ) from exc
-
-
-def _validation_message(what: str, exc: ValidationError) -> str:
-    parts = []
-    for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"]) or what
-        parts.append(f"{loc}: {err['msg']}")
-    return f"invalid {what}: " + "; ".join(parts)
-
-
 def parse_context(data: Any) -> ClinicalContext:
-    try:
-        return ClinicalContext.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidContext(_validation_message("context", exc)) from None
+    """A clinical context from plain data (a mapping). Raises InvalidContext."""
+    return ClinicalContext.model_validate(data)
 
 
 def parse_consent(data: Any) -> ConsentRecord | None:
+    """A consent record from plain data (a mapping), or None. Raises InvalidContext."""
     if data is None:
         return None
-    try:
-        return ConsentRecord.model_validate(data)
-    except ValidationError as exc:
-        raise InvalidContext(_validation_message("consent", exc)) from None
+    return ConsentRecord.model_validate(data)
+
+
+@dataclass(frozen=True)
+class Case:
+    """A case file: an image, its clinical context, its consent and the policy pack."""
+
+    image: Path
+    context: ClinicalContext
+    consent: ConsentRecord | None
+    policy: str
+
+    _KEYS: ClassVar[frozenset[str]] = frozenset({"image", "context", "consent", "policy"})
+
+
+def load_case(path: Path) -> Case:
+    """Read a case file (YAML or JSON) through the input gate.
+
+    ``image`` and a ``consent`` given as a file name are taken relative to the case file.
+    Raises InvalidContext naming the key and the rule broken.
+    """
+    data = load_structured(path, "case file")
+    if not isinstance(data, dict):
+        raise InvalidContext("the case file must be a mapping with 'image' and 'context'")
+    unknown = {k for k in data if k not in Case._KEYS}
+    if unknown:
+        raise InvalidContext(
+            f"the case file has keys it does not take (it takes {', '.join(sorted(Case._KEYS))})"
+        )
+    for key in ("image", "context"):
+        if key not in data:
+            raise InvalidContext(f"the case file needs '{key}'")
+    image, policy = data["image"], data.get("policy", "default")
+    if not isinstance(image, str) or not image.strip():
+        raise InvalidContext("the case file's 'image' must be a file name")
+    if not isinstance(policy, str):
+        raise InvalidContext("the case file's 'policy' must be a policy name")
+    consent = data.get("consent")
+    if isinstance(consent, str):
+        consent = load_structured(path.parent / consent, "consent file")
+    elif consent is not None and not isinstance(consent, dict):
+        raise InvalidContext("the case file's 'consent' must be a mapping or a file name")
+    return Case(
+        image=path.parent / image,
+        context=parse_context(data["context"]),
+        consent=parse_consent(consent),
+        policy=policy,
+    )
 
 
 def _meta(

@@ -1,31 +1,48 @@
-"""Intake: bytes in, facts out.
+"""Intake: bytes in, facts out, through one input gate.
 
-Sniffs the real media type from the content, checks it against any claimed
-type, hashes it, reads dimensions and durations, and strips location and
-device metadata from images *losslessly* (JPEG, PNG and WebP are rewritten at
-the container level; pixels are not re-encoded). HEIC/HEIF is converted to a
-JPEG rendition, because browsers and most viewers cannot show HEIC.
+Every image, recording and file that fhir-images reads passes the same gate:
 
-Images are processed in memory (bounded by ``Limits.max_image_bytes``);
-video and audio are streamed in fixed-size chunks and never held whole.
-No network access happens here.
+* **Regular files only.** A pipe, device, socket or folder is refused at once (opened
+  non-blocking, so a FIFO with no writer cannot hang the process).
+* **The real type from the content**, checked against any claimed type.
+* **Limits from headers, before any decoding**: bytes; width, height and pixels of every page
+  of a multi-page TIFF; animations are refused (a moving image is sent as a video). The
+  limits are configurable (:class:`Limits`, ``FHIR_IMAGES_MAX_*``).
+* **Decoded at most once, and only where it must be**: JPEG is checked at 1/8 scale (1/64 of
+  the memory) after its container has been rewritten; PNG is never decoded: its compressed data
+  is inflated as a stream and must produce exactly the bytes its header promises; WebP, TIFF and
+  HEIC are decoded once, bounded by ``max_decode_pixels``.
+* **Structure against the bytes present**: a JPEG whose entropy-coded data is too short for its
+  declared size, a cut PNG or WebP chunk, a recording whose boxes or chunks claim more than the
+  file holds (see :mod:`fhir_images._avcheck`) are refused.
+
+Location and device metadata are stripped from images *losslessly* (JPEG, PNG and WebP are
+rewritten at the container level; pixels are not re-encoded). HEIC/HEIF is converted to a JPEG
+rendition, because browsers and most viewers cannot show HEIC. Recordings are streamed in
+fixed-size chunks and never held whole. No network access happens here.
+
+Memory: with the default limits, peak resident memory stays under 256 MB for any input,
+accepted or refused (measured by ``tests/hostile``; figures in the README).
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import logging
 import os
+import stat
 import struct
 import tempfile
+import threading
 import warnings
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal
+from typing import IO, Any, Literal
 
 import filetype
 from PIL import Image, UnidentifiedImageError
@@ -33,7 +50,9 @@ from PIL import Image, UnidentifiedImageError
 from ._exceptions import (
     ContentTypeMismatch,
     CorruptMedia,
+    FhirImagesError,
     InputTooLarge,
+    InvalidSetting,
     UnsupportedMediaType,
 )
 
@@ -111,37 +130,46 @@ _DEVICE_TAGS = {
     0xA420: "image unique id",
 }
 
+_ENV = {
+    "max_image_bytes": "FHIR_IMAGES_MAX_IMAGE_BYTES",
+    "max_av_bytes": "FHIR_IMAGES_MAX_AV_BYTES",
+    "max_pixels": "FHIR_IMAGES_MAX_PIXELS",
+    "max_decode_pixels": "FHIR_IMAGES_MAX_DECODE_PIXELS",
+    "max_pages": "FHIR_IMAGES_MAX_PAGES",
+}
+
 
 @dataclass(frozen=True)
 class Limits:
-    """Input limits. Defaults suit phone photos and consultation recordings."""
+    """Input limits. Defaults suit phone photos and consultation recordings.
 
-    max_image_bytes: int = 64 * 1024 * 1024
+    ``max_pixels`` bounds JPEG and PNG, which are checked without being decoded in full;
+    ``max_decode_pixels`` bounds HEIC and the sum of all pages of a TIFF, which are decoded in
+    full (about 8 bytes a pixel at the peak), and WebP at half of it (its decoder takes twice
+    as much). With the defaults, no input takes more than 256 MB resident.
+    """
+
+    max_image_bytes: int = 50 * 1024 * 1024
     max_av_bytes: int = 4 * 1024 * 1024 * 1024
     max_pixels: int = 100_000_000
+    max_decode_pixels: int = 24_000_000
     max_side: int = 30_000
+    max_pages: int = 32
 
     @classmethod
-    def from_env(cls) -> Limits:
-        def get(name: str, default: int) -> int:
-            raw = os.environ.get(name)
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Limits:
+        """The limits, with any ``FHIR_IMAGES_MAX_*`` variable of ``environ`` (default: the
+        process environment) applied."""
+        env = os.environ if environ is None else environ
+        values: dict[str, int] = {}
+        for name, var in _ENV.items():
+            raw = env.get(var)
             if raw is None:
-                return default
-            try:
-                value = int(raw)
-            except ValueError as exc:
-                raise ValueError(f"{name} must be a whole number of bytes or pixels") from exc
-            if value <= 0:
-                raise ValueError(f"{name} must be positive")
-            return value
-
-        d = cls()
-        return cls(
-            max_image_bytes=get("FHIR_IMAGES_MAX_IMAGE_BYTES", d.max_image_bytes),
-            max_av_bytes=get("FHIR_IMAGES_MAX_AV_BYTES", d.max_av_bytes),
-            max_pixels=get("FHIR_IMAGES_MAX_PIXELS", d.max_pixels),
-            max_side=d.max_side,
-        )
+                continue
+            if not raw.strip().isdigit() or int(raw) <= 0:
+                raise InvalidSetting(f"{var} must be a positive whole number")
+            values[name] = int(raw)
+        return cls(**values)
 
 
 @dataclass(frozen=True)
@@ -234,6 +262,29 @@ def _check_claim(sniffed: str, claimed: str | None) -> None:
         )
 
 
+def open_regular(path: Path, what: str = "input file") -> IO[bytes]:
+    """Open a file for reading only if it is a regular file (never blocks on a FIFO).
+
+    Raises UnsupportedMediaType naming ``what`` and the rule; never the path.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOCTTY)
+    except OSError as exc:
+        raise UnsupportedMediaType(
+            f"the {what} cannot be read ({exc.strerror or type(exc).__name__})"
+        ) from None
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise UnsupportedMediaType(
+                f"the {what} is not a regular file (a pipe, device, socket or folder)"
+            )
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def intake(
     source: Path | bytes,
     *,
@@ -246,7 +297,8 @@ def intake(
     ``source`` is a path (streamed) or bytes. ``claimed_type`` is what the
     sender said it is (a Content-Type, or derived from the file name); content
     that contradicts it is refused. The stored bytes are written to a new file
-    in ``workdir`` (default: the system temporary folder).
+    in ``workdir`` (default: the system temporary folder). Raises
+    :class:`BadInput` subclasses; leaves nothing behind when it does.
     """
     limits = limits or Limits()
     workdir = Path(workdir) if workdir else Path(tempfile.gettempdir())
@@ -259,69 +311,175 @@ def intake(
         if ACCEPTED[sniffed] == "image":
             return _image(data, sniffed, limits, workdir)
         with io.BytesIO(data) as buffer:
-            return _av(buffer, sniffed, limits, workdir)
+            return _av(buffer, len(data), sniffed, limits, workdir)
 
-    path = Path(source)
-    try:
-        f = path.open("rb")
-    except OSError as exc:
-        raise UnsupportedMediaType(f"cannot read the input file: {exc.strerror}") from exc
-    with f:
+    with open_regular(Path(source)) as f:
         head = f.read(8192)
         if not head:
             raise UnsupportedMediaType("content is empty")
         sniffed = sniff(head)
         _check_claim(sniffed, claimed_type)
         f.seek(0)
+        size = os.fstat(f.fileno()).st_size
         if ACCEPTED[sniffed] == "image":
-            size = os.fstat(f.fileno()).st_size
             if size > limits.max_image_bytes:
                 raise InputTooLarge(
                     f"image is {size} bytes; the limit is {limits.max_image_bytes} "
                     "(FHIR_IMAGES_MAX_IMAGE_BYTES)"
                 )
-            return _image(f.read(), sniffed, limits, workdir)
-        return _av(f, sniffed, limits, workdir)
+            return _image(f.read(limits.max_image_bytes + 1), sniffed, limits, workdir)
+        return _av(f, size, sniffed, limits, workdir)
 
 
 # --------------------------------------------------------------------------- images
+
+_pillow_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _pillow_limits(limits: Limits) -> Iterator[None]:
+    """Pillow's own decompression-bomb ceiling moved to ours while we open an image (our limits
+    are checked from the header before anything is decoded); its warnings become errors."""
+    with _pillow_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max(limits.max_pixels, limits.max_decode_pixels)
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                yield
+        except (Image.DecompressionBombWarning, Image.DecompressionBombError):
+            raise InputTooLarge(
+                "image refused as a decompression bomb: its header declares more pixels than "
+                "the limit (FHIR_IMAGES_MAX_PIXELS)"
+            ) from None
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+_FORMAT = {
+    "image/jpeg": "JPEG",
+    "image/png": "PNG",
+    "image/webp": "WEBP",
+    "image/tiff": "TIFF",
+    "image/heic": "HEIF",
+}
+_DECODED = {"image/webp", "image/tiff", "image/heic"}
+#: How much heavier than HEIC or TIFF decoding is, per pixel (Pillow's WebP decoder holds a
+#: canvas, a frame and the image: about twice the memory), so the pixel limit is divided by it
+_DECODE_COST = {"image/webp": 2}
+
+
+def _decode_errors(sniffed: str) -> contextlib.AbstractContextManager[None]:
+    @contextlib.contextmanager
+    def guard() -> Iterator[None]:
+        try:
+            yield
+        except (FhirImagesError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+            raise
+        except UnidentifiedImageError:
+            raise CorruptMedia(f"content looks like {sniffed} but cannot be decoded") from None
+        except Exception as exc:  # a decoder's error on hostile content: it is damaged
+            raise CorruptMedia(
+                f"content looks like {sniffed} but is damaged ({type(exc).__name__})"
+            ) from None
+
+    return guard()
+
+
+def _too_large(w: int, h: int, limit: int, var: str) -> InputTooLarge:
+    return InputTooLarge(f"image is {w}x{h} pixels; the limit is {limit} pixels ({var})")
+
+
+def _check_header(im: Image.Image, sniffed: str, limits: Limits) -> int:
+    """Every page's size against the limits, from headers only; returns the page count."""
+    fmt = (im.format or "").upper()
+    if fmt != _FORMAT[sniffed]:
+        raise ContentTypeMismatch(
+            f"content starts like {sniffed} but decodes as {fmt or 'unknown'}"
+        )
+    decoded = sniffed in _DECODED
+    limit = (
+        limits.max_decode_pixels // _DECODE_COST.get(sniffed, 1) if decoded else limits.max_pixels
+    )
+    var = "FHIR_IMAGES_MAX_DECODE_PIXELS" if decoded else "FHIR_IMAGES_MAX_PIXELS"
+    if sniffed in ("image/png", "image/webp") and (
+        getattr(im, "is_animated", False) or getattr(im, "n_frames", 1) > 1
+    ):
+        raise UnsupportedMediaType(
+            "animated images are not accepted: send a moving image as a video"
+        )
+    pages, total = 0, 0
+    while True:
+        w, h = im.size
+        if w <= 0 or h <= 0:
+            raise CorruptMedia(f"{sniffed} content has no pixels")
+        if w > limits.max_side or h > limits.max_side:
+            raise InputTooLarge(
+                f"image is {w}x{h} pixels; the limit is {limits.max_side} pixels a side"
+            )
+        pages += 1
+        total += w * h
+        if total > limit:
+            raise _too_large(w, h, limit, var)
+        if sniffed != "image/tiff":
+            return 1
+        if pages > limits.max_pages:
+            raise InputTooLarge(
+                f"the TIFF has more than {limits.max_pages} pages (FHIR_IMAGES_MAX_PAGES)"
+            )
+        try:
+            im.seek(pages)
+        except EOFError:
+            im.seek(0)
+            return pages
 
 
 def _image(data: bytes, sniffed: str, limits: Limits, workdir: Path) -> IntakeResult:
     if len(data) > limits.max_image_bytes:
         raise InputTooLarge(
-            f"image is {len(data)} bytes; the limit is {limits.max_image_bytes} "
-            "(FHIR_IMAGES_MAX_IMAGE_BYTES)"
+            f"image is over {limits.max_image_bytes} bytes (FHIR_IMAGES_MAX_IMAGE_BYTES)"
         )
     if sniffed == "image/heic":
         _register_heif()
-    im = _open_checked(data, sniffed, limits)
-    removed = _sensitive_metadata(im, data)
-    orientation = _orientation(im)
-    icc = im.info.get("icc_profile")
-    notes: list[str] = []
-    converted_from = None
-    if sniffed == "image/jpeg":
-        stored = _strip_jpeg(data, orientation)
+    with _pillow_limits(limits), _decode_errors(sniffed):
+        im = Image.open(io.BytesIO(data))
+        pages = _check_header(im, sniffed, limits)
+        width, height = im.size
+        # PNG keeps its EXIF anywhere in the file and Pillow decodes the whole image to find
+        # it: read the eXIf chunk ourselves instead
+        exif = _png_exif(data) if sniffed == "image/png" else im.getexif()
+        removed = _sensitive_metadata(exif, im.info, data)
+        if sniffed == "image/png" and _png_has_text(data):
+            removed.add("comments")
+        orientation = _orientation(exif)
+        icc = im.info.get("icc_profile")
+        notes: list[str] = []
+        converted_from = None
         stored_type = sniffed
-    elif sniffed == "image/png":
-        stored = _strip_png(data, orientation)
-        stored_type = sniffed
-    elif sniffed == "image/webp":
-        stored = _strip_webp(data, orientation)
-        stored_type = sniffed
-    elif sniffed == "image/tiff":
-        stored = _resave(
-            im, "TIFF", orientation, icc, compression=im.info.get("compression", "raw")
-        )
-        stored_type = sniffed
-    else:  # HEIC/HEIF: a JPEG rendition; libheif has already applied the stored rotation
-        stored = _resave(im.convert("RGB"), "JPEG", None, icc, quality=92)
-        stored_type = "image/jpeg"
-        converted_from = sniffed
-        orientation = 1
-        notes.append("converted from HEIC to JPEG for viewing; the HEIC original is not kept")
-    _verify_stored(stored, stored_type)
+        if sniffed == "image/jpeg":
+            stored = _strip_jpeg(data, orientation, width, height)
+            _verify_jpeg(stored, width, height)
+        elif sniffed == "image/png":
+            stored = _strip_png(data, orientation)
+        elif sniffed == "image/webp":
+            stored = _strip_webp(data, orientation)
+            _verify_decoded(stored, width, height)
+        elif sniffed == "image/tiff":
+            stored = _resave(
+                im, "TIFF", orientation, icc, compression=im.info.get("compression", "raw")
+            )
+        else:  # HEIC/HEIF: a JPEG rendition; libheif has already applied the stored rotation
+            im.load()
+            if im.size != (width, height):
+                raise CorruptMedia("image/heic: the decoded size differs from the header")
+            rgb = im if im.mode == "RGB" else im.convert("RGB")
+            stored = _resave(rgb, "JPEG", None, icc, quality=92)
+            del rgb
+            stored_type = "image/jpeg"
+            converted_from = sniffed
+            orientation = 1
+            notes.append("converted from HEIC to JPEG for viewing; the HEIC original is not kept")
+        im.close()
     out = _write_new(workdir, stored)
     facts = ImageFacts(
         media_type=stored_type,
@@ -332,9 +490,9 @@ def _image(data: bytes, sniffed: str, limits: Limits, workdir: Path) -> IntakeRe
         original_media_type=sniffed,
         original_size=len(data),
         original_sha256_hex=hashlib.sha256(data).hexdigest(),
-        width=im.width,
-        height=im.height,
-        frames=getattr(im, "n_frames", 1),
+        width=width,
+        height=height,
+        frames=pages,
         orientation=orientation,
         icc_profile_kept=bool(icc),
         metadata_removed=tuple(sorted(removed)),
@@ -362,56 +520,54 @@ def _register_heif() -> None:
         _heif_registered = True
 
 
-def _open_checked(data: bytes, sniffed: str, limits: Limits) -> Image.Image:
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            im = Image.open(io.BytesIO(data))
-            w, h = im.size
-            if w <= 0 or h <= 0:
-                raise CorruptMedia(f"{sniffed} content has no pixels")
-            if w > limits.max_side or h > limits.max_side or w * h > limits.max_pixels:
-                raise InputTooLarge(
-                    f"image is {w}x{h} pixels; the limit is {limits.max_pixels} pixels and "
-                    f"{limits.max_side} per side (FHIR_IMAGES_MAX_PIXELS)"
-                )
-            if sniffed == "image/jpeg":
-                # decode a reduced-scale version: proves the stream, costs 1/64 of the memory
-                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
-                im.load()
-                im = Image.open(io.BytesIO(data))
-            else:
-                im.load()
-    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise InputTooLarge(f"image refused as a decompression bomb: {exc}") from exc
-    except UnidentifiedImageError as exc:
-        raise CorruptMedia(f"content looks like {sniffed} but cannot be decoded") from exc
-    except (OSError, SyntaxError, ValueError, struct.error, EOFError) as exc:
-        raise CorruptMedia(f"content looks like {sniffed} but is damaged: {exc}") from exc
-    fmt = (im.format or "").upper()
-    expected = {
-        "image/jpeg": "JPEG",
-        "image/png": "PNG",
-        "image/webp": "WEBP",
-        "image/tiff": "TIFF",
-        "image/heic": "HEIF",
-    }[sniffed]
-    if fmt != expected:
-        raise ContentTypeMismatch(
-            f"content starts like {sniffed} but decodes as {fmt or 'unknown'}"
-        )
-    return im
-
-
-def _orientation(im: Image.Image) -> int | None:
-    value = im.getexif().get(_ORIENTATION)
+def _orientation(exif: Image.Exif) -> int | None:
+    value = exif.get(_ORIENTATION)
     return int(value) if isinstance(value, int) and 1 <= value <= 8 else None
 
 
-def _sensitive_metadata(im: Image.Image, data: bytes) -> set[str]:
+def _png_chunk_types(data: bytes) -> Iterator[tuple[bytes, int, int]]:
+    """(type, start of payload, length) of each PNG chunk, without checking them."""
+    pos = 8
+    while pos + 8 <= len(data):
+        length = struct.unpack(">I", data[pos : pos + 4])[0]
+        yield data[pos + 4 : pos + 8], pos + 8, length
+        pos += 12 + length
+
+
+def _png_exif(data: bytes) -> Image.Exif:
+    exif = Image.Exif()
+    for kind, start, length in _png_chunk_types(data):
+        if kind == b"eXIf":
+            with contextlib.suppress(Exception):  # unreadable EXIF is dropped all the same
+                exif.load(b"Exif\x00\x00" + data[start : start + length])
+            break
+    return exif
+
+
+def _png_has_text(data: bytes) -> bool:
+    return any(k in (b"tEXt", b"zTXt", b"iTXt") for k, _, _ in _png_chunk_types(data))
+
+
+def _verify_jpeg(stored: bytes, width: int, height: int) -> None:
+    """Decode the rewritten JPEG at 1/8 scale: proves the stream, costs 1/64 of the memory."""
+    im = Image.open(io.BytesIO(stored))
+    im.draft("RGB", (max(1, width // 8), max(1, height // 8)))
+    im.load()
+    if im.size[0] * 8 < width or im.size[1] * 8 < height:
+        raise CorruptMedia("image/jpeg: the decoded size differs from the header")
+
+
+def _verify_decoded(stored: bytes, width: int, height: int) -> None:
+    im = Image.open(io.BytesIO(stored))
+    im.load()
+    if im.size != (width, height):
+        raise CorruptMedia("the decoded size differs from the header")
+    im.close()
+
+
+def _sensitive_metadata(exif: Image.Exif, info: Mapping[Any, Any], data: bytes) -> set[str]:
     """Names of the identifying metadata present (all of it is removed)."""
     found: set[str] = set()
-    exif = im.getexif()
     if exif.get_ifd(_GPS_IFD) or _GPS_IFD in exif:
         found.add("GPS location")
     sub = exif.get_ifd(_EXIF_IFD)
@@ -420,7 +576,6 @@ def _sensitive_metadata(im: Image.Image, data: bytes) -> set[str]:
             found.add("device identifiers")
     if any(k for k in exif if k not in (_ORIENTATION, _GPS_IFD, _EXIF_IFD)) or sub:
         found.add("other EXIF")
-    info = im.info
     if "xmp" in info or b"http://ns.adobe.com/xap/1.0/" in data[:_CHUNK]:
         found.add("XMP")
     if any(k in info for k in ("comment", "Comment", "Description", "Author", "Title")):
@@ -439,12 +594,14 @@ def _exif_orientation_only(orientation: int | None) -> bytes | None:
     return blob if blob.startswith(b"Exif\x00\x00") else b"Exif\x00\x00" + blob
 
 
-def _strip_jpeg(data: bytes, orientation: int | None) -> bytes:
+def _strip_jpeg(data: bytes, orientation: int | None, width: int, height: int) -> bytes:
     """Rewrite a JPEG's segments: keep JFIF, ICC, Adobe and the image; drop everything else.
 
-    The entropy-coded data is copied byte for byte, so no quality is lost.
-    Anything after the end-of-image marker (multi-picture secondary images,
-    vendor trailers) is dropped too.
+    The entropy-coded data is copied byte for byte, so no quality is lost. Anything after the
+    end-of-image marker (multi-picture secondary images, vendor trailers) is dropped too. The
+    entropy-coded data must be long enough for the declared size: every 8x8 block of the
+    picture costs at least one bit, so a header that promises more pixels than the data can
+    hold (a small picture relabelled as a large one) is refused.
     """
     if data[:2] != b"\xff\xd8":
         raise CorruptMedia("JPEG does not start with SOI")
@@ -453,6 +610,8 @@ def _strip_jpeg(data: bytes, orientation: int | None) -> bytes:
     inserted = False
     pos = 2
     n = len(data)
+    scan_bytes = 0
+    ended = False
     while pos < n:
         if data[pos] != 0xFF:
             raise CorruptMedia("JPEG segment structure is damaged")
@@ -463,6 +622,7 @@ def _strip_jpeg(data: bytes, orientation: int | None) -> bytes:
         marker = data[pos]
         pos += 1
         if marker == 0xD9:
+            ended = True
             break
         if 0xD0 <= marker <= 0xD7 or marker == 0x01:
             out += bytes([0xFF, marker])
@@ -471,7 +631,7 @@ def _strip_jpeg(data: bytes, orientation: int | None) -> bytes:
             raise CorruptMedia("JPEG segment is truncated")
         length = struct.unpack(">H", data[pos : pos + 2])[0]
         segment = data[pos + 2 : pos + length]
-        if len(segment) != length - 2:
+        if length < 2 or len(segment) != length - 2:
             raise CorruptMedia("JPEG segment is truncated")
         keep = (
             marker in (0xE0, 0xEE)
@@ -487,7 +647,16 @@ def _strip_jpeg(data: bytes, orientation: int | None) -> bytes:
         if marker == 0xDA:  # start of scan: copy entropy data up to the next real marker
             end = _scan_end(data, pos)
             out += data[pos:end]
+            scan_bytes += end - pos
             pos = end
+    if not ended:
+        raise CorruptMedia("JPEG image data is truncated (no end-of-image marker)")
+    blocks = ((width + 7) // 8) * ((height + 7) // 8)
+    if scan_bytes * 8 < blocks:
+        raise CorruptMedia(
+            "JPEG image data is too short for the size its header declares "
+            "(the header may have been altered)"
+        )
     out += b"\xff\xd9"
     return bytes(out)
 
@@ -514,6 +683,8 @@ def _png_chunks(data: bytes) -> Iterator[tuple[bytes, bytes]]:
         chunk = data[pos : pos + 12 + length]
         if len(chunk) != 12 + length:
             raise CorruptMedia("PNG chunk is truncated")
+        if zlib.crc32(chunk[4:-4]) & 0xFFFFFFFF != struct.unpack(">I", chunk[-4:])[0]:
+            raise CorruptMedia("PNG chunk is damaged (checksum)")
         yield kind, chunk
         pos += 12 + length
         if kind == b"IEND":
@@ -530,17 +701,71 @@ def _png_chunk(kind: bytes, payload: bytes) -> bytes:
     )
 
 
+_PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
+_PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def _png_raw_size(ihdr: bytes) -> int:
+    """The number of bytes the image data must inflate to, from the header (interlacing too)."""
+    width, height, depth, color, _, _, interlace = struct.unpack(">IIBBBBB", ihdr)
+    if color not in _PNG_CHANNELS or depth not in _PNG_DEPTHS[color] or interlace > 1:
+        raise CorruptMedia("PNG header describes no valid image")
+    bits = depth * _PNG_CHANNELS[color]
+
+    def rows(w: int, h: int) -> int:
+        return 0 if w == 0 or h == 0 else h * (1 + (w * bits + 7) // 8)
+
+    if not interlace:
+        return rows(width, height)
+    passes = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2))
+    total = sum(
+        rows((width - x + dx - 1) // dx, (height - y + dy - 1) // dy)
+        for x, y, dx, dy in (*passes, (0, 1, 1, 2))
+    )
+    return total
+
+
 def _strip_png(data: bytes, orientation: int | None) -> bytes:
-    """Drop text, time and EXIF chunks from a PNG; keep every pixel and colour chunk."""
+    """Drop text, time and EXIF chunks from a PNG; keep every pixel and colour chunk.
+
+    The image data is inflated as a stream (never held decoded) and must produce exactly the
+    number of bytes the header promises: a cut or padded image is refused.
+    """
     drop = {b"tEXt", b"zTXt", b"iTXt", b"tIME", b"eXIf"}
     exif = _exif_orientation_only(orientation)
     out = bytearray(data[:8])
+    inflater = zlib.decompressobj()
+    produced, expected = 0, None
     for kind, chunk in _png_chunks(data):
-        if kind == b"IDAT" and exif is not None:
-            out += _png_chunk(b"eXIf", exif[6:])
-            exif = None
+        if kind == b"IHDR":
+            expected = _png_raw_size(chunk[8:-4])
+        elif kind in (b"acTL", b"fcTL", b"fdAT"):
+            raise UnsupportedMediaType(
+                "animated images are not accepted: send a moving image as a video"
+            )
+        elif kind == b"IDAT":
+            if expected is None:
+                raise CorruptMedia("PNG image data comes before its header")
+            pending = chunk[8:-4]
+            while pending:
+                try:
+                    produced += len(inflater.decompress(pending, _CHUNK))
+                except zlib.error:
+                    raise CorruptMedia("PNG image data is damaged") from None
+                if produced > expected:
+                    raise CorruptMedia("PNG image data is larger than its header declares")
+                pending = inflater.unconsumed_tail
+            if exif is not None:
+                out += _png_chunk(b"eXIf", exif[6:])
+                exif = None
         if kind not in drop:
             out += chunk
+    try:
+        produced += len(inflater.flush())
+    except zlib.error:
+        raise CorruptMedia("PNG image data is damaged") from None
+    if expected is None or produced != expected or not inflater.eof:
+        raise CorruptMedia("PNG image data is cut short or does not match its header")
     return bytes(out)
 
 
@@ -548,6 +773,8 @@ def _strip_webp(data: bytes, orientation: int | None) -> bytes:
     """Drop the EXIF and XMP chunks of a WebP (RIFF) file and fix the header flags."""
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         raise CorruptMedia("WebP header is damaged")
+    if struct.unpack("<I", data[4:8])[0] + 8 > len(data):
+        raise CorruptMedia("WebP is cut short: its header claims more data than there is")
     chunks: list[tuple[bytes, bytes]] = []
     pos = 12
     while pos + 8 <= len(data):
@@ -556,8 +783,14 @@ def _strip_webp(data: bytes, orientation: int | None) -> bytes:
         body = data[pos + 8 : pos + 8 + size]
         if len(body) != size:
             raise CorruptMedia("WebP chunk is truncated")
+        if kind in (b"ANIM", b"ANMF"):
+            raise UnsupportedMediaType(
+                "animated images are not accepted: send a moving image as a video"
+            )
         chunks.append((kind, body))
         pos += 8 + size + (size & 1)
+    if not chunks:
+        raise CorruptMedia("WebP holds no image")
     exif = _exif_orientation_only(orientation)
     kept = [(k, b) for k, b in chunks if k not in (b"EXIF", b"XMP ")]
     if exif is not None:
@@ -581,7 +814,8 @@ def _resave(
 ) -> bytes:
     out = io.BytesIO()
     if fmt == "TIFF":
-        # plain Images: none of the source's TIFF tags (make, model, ...) carry over
+        # plain Images: none of the source's TIFF tags (make, model, ...) carry over; the
+        # pages' total is bounded by max_decode_pixels, checked from their headers
         from PIL import ImageSequence
 
         frames = [frame.copy() for frame in ImageSequence.Iterator(im)]
@@ -602,16 +836,6 @@ def _resave(
     return out.getvalue()
 
 
-def _verify_stored(stored: bytes, media_type: str) -> None:
-    try:
-        im = Image.open(io.BytesIO(stored))
-        if media_type == "image/jpeg":
-            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
-        im.load()
-    except Exception as exc:  # the stripped result must decode, or nothing is stored
-        raise CorruptMedia(f"image could not be rewritten without metadata: {exc}") from exc
-
-
 def _write_new(workdir: Path, data: bytes) -> Path:
     fd, name = tempfile.mkstemp(prefix="intake-", dir=workdir)
     with os.fdopen(fd, "wb") as f:
@@ -619,21 +843,48 @@ def _write_new(workdir: Path, data: bytes) -> Path:
     return Path(name)
 
 
+def decode_for_copy(data: bytes, limits: Limits) -> Image.Image:
+    """Decode an image read back from a server through the same gate as intake, upright and as
+    RGB pixels (for an anonymised copy). Raises BadInput subclasses."""
+    from PIL import ImageOps
+
+    sniffed = sniff(data[:8192])
+    if ACCEPTED[sniffed] != "image":
+        raise UnsupportedMediaType(f"content is {sniffed}, not a still image")
+    if sniffed == "image/heic":
+        _register_heif()
+    with _pillow_limits(limits), _decode_errors(sniffed):
+        im = Image.open(io.BytesIO(data))
+        _check_header(im, sniffed, limits)
+        w, h = im.size
+        limit = limits.max_decode_pixels // _DECODE_COST.get(sniffed, 1)
+        if w * h > limit:
+            raise _too_large(w, h, limit, "FHIR_IMAGES_MAX_DECODE_PIXELS")
+        im.load()
+        return ImageOps.exif_transpose(im).convert("RGB")
+
+
 # ------------------------------------------------------------------- video and audio
 
 
-def _av(f: IO[bytes], sniffed: str, limits: Limits, workdir: Path) -> IntakeResult:
-    """Stream a recording into a new file, hashing as it goes."""
+def _av(f: IO[bytes], size: int, sniffed: str, limits: Limits, workdir: Path) -> IntakeResult:
+    """Stream a recording into a new file, hashing as it goes, then check its structure."""
+    from ._avcheck import check_recording
+
+    if size > limits.max_av_bytes:
+        raise InputTooLarge(
+            f"recording is over the limit of {limits.max_av_bytes} bytes (FHIR_IMAGES_MAX_AV_BYTES)"
+        )
     sha1 = hashlib.sha1()
     sha256 = hashlib.sha256()
-    size = 0
+    copied = 0
     fd, name = tempfile.mkstemp(prefix="intake-", dir=workdir)
     out_path = Path(name)
     try:
         with os.fdopen(fd, "wb") as out:
             while chunk := f.read(_CHUNK):
-                size += len(chunk)
-                if size > limits.max_av_bytes:
+                copied += len(chunk)
+                if copied > limits.max_av_bytes:
                     raise InputTooLarge(
                         f"recording is over the limit of {limits.max_av_bytes} bytes "
                         "(FHIR_IMAGES_MAX_AV_BYTES)"
@@ -641,7 +892,8 @@ def _av(f: IO[bytes], sniffed: str, limits: Limits, workdir: Path) -> IntakeResu
                 sha1.update(chunk)
                 sha256.update(chunk)
                 out.write(chunk)
-        width, height, duration = _av_metadata(out_path, sniffed)
+        with out_path.open("rb") as stored:
+            av = check_recording(stored, copied, sniffed)
     except BaseException:
         out_path.unlink(missing_ok=True)
         raise
@@ -650,62 +902,17 @@ def _av(f: IO[bytes], sniffed: str, limits: Limits, workdir: Path) -> IntakeResu
     facts = ImageFacts(
         media_type=sniffed,
         category=category,
-        size=size,
+        size=copied,
         sha1_b64=base64.b64encode(sha1.digest()).decode(),
         sha256_hex=digest,
         original_media_type=sniffed,
-        original_size=size,
+        original_size=copied,
         original_sha256_hex=digest,
-        width=width,
-        height=height,
-        duration_s=duration,
+        width=av.width if category == "video" else None,
+        height=av.height if category == "video" else None,
+        duration_s=av.duration_s,
         metadata_checked=False,
         notes=("container metadata of recordings is kept as received",),
     )
-    log.info("intake %s type=%s bytes=%d", category, sniffed, size)
+    log.info("intake %s type=%s bytes=%d", category, sniffed, copied)
     return IntakeResult(facts, out_path)
-
-
-def _av_metadata(path: Path, sniffed: str) -> tuple[int | None, int | None, float | None]:
-    from hachoir.core import config as hachoir_config
-    from hachoir.metadata import extractMetadata
-    from hachoir.parser import createParser
-
-    hachoir_config.quiet = True
-    try:
-        parser = createParser(str(path))
-        if parser is None:
-            raise CorruptMedia(f"content looks like {sniffed} but its container cannot be read")
-        with parser:
-            md = extractMetadata(parser)
-    except CorruptMedia:
-        raise
-    except Exception as exc:
-        raise CorruptMedia(f"content looks like {sniffed} but its container is damaged") from exc
-    if md is None:
-        return None, None, None
-
-    def get(key: str) -> object:
-        return md.get(key) if md.has(key) else None
-
-    width, height, duration = get("width"), get("height"), get("duration")
-    seconds = duration.total_seconds() if duration is not None else None  # type: ignore[attr-defined]
-    return (
-        int(width) if isinstance(width, int) else None,
-        int(height) if isinstance(height, int) else None,
-        float(seconds) if seconds is not None else None,
-    )
-
-
-def decode_for_copy(data: bytes, limits: Limits) -> Image.Image:
-    """Decode an image read back from a server, through the same checks as intake, upright and
-    as RGB pixels (for an anonymised copy). Raises BadInput subclasses."""
-    from PIL import ImageOps
-
-    sniffed = sniff(data[:8192])
-    if ACCEPTED[sniffed] != "image":
-        raise UnsupportedMediaType(f"content is {sniffed}, not a still image")
-    if sniffed == "image/heic":
-        _register_heif()
-    im = _open_checked(data, sniffed, limits)
-    return ImageOps.exif_transpose(im).convert("RGB")

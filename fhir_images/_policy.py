@@ -463,6 +463,8 @@ class Policy:
     labels: Callable[[Situation], SecurityLabels] = default_labels
 
     def decide(self, ctx: ClinicalContext, consent: ConsentRecord | None = None) -> Decision:
+        if consent is not None and consent.date.date() < ctx.birth_date:
+            raise InvalidContext("invalid consent: date: is before the patient's birth date")
         s = Situation(ctx, consent)
         reasons = [reason for check in self.checks for reason in check(s)]
         outcome = max((r.outcome for r in reasons), key=_SEVERITY.__getitem__, default=STORE)

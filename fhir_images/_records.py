@@ -6,19 +6,17 @@ image, and the Provenance that records a change of a Consent.
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime
 from typing import Any
 
 from . import _codes as c
+from ._inputs import reference_parts
 from ._transport import FhirClient
-
-_REF = re.compile(r"^[A-Z][A-Za-z]{1,63}/[A-Za-z0-9\-.]{1,64}$")
 
 
 def is_reference(value: str) -> bool:
     """A relative FHIR reference ``Type/id`` (id as FHIR's id rules allow)."""
-    return bool(_REF.match(value))
+    return reference_parts(value) is not None
 
 
 def who(value: str) -> dict[str, str]:

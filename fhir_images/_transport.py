@@ -147,7 +147,7 @@ _STATUS_ERRORS: dict[int, type[ServerError]] = {
 }
 
 
-def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
+def error_for(response: requests.Response, *, idempotent: bool, base: str = "") -> ServerError:
     """The typed error for an HTTP error response (never includes request bodies)."""
     try:
         body = response.json()
@@ -159,7 +159,7 @@ def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
     cls = _STATUS_ERRORS.get(response.status_code, ServerError)
     # 429 and 503 say the request was not processed; after a 502/504 it may have been
     retry_safe = idempotent if response.status_code in (502, 504) else None
-    message = f"{response.request.method} {_path(response.url)}: HTTP {response.status_code}"
+    message = f"{response.request.method} {_path(response.url, base)}: HTTP {response.status_code}"
     if codes:
         message += f" ({', '.join(codes)})"
     return cls(
@@ -171,21 +171,29 @@ def error_for(response: requests.Response, *, idempotent: bool) -> ServerError:
     )
 
 
-def _path(url: str) -> str:
-    """The URL's path without its query string (queries carry identifiers; never log them).
-
-    Only the resource type and the interaction remain: ids go too (an id can be chosen by
-    whoever created the resource, so it may carry a name)."""
-    path = url.split("?", 1)[0].split("://", 1)[-1]
-    path = path.split("/", 1)[1] if "/" in path else ""
+def _path(url: str, base: str = "") -> str:
+    """The URL's FHIR path without its query string or ids (queries carry identifiers, and an id
+    can be chosen by whoever created the resource, so it may carry a name): ``/Media/{id}``.
+    ``base``, the server's base URL, is cut off first when the URL starts with it."""
+    url = url.split("?", 1)[0]
+    if base and url.startswith(base):
+        path = url[len(base) :]
+    else:
+        path = url.split("://", 1)[-1]
+        path = path.split("/", 1)[1] if "/" in path else ""
     parts = [p for p in path.split("/") if p]
-    # keep the FHIR part: from the first segment that looks like a resource type or operation
-    out = []
+    out: list[str] = []
+    expect = "type"
     for p in parts:
-        if p[:1].isupper() or p.startswith("$") or p == "_history":
+        if p.startswith("$") or p == "_history":
             out.append(p)
-        elif out and not out[-1].startswith("$"):
+            expect = "id" if p == "_history" else "type"
+        elif expect == "id":
             out.append("{id}")
+            expect = "op"
+        elif p[:1].isupper():
+            out.append(p)
+            expect = "id"
     return "/" + "/".join(out)
 
 
@@ -312,17 +320,18 @@ class FhirClient:
                 )
                 error: ServerError | None = None
                 if response.status_code >= 400 and response.status_code not in ok:
-                    error = error_for(response, idempotent=idempotent)
+                    error = error_for(response, idempotent=idempotent, base=self.base_url)
             except requests.exceptions.ConnectionError as exc:
                 sent = not _before_send(exc)
                 error = ServerUnavailable(
-                    f"{method} {_path(url)}: cannot connect ({type(exc).__name__})",
+                    f"{method} {_path(url, self.base_url)}: cannot connect ({type(exc).__name__})",
                     retry_safe=(not sent) or idempotent,
                 )
             except requests.exceptions.Timeout as exc:
                 connect = isinstance(exc, requests.exceptions.ConnectTimeout)
                 error = ServerUnavailable(
-                    f"{method} {_path(url)}: timed out", retry_safe=connect or idempotent
+                    f"{method} {_path(url, self.base_url)}: timed out",
+                    retry_safe=connect or idempotent,
                 )
             finally:
                 if hasattr(body, "close"):
@@ -343,7 +352,7 @@ class FhirClient:
             log.warning(
                 "retrying %s %s after %s (attempt %d, %.2fs)",
                 method,
-                _path(url),
+                _path(url, self.base_url),
                 type(error).__name__,
                 attempt + 1,
                 pause,
@@ -354,8 +363,9 @@ class FhirClient:
         try:
             return response.json()
         except ValueError:
+            where = _path(response.url, self.base_url)
             raise BadResponse(
-                f"{response.request.method} {_path(response.url)}: the answer is not JSON",
+                f"{response.request.method} {where}: the answer is not JSON",
                 status=response.status_code,
             ) from None
 

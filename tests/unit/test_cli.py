@@ -21,7 +21,7 @@ EXPECTED = {
     "04-parent-unsolicited-intimate-confirmed.yaml": (0, "store", "V"),
     "05-strict-policy-intimate-child.yaml": (4, "refuse", "V"),
     "06-no-purpose.yaml": (4, "refuse", "N"),
-    "07-pdf-renamed-jpg.yaml": (2, "bad-input", None),
+    "bad-input/07-pdf-renamed-jpg.yaml": (2, "bad-input", None),
     "08-clinician-wound-photo.yaml": (0, "store", "N"),
     "09-teen-own-photo-heic.yaml": (0, "store", "R"),
     "10-grandparent-no-parental-responsibility.yaml": (3, "hold", "R"),
@@ -40,7 +40,26 @@ def test_version():
 
 
 def test_every_example_case_is_covered():
-    assert {p.name for p in (EXAMPLES / "cases").glob("*.yaml")} == set(EXPECTED)
+    cases = EXAMPLES / "cases"
+    assert {str(p.relative_to(cases)) for p in cases.rglob("*.yaml")} == set(EXPECTED)
+
+
+def test_the_readme_command_over_the_examples_succeeds(tmp_path):
+    """The main command of the README: every good example gets a decision, exit 0."""
+    cases = sorted(str(p) for p in (EXAMPLES / "cases").glob("*.yaml"))
+    result = run("ingest", "--batch", "--json", "--outbox", str(tmp_path / "ob"), *cases)
+    assert result.exit_code == 0, result.output
+    decisions = [json.loads(line)["decision"] for line in result.output.splitlines()]
+    assert {"store", "hold", "refuse"} == set(decisions)
+    bad = run(
+        "ingest",
+        "--batch",
+        "--outbox",
+        str(tmp_path / "ob"),
+        *cases,
+        str(EXAMPLES / "cases" / "bad-input" / "07-pdf-renamed-jpg.yaml"),
+    )
+    assert bad.exit_code == 2, "bad input still fails a batch"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -179,6 +198,7 @@ def test_png_named_jpg_is_a_type_mismatch(tmp_path):
 def test_missing_file_is_bad_input(tmp_path):
     result = run(
         "ingest",
+        "--json",
         "--outbox",
         str(tmp_path / "ob"),
         str(tmp_path / "nope.jpg"),
@@ -190,7 +210,7 @@ def test_missing_file_is_bad_input(tmp_path):
         "patient",
     )
     assert result.exit_code == 2
-    assert "cannot read" in result.output
+    assert "cannot be read" in json.loads(result.output)["error"]
 
 
 def test_broken_case_file_is_bad_input(tmp_path):

@@ -4,6 +4,7 @@ import json
 import time
 
 import pytest
+import requests
 import responses
 from starlette.testclient import TestClient
 
@@ -114,11 +115,35 @@ def service():
 def wait_for(client, key, value, timeout=10.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        health = client.get("/health").json()
+        health = client.get("/health", headers={SECRET_HEADER: SECRET}).json()
         if health[key] >= value:
             return health
         time.sleep(0.05)
     raise AssertionError(f"{key} never reached {value}: {health}")
+
+
+def test_health_shows_ids_only_to_callers_with_the_secret(service):
+    service.stats.recent_failures.append("Media/secret-id: ServerUnavailable")
+    with TestClient(service.app) as client:
+        anyone = client.get("/health").json()
+        insider = client.get("/health", headers={SECRET_HEADER: SECRET}).json()
+    assert "recent_failures" not in anyone and "secret-id" not in json.dumps(anyone)
+    assert insider["recent_failures"] == ["Media/secret-id: ServerUnavailable"]
+
+
+@pytest.mark.parametrize("rid", ["ab\u00e9c", "a..b", "..", "a" * 65, "a%20b", "a_b"])
+def test_ids_outside_fhirs_rules_are_not_queued(service, rid):
+    with TestClient(service.app) as client:
+        r = client.put(f"/hook/Media/{rid}", headers={SECRET_HEADER: SECRET})
+        assert r.status_code in (400, 404), rid
+        assert client.get("/health").json()["queued"] == 0
+
+
+def test_a_body_over_the_cap_is_refused_without_being_read(service):
+    service.max_body = 1000
+    with TestClient(service.app) as client:
+        r = client.put("/hook/Media/m1", headers={SECRET_HEADER: SECRET}, content=b"x" * 5000)
+    assert r.status_code == 413 and service.stats.rejected == 1
 
 
 def test_secret_is_required(service):
@@ -205,3 +230,88 @@ def test_logs_carry_no_patient_data(service, caplog):
             content=json.dumps(media(subject={"reference": "Patient/nhs-943-476-5919"})),
         )
     assert "943" not in caplog.text
+
+
+def _serve(service, header_timeout=10.0, max_idle=256):
+    import socket
+    import threading
+
+    import uvicorn
+
+    from fhir_images._hook import guarded_protocol
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = uvicorn.Server(
+        uvicorn.Config(
+            service.app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            http=guarded_protocol(header_timeout, max_idle),
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    return server, thread, port
+
+
+def test_idle_connections_do_not_delay_a_real_notification(service, monkeypatch):
+    """300 connections that never finish their request head (no secret needed to open them)
+    once made every notification 503. Now they are closed, oldest first."""
+    import socket
+
+    import fhir_images._hook as hook
+
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: [])
+    server, thread, port = _serve(service, header_timeout=60.0, max_idle=100)
+    idle = []
+    try:
+        for _ in range(300):
+            s = socket.create_connection(("127.0.0.1", port))
+            s.sendall(b"PUT /hook/Media/1 HTTP/1.1\r\nHost: x\r\n")  # never finished
+            idle.append(s)
+        started = time.monotonic()
+        r = requests.put(
+            f"http://127.0.0.1:{port}/hook/Media/m1", headers={SECRET_HEADER: SECRET}, timeout=10
+        )
+        took = time.monotonic() - started
+        assert r.status_code == 202, r.text
+        assert took < 5.0, f"a notification waited {took:.1f} s behind idle connections"
+        time.sleep(1.0)
+        closed = 0
+        for s in idle:
+            s.setblocking(False)
+            try:
+                closed += s.recv(1) == b""
+            except BlockingIOError:
+                pass
+            except OSError:  # reset: closed with our unread bytes still in its buffer
+                closed += 1
+        assert closed >= 190, f"only {closed} of 300 idle connections were let go"
+    finally:
+        for s in idle:
+            s.close()
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_a_connection_that_sends_no_request_head_is_closed(service):
+    import socket
+
+    server, thread, port = _serve(service, header_timeout=0.5)
+    try:
+        s = socket.create_connection(("127.0.0.1", port))
+        s.settimeout(5)
+        started = time.monotonic()
+        assert s.recv(10) == b"", "closed by the server"
+        assert time.monotonic() - started < 4
+        s.close()
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

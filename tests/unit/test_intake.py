@@ -11,6 +11,7 @@ from fhir_images import (
     ContentTypeMismatch,
     CorruptMedia,
     InputTooLarge,
+    InvalidSetting,
     Limits,
     UnsupportedMediaType,
     intake,
@@ -193,5 +194,5 @@ def test_limits_from_env(monkeypatch):
     monkeypatch.setenv("FHIR_IMAGES_MAX_IMAGE_BYTES", "1234")
     assert Limits.from_env().max_image_bytes == 1234
     monkeypatch.setenv("FHIR_IMAGES_MAX_IMAGE_BYTES", "lots")
-    with pytest.raises(ValueError, match="FHIR_IMAGES_MAX_IMAGE_BYTES"):
+    with pytest.raises(InvalidSetting, match="FHIR_IMAGES_MAX_IMAGE_BYTES"):
         Limits.from_env()

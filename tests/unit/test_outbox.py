@@ -242,8 +242,7 @@ def test_outbox_folder_unusable(tmp_path):
 def test_an_entry_is_delivered_by_one_process_at_a_time(outbox):
     entry = ingest(synthetic.jpeg(), make_context(), make_consent(), outbox=outbox).entry
     other = Outbox(outbox.root)
-    with outbox.claim(entry.id) as first:
-        with other.claim(entry.id) as second:
-            assert first and not second
+    with outbox.claim(entry.id) as first, other.claim(entry.id) as second:
+        assert first and not second
     with other.claim(entry.id) as again:
         assert again, "released when the first is done"
