@@ -211,8 +211,11 @@ def main() -> None:
         if failed:
             sys.exit(f"{len(failed)} deliveries failed: {failed[0].error}")
 
-        print(f"{args.count} photos, {total / 2**20:.0f} MB: floor {t_floor:.2f} s, "
-              f"naive {t_naive:.2f} s, ours {t_ours:.2f} s", flush=True)
+        print(
+            f"{args.count} photos, {total / 2**20:.0f} MB: floor {t_floor:.2f} s, "
+            f"naive {t_naive:.2f} s, ours {t_ours:.2f} s",
+            flush=True,
+        )
         mem = video_memory(base, patient, args.video_mb, work)
 
     figures = {
