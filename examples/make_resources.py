@@ -36,7 +36,8 @@ from fhir_images import (
     parse_context,
 )
 from fhir_images._intake import claimed_type_from_name
-from fhir_images._lifecycle import audit_destruction, audit_disclosure
+from fhir_images._lifecycle import disclosure_audit as audit_disclosure
+from fhir_images.fhir.r4 import R4
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "resources"
@@ -116,7 +117,7 @@ def disclosure_audit(bundle: dict[str, Any]) -> dict[str, Any]:
         recipient="Organization/ex-dermatology",
     )
     return audit_disclosure(
-        ImageRecord(media), request, media["subject"]["reference"], now=DISCLOSED
+        ImageRecord(R4.image(media)), request, media["subject"]["reference"], now=DISCLOSED
     )
 
 
@@ -131,9 +132,8 @@ def destruction_audit(bundle: dict[str, Any]) -> dict[str, Any]:
         last_treatment=created,
     )
     assert until is not None and until <= DESTROYED.date(), why
-    return audit_destruction(
-        media,
-        "Media/ex-media-08",
+    return R4.destruction_audit(
+        R4.image(media),
         by="Practitioner/ex-gp-2",
         reason="Retention period over",
         retention=why,

@@ -26,14 +26,6 @@ from ._context import (
     Relationship,
 )
 from ._delivery import DeliveryResult, push, retry_failed
-from ._disclosure import (
-    Approval,
-    DisclosureDecision,
-    DisclosureRequest,
-    ImageRecord,
-    Verdict,
-    decide_disclosure,
-)
 from ._exceptions import (
     ActionRefused,
     AuthenticationFailed,
@@ -70,37 +62,54 @@ from ._ingest import (
 )
 from ._inputs import load_structured
 from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
-from ._labels import apply_labels, label_image, plan_label_change
 from ._lifecycle import (
     AnonymisedCopy,
     ConsentChange,
     DestructionResult,
     DisclosureResult,
-    RetentionSchedule,
     anonymise,
     destroy,
     disclose,
-    earliest_destruction,
     narrow_consent,
     patient_records,
     read_record,
     withdraw_consent,
 )
-from ._mapping import MappedSubmission, map_submission
 from ._outbox import Entry, Outbox
-from ._policy import (
+from ._settings import Settings
+from ._version import __version__
+from .fhir import (
+    PROFILES,
+    FhirClient,
+    RetryPolicy,
+    ServerProfile,
+    apply_labels,
+    label_image,
+    plan_label_change,
+    register_server,
+)
+from .fhir.r4.mapping import MappedSubmission, map_submission
+from .fhir.views import ApprovalView as Approval
+from .policy import (
     POLICIES,
     ConsentState,
     Decision,
+    DisclosureDecision,
+    DisclosureRequest,
+    ImageRecord,
     Outcome,
     Policy,
     Reason,
+    RetentionSchedule,
     SecurityLabels,
+    Verdict,
     decide,
+    decide_disclosure,
+    earliest_destruction,
     get_policy,
+    register_policy,
+    register_schedule,
 )
-from ._transport import PROFILES, FhirClient, RetryPolicy, ServerProfile
-from ._version import __version__
 
 __all__ = [
     "IMPLICIT_CONSENT_KINDS",
@@ -163,6 +172,7 @@ __all__ = [
     "ServerError",
     "ServerProfile",
     "ServerUnavailable",
+    "Settings",
     "UnsupportedMediaType",
     "Verdict",
     "VersionConflict",
@@ -192,6 +202,9 @@ __all__ = [
     "read_record",
     "recheck",
     "refuse_approval",
+    "register_policy",
+    "register_schedule",
+    "register_server",
     "retry_failed",
     "sniff",
     "withdraw_consent",

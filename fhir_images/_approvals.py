@@ -13,27 +13,23 @@ approval that exists on the server before the release. An approval is a Task:
   AuditEvent (so an approval is used once: two releases cannot share it);
 * ``rejected``: a clinician refused it.
 
-The decision itself is pure (:meth:`fhir_images._disclosure.Approval.covers`).
+Whether an approval covers a release is the policy's (:func:`fhir_images.policy.disclosure.
+approval_refusal`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from . import _codes as c
-from ._disclosure import Approval, DisclosureRequest, ImageRecord
-from ._exceptions import ActionRefused, ResourceNotFound
-from ._records import create_once, is_reference, iso, parse_instant
-from ._transport import FhirClient
+from ._exceptions import ActionRefused
+from .fhir import ApprovalView, FhirClient, Repository
+from .fhir.common import is_reference
+from .policy import DisclosureRequest, ImageRecord
 
-APPROVAL_CODE = {
-    "system": c.LOCAL_TASK,
-    "code": "approve-disclosure",
-    "display": "Approve the disclosure of an image",
-}
 _CLINICIAN = ("Practitioner/", "PractitionerRole/")
 
 
@@ -43,50 +39,9 @@ def approval_key(media: str, req: DisclosureRequest) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
-def approval_from_task(task: dict[str, Any]) -> Approval:
-    """The approval a Task records (fields the Task lacks are None: it then covers nothing)."""
-    purpose = next(
-        (
-            cd.get("code")
-            for cd in (task.get("reasonCode") or {}).get("coding", [])
-            if cd.get("system") == c.V3_ACT_REASON
-        ),
-        None,
-    )
-    restriction = task.get("restriction") or {}
-    recipients = [r.get("reference") for r in restriction.get("recipient", [])]
-    return Approval(
-        ref=f"Task/{task.get('id')}",
-        status=str(task.get("status")),
-        media=str((task.get("focus") or {}).get("reference")),
-        purpose=purpose,
-        requester=(task.get("requester") or {}).get("reference"),
-        recipient=recipients[0] if len(recipients) == 1 else None,
-        approver=(task.get("owner") or {}).get("reference"),
-        approved_at=parse_instant(task.get("lastModified")),
-        valid_until=parse_instant((restriction.get("period") or {}).get("end")),
-    )
-
-
-def _is_approval(task: dict[str, Any]) -> bool:
-    return any(
-        cd.get("system") == APPROVAL_CODE["system"] and cd.get("code") == APPROVAL_CODE["code"]
-        for cd in (task.get("code") or {}).get("coding", [])
-    )
-
-
-def approvals_for(client: FhirClient, media: str) -> tuple[Approval, ...]:
+def approvals_for(client: FhirClient, media: str) -> tuple[ApprovalView, ...]:
     """The accepted approvals of disclosures of one image."""
-    tasks = client.search(
-        "Task",
-        {
-            "focus": media,
-            "code": f"{APPROVAL_CODE['system']}|{APPROVAL_CODE['code']}",
-            "status": "accepted",
-            "_count": "50",
-        },
-    )
-    return tuple(approval_from_task(t) for t in tasks if _is_approval(t))
+    return tuple(Repository(client).approvals(image=media, status="accepted"))
 
 
 def request_approval(
@@ -99,42 +54,39 @@ def request_approval(
     now: datetime | None = None,
 ) -> str:
     """Ask for an approval (a ``requested`` Task); asking again returns the open one."""
+    records = Repository(client)
     key = approval_key(record.ref, req)
-    open_one = f"identifier={c.SID_APPROVAL}|{key}&status=requested,accepted"
-    task = {
-        "resourceType": "Task",
-        "meta": {"security": [c.conf(record.confidentiality).as_coding()]},
-        "identifier": [{"system": c.SID_APPROVAL, "value": key}],
-        "status": "requested",
-        "intent": "order",
-        "priority": "urgent",
-        "code": {"coding": [APPROVAL_CODE]},
-        "description": "A disclosure of an image needs a clinician's approval: "
-        + "; ".join(reasons),
-        "focus": {"reference": record.ref},
-        "for": {"reference": patient},
-        "authoredOn": iso(now or datetime.now(UTC)),
-        "requester": {"reference": req.requester},
-        "reasonCode": {"coding": [{"system": c.V3_ACT_REASON, "code": req.purpose}]},
-        "restriction": {"recipient": [{"reference": req.receiver}]},
-    }
-    return create_once(client, task, open_one)
+    task = records.version.approval_task(
+        record.ref,
+        record.confidentiality,
+        key=key,
+        patient=patient,
+        purpose=req.purpose,
+        requester=req.requester,
+        receiver=req.receiver,
+        reasons=reasons,
+        now=now,
+    )
+    return records.create_once(task, f"identifier={c.SID_APPROVAL}|{key}&status=requested,accepted")
 
 
-def _must_exist(client: FhirClient, ref: str, role: str) -> None:
-    try:
-        client.read(ref)
-    except ResourceNotFound:
-        raise ActionRefused(f"the {role} is not on the server: record them first") from None
+def _must_exist(records: Repository, ref: str, role: str) -> None:
+    if not records.exists(ref):
+        raise ActionRefused(f"the {role} is not on the server: record them first")
 
 
-def _read_approval_task(client: FhirClient, task_ref: str) -> dict[str, Any]:
+def _clinician(by: str, what: str) -> None:
+    if not is_reference(by) or not by.startswith(_CLINICIAN):
+        raise ActionRefused(f"{what}: --by Practitioner/.. or PractitionerRole/..")
+
+
+def _approval(records: Repository, task_ref: str) -> Any:
     if not is_reference(task_ref) or not task_ref.startswith("Task/"):
         raise ActionRefused("an approval is named by its Task reference, like Task/123")
-    task = client.read(task_ref)
-    if not _is_approval(task):
+    approval, task = records.approval(task_ref)
+    if approval is None:
         raise ActionRefused(f"{task_ref} is not an approval of a disclosure")
-    return task
+    return approval, task
 
 
 def approve(
@@ -144,17 +96,14 @@ def approve(
     by: str,
     valid_days: int = 30,
     now: datetime | None = None,
-) -> Approval:
+) -> ApprovalView:
     """Approve a requested disclosure. ``by`` must be a clinician who is not the requester or
     the recipient; the approval is valid for ``valid_days`` and for one release."""
-    if not is_reference(by) or not by.startswith(_CLINICIAN):
-        raise ActionRefused(
-            "an approver is a clinician: --by Practitioner/.. or PractitionerRole/.."
-        )
+    _clinician(by, "an approver is a clinician")
     if not 1 <= valid_days <= 365:
         raise ActionRefused("an approval is valid for 1 to 365 days")
-    task = _read_approval_task(client, task_ref)
-    current = approval_from_task(task)
+    records = Repository(client)
+    current, task = _approval(records, task_ref)
     if current.status != "requested":
         raise ActionRefused(f"{task_ref} is {current.status}, not waiting for approval")
     if by in (current.requester, current.recipient):
@@ -162,69 +111,52 @@ def approve(
             "the requester (or recipient) cannot approve their own request: approval must come "
             "from another clinician"
         )
-    _must_exist(client, by, "approver")
+    _must_exist(records, by, "approver")
     at = now or datetime.now(UTC)
-    task["status"] = "accepted"
-    task["owner"] = {"reference": by}
-    task["lastModified"] = iso(at)
-    task["executionPeriod"] = {"start": iso(at)}
-    task.setdefault("restriction", {})["period"] = {
-        "start": iso(at),
-        "end": iso(at + timedelta(days=valid_days)),
-    }
-    updated = client.update(task, if_match=task.get("meta", {}).get("versionId"))
-    return approval_from_task(updated)
+    updated = records.update(
+        records.version.approved(task, by=by, valid_days=valid_days, at=at), task.version_id
+    )
+    approved = records.version.approval(updated)
+    assert approved is not None
+    return approved
 
 
 def refuse_approval(
     client: FhirClient, task_ref: str, *, by: str, reason: str, now: datetime | None = None
-) -> Approval:
+) -> ApprovalView:
     """Refuse a requested disclosure (the Task is rejected, with the reason)."""
-    if not is_reference(by) or not by.startswith(_CLINICIAN):
-        raise ActionRefused(
-            "refusing needs a clinician: --by Practitioner/.. or PractitionerRole/.."
-        )
+    _clinician(by, "refusing needs a clinician")
     if not reason.strip():
         raise ActionRefused("refusing an approval needs a reason")
-    task = _read_approval_task(client, task_ref)
-    _must_exist(client, by, "clinician refusing it")
-    if task.get("status") not in ("requested", "accepted"):
-        raise ActionRefused(f"{task_ref} is {task.get('status')}: nothing to refuse")
-    task["status"] = "rejected"
-    task["owner"] = {"reference": by}
-    task["statusReason"] = {"text": reason}
-    task["lastModified"] = iso(now or datetime.now(UTC))
-    updated = client.update(task, if_match=task.get("meta", {}).get("versionId"))
-    return approval_from_task(updated)
+    records = Repository(client)
+    current, task = _approval(records, task_ref)
+    _must_exist(records, by, "clinician refusing it")
+    if current.status not in ("requested", "accepted"):
+        raise ActionRefused(f"{task_ref} is {current.status}: nothing to refuse")
+    at = now or datetime.now(UTC)
+    updated = records.update(
+        records.version.refused(task, by=by, reason=reason, at=at), task.version_id
+    )
+    refused = records.version.approval(updated)
+    assert refused is not None
+    return refused
 
 
-def pending_approvals(client: FhirClient, patient: str | None = None) -> list[Approval]:
+def pending_approvals(client: FhirClient, patient: str | None = None) -> list[ApprovalView]:
     """Approvals waiting for a clinician (of one patient, or all)."""
-    params = {
-        "code": f"{APPROVAL_CODE['system']}|{APPROVAL_CODE['code']}",
-        "status": "requested",
-        "_count": "100",
-    }
-    if patient:
-        params["subject"] = patient
-    return [approval_from_task(t) for t in client.search("Task", params) if _is_approval(t)]
+    return Repository(client).approvals(patient=patient, status="requested")
 
 
-def use_approval_entry(client: FhirClient, approval: Approval, audit_url: str) -> dict[str, Any]:
+def use_approval_entry(
+    client: FhirClient, approval: ApprovalView, audit_url: str
+) -> dict[str, Any]:
     """A transaction entry that marks an approval used by the release audited at ``audit_url``
     (If-Match on the version read: if another release used it first, the transaction fails)."""
-    task = client.read(approval.ref)
-    if approval_from_task(task) != approval:
+    records = Repository(client)
+    now, task = records.approval(approval.ref)
+    if now != approval:
         raise ActionRefused(f"{approval.ref} changed while the disclosure was decided")
-    version = task.get("meta", {}).get("versionId")
-    task["status"] = "completed"
-    task["output"] = [
-        {
-            "type": {"text": "the release that used this approval"},
-            "valueReference": {"reference": audit_url},
-        }
-    ]
     return {
-        "resource": task,
-        "request": {"method": "PUT", "url": approval.ref, "ifMatch": f'W/"{version}"'},
+        "resource": records.version.used(task, audit_url),
+        "request": {"method": "PUT", "url": approval.ref, "ifMatch": f'W/"{task.version_id}"'},
     }

@@ -39,6 +39,8 @@ SID_SUBMISSION = f"{CANONICAL_BASE}/sid/submission"
 SID_RECORD = f"{CANONICAL_BASE}/sid/record"
 #: One approval of one disclosure (image, purpose, requester, recipient)
 SID_APPROVAL = f"{CANONICAL_BASE}/sid/disclosure-approval"
+#: The Task the server hook opens for an image whose record is incomplete
+SID_HOOK_TASK = f"{CANONICAL_BASE}/sid/hook-task"
 EXT_REMOTE_CONSULTATION = f"{CANONICAL_BASE}/StructureDefinition/remote-consultation"
 EXT_METADATA_STRIPPED = f"{CANONICAL_BASE}/StructureDefinition/metadata-stripped"
 

@@ -7,7 +7,7 @@ outbox knows about:
 
 1. Before anything is sent, the attempt is recorded in the entry (write-ahead).
 2. Every resource of the image goes in **one transaction** of conditional
-   creates keyed on record keys (see :mod:`fhir_images._mapping`): the server
+   creates keyed on record keys (see :mod:`fhir_images.fhir.keys`): the server
    stores all of them or none, and sending it again after a lost reply or a
    killed process matches what is there instead of duplicating it. The Binary
    is created with the Media's labels and a ``securityContext`` naming the
@@ -43,28 +43,20 @@ from __future__ import annotations
 import base64
 import contextlib
 import hashlib
-import json
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import Any
 
 from . import _codes as c
 from ._exceptions import AuthenticationFailed, BadResponse, FhirImagesError, ServerError
-from ._labels import label_image
 from ._outbox import DeliveryError, Entry, Outbox
-from ._records import (
-    binary_reference,
-    consents_for_image,
-    parse_instant,
-    record_consent_change,
-)
-from ._transport import FhirClient, relative_reference
+from .fhir import FhirClient, Labels, Repository, label_image
+from .fhir.keys import record_key
+from .fhir.views import ImageView
 
 log = logging.getLogger("fhir_images.delivery")
 
@@ -97,53 +89,9 @@ def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
 
-def _key(coding: dict[str, Any]) -> tuple[str, str]:
-    return (str(coding.get("system", "")), str(coding.get("code", "")))
-
-
-def _label_set(security: list[dict[str, Any]]) -> set[tuple[str, str]]:
-    return {_key(x) for x in security}
-
-
-def _labels_hold(held: list[dict[str, Any]], wanted: list[dict[str, Any]]) -> bool:
+def _labels_hold(held: Labels, wanted: Labels) -> bool:
     """Every wanted label is there and the confidentiality code is the one wanted."""
-    have, want = _label_set(held), _label_set(wanted)
-    conf = {k for k in have if k[0] == c.V3_CONFIDENTIALITY}
-    return want <= have and conf == {k for k in want if k[0] == c.V3_CONFIDENTIALITY}
-
-
-# ------------------------------------------------------------------------ the streamed body
-
-
-class _StreamedTransaction:
-    """A transaction's JSON with the Binary's ``data`` streamed from a file, base64-encoded.
-
-    Iterable (requests sends it as it goes) with a known length (no chunked encoding).
-    """
-
-    _CHUNK = 3 * (1 << 18)  # a multiple of 3: no base64 padding mid-way
-
-    def __init__(self, bundle: dict[str, Any], binary_url: str, content: Path) -> None:
-        token = f"@@data-{uuid.uuid4().hex}@@"
-        for e in bundle["entry"]:
-            if e.get("fullUrl") == binary_url:
-                e["resource"]["data"] = token
-        head, _, tail = json.dumps(bundle).partition(json.dumps(token))
-        self._head = (head + '"').encode()
-        self._tail = ('"' + tail).encode()
-        self._content = content
-        size = content.stat().st_size
-        self._length = len(self._head) + len(self._tail) + 4 * ((size + 2) // 3)
-
-    def __len__(self) -> int:
-        return self._length
-
-    def __iter__(self) -> Iterator[bytes]:
-        yield self._head
-        with self._content.open("rb") as f:
-            while chunk := f.read(self._CHUNK):
-                yield base64.b64encode(chunk)
-        yield self._tail
+    return wanted.keys <= held.keys and held.confidentiality == wanted.confidentiality
 
 
 # ----------------------------------------------------------------------------- the deliverer
@@ -156,6 +104,7 @@ class Deliverer:
         self, client: FhirClient, outbox: Outbox, *, max_permanent_failures: int = 3
     ) -> None:
         self.client = client
+        self.records = Repository(client)
         self.outbox = outbox
         self.max_permanent_failures = max_permanent_failures
         self._lock = threading.Lock()
@@ -234,70 +183,42 @@ class Deliverer:
         return result
 
     def _deliver(self, entry: Entry, result: DeliveryResult) -> None:
-        client = self.client
+        client, records = self.client, self.records
         client.capabilities()
-        bundle = entry.read_json("bundle.json")
-        by_type = {e["resource"]["resourceType"]: e for e in bundle["entry"]}
-        media_entry, binary_entry = by_type["Media"], by_type.get("Binary")
-        consent_entry = by_type.get("Consent")
-        if binary_entry is None:
-            raise BadResponse("the outbox entry has no Binary: ingest it again")
-        wanted = media_entry["resource"]["meta"]["security"]
+        submission = client.version.submission(entry.read_json("bundle.json"))
+        wanted = submission.wanted_labels
         patient, sha256 = entry.meta.patient, entry.meta.sha256
 
-        existing = next(
-            client.search(
-                "Media",
-                {"identifier": f"{c.SID_SHA256}|{sha256}", "subject": patient, "_count": "1"},
-            ),
-            None,
-        )
-        inline = client.profile.binary_write_operation is None
+        inline = client.profile.binary_write.inline
         reused: str | None = None
         rewrite_bytes = False
+        existing = records.image_by_hash(sha256, patient)
         if existing is not None:
-            media_ref = f"Media/{existing['id']}"
-            reused, ours = self._reusable_binary(existing, media_ref, entry.meta.image_key)
+            reused, ours = self._reusable_binary(existing, entry.meta.image_key)
             result.binary_reused = True
             if ours:
                 result.notes.append("completing an earlier attempt at this image")
                 rewrite_bytes = not inline  # the bytes may not have followed the transaction
             else:
                 result.notes.append("image already on the server for this patient; reused")
-            # the Media is matched, not created: the Binary entry would be an orphan
-            bundle["entry"] = [e for e in bundle["entry"] if e is not binary_entry]
-            media_entry["resource"]["content"]["url"] = reused
-            if consent_entry is not None:
-                self._date_consent(consent_entry["resource"], media_ref, result)
+            # the image is matched, not created: a Binary entry would be an orphan
+            submission.reuse_binary(reused)
+            if submission.has_consent:
+                self._date_consent(submission, existing.ref, result)
 
-        idempotent = True  # every entry is a conditional create
+        idempotent = True  # every entry is a conditional create (or a PUT of a fixed id)
         if reused is None and inline:
             response = client.transaction_stream(
-                lambda: _StreamedTransaction(
-                    json.loads(json.dumps(bundle)), binary_entry["fullUrl"], entry.content_path
-                ),
-                idempotent=idempotent,
+                lambda: submission.streamed(entry.content_path), idempotent=idempotent
             )
         else:
-            response = client.transaction(bundle, idempotent=idempotent)
-        answers = response.get("entry", [])
-        if len(answers) != len(bundle["entry"]):
-            raise BadResponse("the transaction answer does not have one entry per request")
-        refs: dict[str, str] = {}
-        created: list[str] = []
-        for sent, answer in zip(bundle["entry"], answers, strict=True):
-            resp = answer.get("response", {})
-            ref = relative_reference(resp.get("location", ""))
-            if not ref.startswith(sent["resource"]["resourceType"] + "/"):
-                raise BadResponse("the transaction answer does not say where it stored a resource")
-            refs[sent["fullUrl"]] = ref
-            if str(resp.get("status", "")).startswith("201"):
-                created.append(ref)
-        media_ref = refs[media_entry["fullUrl"]]
-        binary_ref = reused or refs[binary_entry["fullUrl"]]
-        result.media, result.binary = media_ref, binary_ref
-        if consent_entry is not None:
-            result.consent = refs[consent_entry["fullUrl"]]
+            response = client.transaction(submission.json(), idempotent=idempotent)
+        stored = submission.stored(response)
+        result.media, result.consent = stored.image, stored.consent
+        binary_ref = reused or stored.binary
+        if binary_ref is None:
+            raise BadResponse("the transaction answer names no Binary")
+        result.binary = binary_ref
 
         if rewrite_bytes:
             client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
@@ -305,19 +226,17 @@ class Deliverer:
             try:
                 client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
             except ServerError as exc:
-                if not exc.retry_safe and binary_ref in created:
-                    self._undo(created, result)
+                if not exc.retry_safe and binary_ref in stored.created:
+                    self._undo(list(stored.created), result)
                 raise
         if result.consent is not None:
-            self._supersede(result.consent, media_ref, result)
+            self._supersede(result.consent, stored.image, result)
         self._verify(entry, result, wanted)
         receipt = {
             "id": entry.id,
             "delivered_at": _iso(_now()),
             "server": client.base_url,
-            "resources": {
-                sent["resource"]["resourceType"]: refs[sent["fullUrl"]] for sent in bundle["entry"]
-            },
+            "resources": stored.refs,
             "binary": binary_ref,
             "binary_reused": result.binary_reused,
             "sha256": sha256,
@@ -325,8 +244,8 @@ class Deliverer:
             "labels": result.labels,
             "attempts": entry.meta.delivery.attempts,
             "verified": [
-                "media labels",
-                "binary labels (the same as the media's)",
+                "image labels",
+                "binary labels (the same as the image's)",
                 "binary securityContext",
                 "binary link",
                 *(["consent link"] if result.consent else []),
@@ -338,88 +257,66 @@ class Deliverer:
         result.delivered = True
         result.state = "sent"
 
-    def _reusable_binary(
-        self, media: dict[str, Any], media_ref: str, image_key: str
-    ) -> tuple[str, bool]:
-        """The Binary of a Media already on the server, if it is that Media's and only its,
+    def _reusable_binary(self, image: ImageView, image_key: str) -> tuple[str, bool]:
+        """The Binary of an image already on the server, if it is that image's and only its,
         and whether fhir-images wrote it for this image. A Binary without a securityContext
         (written by another route) is given one."""
-        ref = binary_reference(media.get("content", {}).get("url"), self.client.base_url)
+        records = self.records
+        ref = records.binary_of(image)
         if ref is None:
-            raise BadResponse(f"{media_ref} has no Binary on this server")
-        meta = self.client.binary_meta(ref)
-        context = meta.get("securityContext", {}).get("reference")
-        if context is None:
+            raise BadResponse(f"{image.ref} has no Binary on this server")
+        binary = records.binary(ref)
+        if binary.security_context is None:
             self.client.patch(
                 ref,
-                [{"op": "add", "path": "/securityContext", "value": {"reference": media_ref}}],
-                if_match=meta.get("meta", {}).get("versionId"),
+                [{"op": "add", "path": "/securityContext", "value": {"reference": image.ref}}],
+                if_match=binary.version_id,
             )
-        elif context != media_ref:
+        elif binary.security_context != image.ref:
             raise BadResponse(f"{ref} names another resource as its securityContext")
-        ours = {"system": c.SID_RECORD, "code": f"{image_key}.binary"} in [
-            {"system": t.get("system"), "code": t.get("code")}
-            for t in meta.get("meta", {}).get("tag", [])
-        ]
+        ours = (c.SID_RECORD, record_key(image_key, "binary")) in binary.tags
         return ref, ours
 
-    def _date_consent(
-        self, consent: dict[str, Any], media_ref: str, result: DeliveryResult
-    ) -> None:
+    def _date_consent(self, submission: Any, image_ref: str, result: DeliveryResult) -> None:
         """A consent act older than what the server records for the image goes in as inactive."""
-        ours = parse_instant(consent.get("dateTime"))
-        record = next(
-            (i["value"] for i in consent.get("identifier", []) if i.get("system") == c.SID_RECORD),
-            None,
-        )
+        ours, record = submission.consent_date, submission.consent_record
         latest: datetime | None = None
-        for other in consents_for_image(self.client, media_ref):
-            ids = {i.get("value") for i in other.get("identifier", [])}
-            if record is not None and record in ids:
+        for other in self.records.consents_for_image(image_ref):
+            if record is not None and record in other.record_keys:
                 continue  # this very consent act, stored by an earlier attempt
-            for stamp in (
-                other.get("dateTime"),
-                (other.get("provision") or {}).get("period", {}).get("end"),
-            ):
-                at = parse_instant(stamp)
-                if at is not None and (latest is None or at > latest):
-                    latest = at
+            moment = other.latest_moment
+            if moment is not None and (latest is None or moment > latest):
+                latest = moment
         if ours is not None and latest is not None and ours < latest:
-            consent["status"] = "inactive"
+            submission.consent_inactive()
             result.notes.append(
                 "the server records a later consent or withdrawal for this image: "
                 "this older consent is stored as inactive"
             )
 
-    def _supersede(self, consent_ref: str, media_ref: str, result: DeliveryResult) -> None:
+    def _supersede(self, consent_ref: str, image_ref: str, result: DeliveryResult) -> None:
         """Older active Consents of the image give way to this consent act."""
-        client = self.client
-        consents = consents_for_image(client, media_ref)
-        ours = next((x for x in consents if f"Consent/{x.get('id')}" == consent_ref), None)
-        if ours is None or ours.get("status") != "active":
+        records = self.records
+        consents = records.consents_for_image(image_ref)
+        ours = next((x for x in consents if x.ref == consent_ref), None)
+        if ours is None or not ours.active or ours.date_time is None:
             return
-        ours_at = parse_instant(ours.get("dateTime"))
         for other in consents:
-            other_ref = f"Consent/{other.get('id')}"
-            other_at = parse_instant(other.get("dateTime"))
             if (
-                other_ref == consent_ref
-                or other.get("status") != "active"
-                or ours_at is None
-                or other_at is None
-                or other_at >= ours_at
+                other.ref == consent_ref
+                or not other.active
+                or other.date_time is None
+                or other.date_time >= ours.date_time
             ):
                 continue
-            other["status"] = "inactive"
-            updated = client.update(other, if_match=other.get("meta", {}).get("versionId"))
-            record_consent_change(
-                client,
-                updated,
+            updated = records.update(records.version.superseded(other), other.version_id)
+            records.record_consent_change(
+                records.version.consent(updated),
                 by=None,
                 reason=f"superseded by {consent_ref}",
                 activity="superseded",
             )
-            result.notes.append(f"{other_ref} superseded by {consent_ref}")
+            result.notes.append(f"{other.ref} superseded by {consent_ref}")
 
     def _undo(self, created: list[str], result: DeliveryResult) -> None:
         """Delete what this attempt's transaction created (the bytes could not follow)."""
@@ -440,57 +337,45 @@ class Deliverer:
                 "the resources created for it could not be removed; the next push completes them"
             )
 
-    def _verify(self, entry: Entry, result: DeliveryResult, wanted: list[dict[str, Any]]) -> None:
-        client = self.client
+    def _verify(self, entry: Entry, result: DeliveryResult, wanted: Labels) -> None:
+        client, records = self.client, self.records
         assert result.media and result.binary
-        media = client.read(result.media)
-        if media.get("subject", {}).get("reference") != entry.meta.patient:
+        image = records.image(result.media)
+        if image.subject != entry.meta.patient:
             raise BadResponse(f"{result.media} is not of the entry's patient")
-        if binary_reference(media.get("content", {}).get("url"), client.base_url) != result.binary:
+        if records.binary_of(image) != result.binary:
             raise BadResponse(f"{result.media} does not point at {result.binary}")
-        binary = client.binary_meta(result.binary)
-        if binary.get("securityContext", {}).get("reference") != result.media:
+        binary = records.binary(result.binary)
+        if binary.security_context != result.media:
             raise BadResponse(
                 f"{result.binary} does not name {result.media} as its securityContext"
             )
-        media_labels = media.get("meta", {}).get("security", [])
-        binary_labels = binary.get("meta", {}).get("security", [])
-        if not _labels_hold(media_labels, wanted) or _label_set(media_labels) != _label_set(
-            binary_labels
-        ):
-            # a server that dropped labels, a Media matched from an earlier submission, or a
-            # Binary behind its Media: bring both up to everything either should carry
+        if not _labels_hold(image.labels, wanted) or image.labels != binary.labels:
+            # a server that dropped labels, an image matched from an earlier submission, or a
+            # Binary behind its image: bring both up to everything either should carry
             result.labels = label_image(
                 client,
                 result.media,
-                [*wanted, *media_labels, *binary_labels],
+                [*wanted.codings(), *image.labels.codings(), *binary.labels.codings()],
                 binary=result.binary,
-                current=media_labels,
-                binary_current=binary_labels,
+                current=image.labels.codings(),
+                binary_current=binary.labels.codings(),
             )
         else:
-            result.labels = sorted(
-                ({"system": s, "code": k} for s, k in _label_set(media_labels)),
-                key=lambda x: (x["system"], x["code"]),
-            )
+            result.labels = image.labels.codings()
         if result.consent:
-            consent = client.read(result.consent)
-            refs = [
-                d.get("reference", {}).get("reference")
-                for d in (consent.get("provision") or {}).get("data", [])
-            ]
-            if result.media not in refs:
+            consent = records.consent(result.consent)
+            if result.media not in consent.images:
                 raise BadResponse(f"{result.consent} does not reference {result.media}")
         sha1 = hashlib.sha1()
         size = 0
         for chunk in client.iter_binary(result.binary, entry.meta.media_type):
             sha1.update(chunk)
             size += len(chunk)
-        content = media.get("content", {})
-        if base64.b64encode(sha1.digest()).decode() != content.get("hash") or (
-            content.get("size") is not None and size != content.get("size")
+        if base64.b64encode(sha1.digest()).decode() != image.content_hash or (
+            image.content_size is not None and size != image.content_size
         ):
-            raise BadResponse(f"the bytes of {result.binary} do not match the Media's hash")
+            raise BadResponse(f"the bytes of {result.binary} do not match the image's hash")
 
 
 # ------------------------------------------------------------------------------ push
@@ -568,29 +453,27 @@ def retry_failed(outbox: Outbox, entry_id: str) -> Entry:
 def patient_images(
     client: FhirClient, patient: str, labels: tuple[str, ...] = ()
 ) -> list[dict[str, Any]]:
-    """A patient's Media on the server, each with its labels and consent state.
+    """A patient's images on the server, each with its labels and consent state.
 
-    ``labels`` filters by security label code (``_security``), any of them.
+    ``labels`` keeps only images with any of these security label codes.
     """
-    params = {"subject": patient, "_count": "100", "_sort": "-created"}
-    if labels:
-        params["_security"] = ",".join(labels)
+    records = Repository(client)
     rows = []
-    for media in client.search("Media", params):
-        ref = f"Media/{media['id']}"
-        consents = consents_for_image(client, ref)
-        implicit = any("implicit" in n.get("text", "") for n in media.get("note", []))
+    for image in records.images_of_patient(patient):
+        if labels and not set(labels) & image.labels.codes:
+            continue
+        consents = records.consents_for_image(image.ref)
         if consents:
-            state = ", ".join(f"{x['status']} (Consent/{x['id']})" for x in consents)
+            state = ", ".join(f"{x.status} ({x.ref})" for x in consents)
         else:
-            state = "implicit" if implicit else "missing"
+            state = "implicit" if image.implicit_consent else "missing"
         rows.append(
             {
-                "media": ref,
-                "created": media.get("createdDateTime"),
-                "type": media.get("content", {}).get("contentType"),
+                "media": image.ref,
+                "created": image.created.isoformat() if image.created else None,
+                "type": image.content_type,
                 "consent": state,
-                "security": media.get("meta", {}).get("security", []),
+                "security": image.labels.codings(),
             }
         )
     return rows

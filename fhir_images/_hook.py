@@ -32,7 +32,6 @@ import logging
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import UTC, date, datetime
 from typing import Any
 
 from starlette.applications import Starlette
@@ -40,212 +39,76 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import _codes as c
-from ._context import IMPLICIT_CONSENT_KINDS, ClinicalContext, ImageKind, Maker
-from ._disclosure import provision_for
+from ._codes import SID_HOOK_TASK
 from ._exceptions import FhirImagesError, ResourceNotFound
 from ._inputs import reference_parts
-from ._labels import apply_labels, label_image
-from ._policy import Situation, default_labels
-from ._records import binary_reference, consents_for_image, create_once
-from ._transport import FhirClient
+from .fhir import FhirClient, ImageView, Labels, Repository, apply_labels, label_image
+from .fhir.subscriptions import install_subscriptions as subscribe
+from .policy import Assessment, Policy, get_policy
 
 log = logging.getLogger("fhir_images.hook")
 
 SECRET_HEADER = "X-Fhir-Images-Hook-Secret"
-SID_HOOK_TASK = f"{c.CANONICAL_BASE}/sid/hook-task"
-_KIND_BY_MODALITY = {
-    "US": ImageKind.ULTRASOUND,
-    "ES": ImageKind.ENDOSCOPY,
-    "DX": ImageKind.XRAY,
-    "CR": ImageKind.XRAY,
-    "SM": ImageKind.PATHOLOGY_SLIDE,
-}
-_MAKER_BY_REF = {
-    "Practitioner": Maker.CLINICIAN,
-    "PractitionerRole": Maker.CLINICIAN,
-    "Patient": Maker.PATIENT,
-    "RelatedPerson": Maker.RELATIVE_OR_CARER,
-}
-_RESTRICTIVE = [c.HUAPRV, c.NORDSCLCDS, c.NOREUSE]
 _DRAIN_CHUNK = 1 << 16
 
 
-# ---------------------------------------------------------------------------- assessment
-
-
-@dataclass
-class Assessment:
-    media: str
-    labels: list[dict[str, str]]
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def complete(self) -> bool:
-        return not self.problems
-
-    def restrict(self) -> None:
-        """Add the restrictive handling labels (and at least R) for a problem found later."""
-        have = {(x["system"], x["code"]) for x in self.labels}
-        self.labels += [x.as_coding() for x in _RESTRICTIVE if (x.system, x.code) not in have]
-        conf = next((x for x in self.labels if x["system"] == c.V3_CONFIDENTIALITY), None)
-        if conf is None or c.Confidentiality[conf["code"]] < c.Confidentiality.R:
-            self.labels = [x for x in self.labels if x["system"] != c.V3_CONFIDENTIALITY]
-            self.labels.insert(0, c.conf(c.Confidentiality.R).as_coding())
-
-
-def _kind(media: dict[str, Any]) -> ImageKind:
-    for coding in media.get("modality", {}).get("coding", []):
-        if coding.get("code") in _KIND_BY_MODALITY:
-            return _KIND_BY_MODALITY[coding["code"]]
-    category = next((cd.get("code") for cd in media.get("type", {}).get("coding", [])), "image")
-    return {"video": ImageKind.VIDEO, "audio": ImageKind.AUDIO}.get(str(category), ImageKind.PHOTO)
-
-
-def _purpose(media: dict[str, Any]) -> str | None:
-    texts = [r.get("text") for r in media.get("reasonCode", [])]
-    texts += [cd.get("display") for r in media.get("reasonCode", []) for cd in r.get("coding", [])]
-    return next((t for t in texts if t and t.strip()), None)
-
-
-def assess(
-    media: dict[str, Any], patient: dict[str, Any] | None, consents: list[dict[str, Any]]
-) -> Assessment:
-    """The labels a Media needs and what is missing from its record (pure)."""
-    ref = f"Media/{media.get('id')}"
-    problems: list[str] = []
-    labels = {(s.get("system"), s.get("code")) for s in media.get("meta", {}).get("security", [])}
-    intimate = True if (c.INTIMATE.system, c.INTIMATE.code) in labels else None
-    operator = media.get("operator", {}).get("reference", "")
-    maker = _MAKER_BY_REF.get(operator.split("/")[0], Maker.RELATIVE_OR_CARER)
-    birth = patient.get("birthDate") if patient else None
-    if not birth:
-        problems.append("the patient's birth date is not recorded: labelled as for a child")
-        birth_date = datetime.now(UTC).date().replace(year=datetime.now(UTC).year - 1)
-    else:
-        birth_date = date.fromisoformat(birth[:10])
-    created = media.get("createdDateTime")
-    captured = (
-        datetime.fromisoformat(created.replace("Z", "+00:00")) if created else datetime.now(UTC)
-    )
-    if captured.tzinfo is None:
-        captured = captured.replace(tzinfo=UTC)
-    if captured.date() < birth_date:
-        captured = datetime.now(UTC)
-    kind = _kind(media)
-    ctx = ClinicalContext.model_construct(
-        patient=media.get("subject", {}).get("reference", "Patient/unknown"),
-        birth_date=birth_date,
-        captured=captured,
-        made_by=maker,
-        kind=kind,
-        intimate=intimate,
-        solicited=None,
-        routine_in_person=None,
-        remote=False,
-        safeguarding_concern=False,
-        purpose=_purpose(media),
-    )
-    labels_for = default_labels(Situation(ctx, None))
-    wanted = labels_for.all()
-    if not ctx.purpose:
-        problems.append("no clinical purpose recorded (G8)")
-    active = [x for x in consents if x.get("status") == "active"]
-    if kind not in IMPLICIT_CONSENT_KINDS:
-        if not active:
-            problems.append("no active Consent references this image (G1, G4, G6)")
-        elif not all(provision_for(x, c.TREAT)[0] == "permit" for x in active):
-            problems.append("the Consent does not permit use for care (G1)")
-        elif not all(x.get("performer") for x in active):
-            problems.append("the Consent does not say who gave it (G5)")
-    result = [label.as_coding() for label in wanted]
-    if problems:
-        result += [label.as_coding() for label in _RESTRICTIVE]
-        # restricted at least, very restricted for a child
-        floor = c.Confidentiality.V if ctx.age_years() < 18 else c.Confidentiality.R
-        level = max(floor, labels_for.confidentiality)
-        result = [x for x in result if x["system"] != c.V3_CONFIDENTIALITY]
-        result.insert(0, c.conf(level).as_coding())
-    unique = list({(x["system"], x["code"]): x for x in result}.values())
-    return Assessment(ref, unique, problems)
-
-
-# ---------------------------------------------------------------------------- processing
-
-
 class Labeller:
-    """Reads a Media with what it needs, labels it, and reports what is missing."""
+    """Reads an image with what it needs, labels it as the policy pack says, and reports what is
+    missing."""
 
-    def __init__(self, client: FhirClient) -> None:
+    def __init__(self, client: FhirClient, policy: str | Policy = "default") -> None:
         self.client = client
+        self.records = Repository(client)
+        self.policy = get_policy(policy)
         self.unlabelled_binaries = 0
 
     def process(self, resource_type: str, resource_id: str) -> list[Assessment]:
         if resource_type == "Consent":
             try:
-                consent = self.client.read(f"Consent/{resource_id}")
+                consent = self.records.consent(f"Consent/{resource_id}")
             except ResourceNotFound:
                 return []
-            refs = [
-                d.get("reference", {}).get("reference", "")
-                for d in consent.get("provision", {}).get("data", [])
-            ]
-            return [self.label_media(r.split("/", 1)[1]) for r in refs if r.startswith("Media/")]
-        return [self.label_media(resource_id)]
+            return [self.label_image(ref) for ref in consent.images]
+        return [self.label_image(f"{resource_type}/{resource_id}")]
 
-    def label_media(self, media_id: str) -> Assessment:
-        client = self.client
-        media = client.read(f"Media/{media_id}")
-        subject = media.get("subject", {}).get("reference", "")
-        patient = None
-        if subject.startswith("Patient/"):
-            try:
-                patient = client.read(subject)
-            except ResourceNotFound:
-                patient = None
-        consents = consents_for_image(client, f"Media/{media_id}")
-        result = assess(media, patient, consents)
-        current = media.get("meta", {}).get("security", [])
-        binary = self._own_binary(media, result)
+    def label_image(self, ref: str) -> Assessment:
+        client, records = self.client, self.records
+        image = records.image(ref)
+        patient = records.patient(image.subject) if image.subject else None
+        result = self.policy.assess(image, patient, records.consents_for_image(ref))
+        current = image.labels.codings()
+        binary = self._own_binary(image, result)
         if binary is None:
             apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
         else:
             try:
                 label_image(client, result.media, result.labels, binary=binary, current=current)
             except FhirImagesError as exc:
-                # the Media still gets its labels; the Binary is reported, not forgotten
+                # the image still gets its labels; the Binary is reported, not forgotten
                 apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
                 self._unlabelled_binary(result, f"{type(exc).__name__}")
-        self._report(media, result)
+        self._report(image, result)
         return result
 
-    def _own_binary(self, media: dict[str, Any], result: Assessment) -> str | None:
-        """The Media's Binary, given a securityContext naming the Media if it has none; None
+    def _own_binary(self, image: ImageView, result: Assessment) -> str | None:
+        """The image's Binary, given a securityContext naming the image if it has none; None
         (with the problem recorded) when the bytes are not a Binary this image may label."""
-        client = self.client
-        url = media.get("content", {}).get("url")
-        binary = binary_reference(url, client.base_url)
+        records = self.records
+        binary = records.binary_of(image)
         if binary is None:
-            if url:
+            if image.content_url:
                 result.problems.append("the image's bytes are not a Binary on this server (G11)")
                 result.restrict()
             return None
         try:
-            meta = client.binary_meta(binary)
-            context = meta.get("securityContext", {}).get("reference")
-            if context is None:
-                client.patch(
+            view = records.binary(binary)
+            if view.security_context is None:
+                self.client.patch(
                     binary,
-                    [
-                        {
-                            "op": "add",
-                            "path": "/securityContext",
-                            "value": {"reference": result.media},
-                        }
-                    ],
-                    if_match=meta.get("meta", {}).get("versionId"),
+                    [{"op": "add", "path": "/securityContext", "value": {"reference": image.ref}}],
+                    if_match=view.version_id,
                 )
-            elif context != result.media:
+            elif view.security_context != image.ref:
                 result.problems.append(
                     "the image points at bytes (a Binary) that belong to another resource"
                 )
@@ -261,41 +124,27 @@ class Labeller:
         result.problems.append(f"the image's bytes (its Binary) could not be labelled ({why})")
         result.restrict()
 
-    def _report(self, media: dict[str, Any], result: Assessment) -> None:
+    def _report(self, image: ImageView, result: Assessment) -> None:
         """Open (or close) a Task so a clinician sees an image whose record is incomplete."""
-        client = self.client
+        records = self.records
         identifier = f"{SID_HOOK_TASK}|{result.media}"
-        existing = next(client.search("Task", {"identifier": identifier, "_count": "1"}), None)
+        existing = next(iter(records.tasks_with_identifier(identifier)), None)
         if result.complete:
-            if existing and existing.get("status") == "requested":
-                existing["status"] = "completed"
-                client.update(existing, if_match=existing.get("meta", {}).get("versionId"))
+            if existing and existing.status == "requested":
+                records.update(records.version.completed(existing), existing.version_id)
             return
         description = (
             "An image arrived without what the record needs: "
             + "; ".join(result.problems)
             + ". It is labelled restrictively until this is resolved."
         )
-        conf = next(x for x in result.labels if x["system"] == c.V3_CONFIDENTIALITY)
-        task = {
-            "resourceType": "Task",
-            "meta": {"security": [conf]},
-            "identifier": [{"system": SID_HOOK_TASK, "value": result.media}],
-            "status": "requested",
-            "intent": "order",
-            "priority": "urgent",
-            "code": {"text": "Review an image's consent and purpose"},
-            "description": description,
-            "focus": {"reference": result.media},
-            "authoredOn": datetime.now(UTC).isoformat(),
-        }
-        if media.get("subject"):
-            task["for"] = media["subject"]
+        conf = Labels.of(result.labels).confidentiality
+        task = records.version.review_task(image, conf, description, None)
         if existing is None:
-            create_once(client, task, f"identifier={identifier}")
-        elif existing.get("description") != description or existing.get("status") != "requested":
-            task["id"] = existing["id"]
-            client.update(task, if_match=existing.get("meta", {}).get("versionId"))
+            records.create_once(task, f"identifier={identifier}")
+        elif existing.description != description or existing.status != "requested":
+            task["id"] = existing.ref.split("/", 1)[1]
+            records.update(task, existing.version_id)
 
 
 # ------------------------------------------------------------------------------- service
@@ -325,10 +174,11 @@ class HookService:
         retries: int = 3,
         retry_delay: float = 5.0,
         max_body: int = 16 << 20,
+        policy: str | Policy = "default",
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
-        self.labeller = Labeller(client)
+        self.labeller = Labeller(client, policy)
         self.secret = secret
         self.queue_size = queue_size
         self.workers = workers
@@ -563,60 +413,21 @@ def _outcome(text: str, status_code: int, headers: dict[str, str] | None = None)
     )
 
 
-# ---------------------------------------------------------------------------- subscriptions
-
-
 def install_subscriptions(
     client: FhirClient,
     endpoint: str,
     secret: str,
     *,
-    resource_types: tuple[str, ...] = ("Media", "Consent"),
+    resource_types: tuple[str, ...] | None = None,
     timeout: float = 60.0,
 ) -> list[str]:
-    """Create (or reuse) one rest-hook Subscription per resource type and wait until active."""
-    endpoint = endpoint.rstrip("/")
-    header = f"{SECRET_HEADER}: {secret}"
-    refs = []
-    for rtype in resource_types:
-        criteria = f"{rtype}?"
-        wanted = {
-            "resourceType": "Subscription",
-            "status": "requested",
-            "reason": f"fhir-images labels {rtype} that arrive by other routes",
-            "criteria": criteria,
-            "channel": {
-                "type": "rest-hook",
-                "endpoint": endpoint + "/hook",
-                "payload": "application/fhir+json",
-                "header": [header],
-            },
-        }
-        existing = [
-            s
-            for s in client.search("Subscription", {"url": endpoint + "/hook"})
-            if s.get("criteria") == criteria
-        ]
-        if existing:
-            sub = existing[0]
-            if sub.get("channel", {}).get("header") != [header] or sub.get("status") not in (
-                "active",
-                "requested",
-            ):
-                wanted["id"] = sub["id"]
-                sub = client.update(wanted, if_match=sub.get("meta", {}).get("versionId"))
-        else:
-            sub = client.create(wanted)
-        refs.append(f"Subscription/{sub['id']}")
-    deadline = time.monotonic() + timeout
-    for ref in refs:
-        while True:
-            status = client.read(ref).get("status")
-            if status == "active":
-                break
-            if status == "error" or time.monotonic() > deadline:
-                raise FhirImagesError(
-                    f"{ref} did not become active (status {status}) within {timeout:.0f} s"
-                )
-            time.sleep(0.5)
-    return refs
+    """Create (or reuse) the Subscriptions that call this service at ``endpoint``/hook with
+    the shared secret, and wait until the server has activated them."""
+    return subscribe(
+        client,
+        endpoint,
+        secret,
+        header_name=SECRET_HEADER,
+        resource_types=resource_types,
+        timeout=timeout,
+    )

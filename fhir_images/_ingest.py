@@ -18,9 +18,11 @@ from ._context import ClinicalContext, ConsentRecord
 from ._exceptions import InvalidContext, OutboxError
 from ._inputs import load_structured
 from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
-from ._mapping import MappedSubmission, consent_key, image_key, map_submission
 from ._outbox import Entry, EntryMeta, Outbox
-from ._policy import Decision, Outcome, Policy, decide
+from .fhir.keys import consent_key, image_key
+from .fhir.r4.mapping import MappedSubmission
+from .fhir.version import get_version
+from .policy import Decision, Outcome, Policy, decide
 
 log = logging.getLogger("fhir_images.ingest")
 
@@ -202,7 +204,9 @@ def ingest(
             if decision.outcome is Outcome.HOLD:
                 entry = outbox.write("held", meta=meta, files=files, content_from=result.path)
                 return IngestResult(decision, facts, entry)
-            mapped = map_submission(context, consent, facts, decision)
+            mapped = get_version(meta.fhir_version).map_submission(
+                context, consent, facts, decision
+            )
             files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
             entry = outbox.write(
                 "ready",
@@ -249,7 +253,9 @@ def recheck(
     )
     if decision.outcome is not Outcome.STORE:
         return IngestResult(decision, facts, outbox.rewrite(entry, meta=meta, files=files))
-    mapped = map_submission(ctx, consent, facts, decision, submission_id=entry.id)
+    mapped = get_version(meta.fhir_version).map_submission(
+        ctx, consent, facts, decision, submission_id=entry.id
+    )
     files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
     new = outbox.transition(entry, "ready", meta=meta, files=files)
     return IngestResult(decision, facts, new, mapped)

@@ -51,7 +51,10 @@ ENTRY_SCHEMA = 2
 
 
 def default_outbox() -> Path:
-    return Path(os.environ.get("FHIR_IMAGES_OUTBOX", "fhir-images-outbox"))
+    """The outbox folder of the settings ($FHIR_IMAGES_OUTBOX or ./fhir-images-outbox)."""
+    from ._settings import Settings
+
+    return Settings.from_env().outbox
 
 
 def _now() -> datetime:
@@ -126,7 +129,7 @@ def _upgrade(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """Read an entry written by an earlier version (schema 1: no keys, free-form delivery)."""
     if data.get("schema_version", 1) >= ENTRY_SCHEMA:
         return data
-    from ._mapping import consent_key, image_key
+    from .fhir.keys import consent_key, image_key
 
     consent = None
     if (path / "consent.json").is_file():

@@ -15,16 +15,18 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 import click
+from click.shell_completion import CompletionItem
 from rich.console import Console
 
 from .. import _codes
 from .._exceptions import ActionRefused, BadInput, FhirImagesError
 from .._outbox import Outbox
 from .._settings import Settings
-from .._transport import PROFILES, FhirClient
+from ..fhir import FhirClient
+from ..policy import POLICIES
 
 EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_HELD, EXIT_REFUSED = 0, 1, 2, 3, 4
 EXIT_NOT_DELIVERED = 5
@@ -72,21 +74,8 @@ def outbox_for(ctx: click.Context, folder: Path | None) -> Outbox:
 
 
 def client_for(ctx: click.Context, server: str | None, workers: int = 4) -> FhirClient:
-    s = settings(ctx)
-    url = server or s.base_url
-    if not url:
-        raise click.UsageError("no FHIR server: give --server or set FHIR_BASE_URL")
-    if s.server_profile and s.server_profile not in PROFILES:
-        raise click.UsageError(f"FHIR_SERVER_PROFILE must be one of {', '.join(PROFILES)}")
     try:
-        return FhirClient(
-            url,
-            token=s.token,
-            basic=(s.username, s.password or "") if s.username and not s.token else None,
-            verify=s.ca_bundle or True,
-            profile=s.server_profile,
-            pool_size=max(workers, 1),
-        )
+        return FhirClient.from_settings(settings(ctx), server, pool_size=max(workers, 1))
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
 
@@ -116,3 +105,37 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Machine-read
 def by_reason(f: F) -> F:
     f = click.option("--reason", required=True, help="Why.")(f)
     return click.option("--by", required=True, help="Who records this (Practitioner/..).")(f)
+
+
+if TYPE_CHECKING:
+    _TextParam = click.ParamType[str]
+else:  # click before 8.2 has no generic ParamType
+    _TextParam = click.ParamType
+
+
+class PolicyName(_TextParam):
+    """A policy pack's name, checked against the registry when the command runs (so packs
+    registered after import are accepted too)."""
+
+    name = "pack"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        names = sorted(POLICIES)
+        if value in POLICIES:
+            return str(value)
+        self.fail(f"no policy pack of that name; choose one of: {', '.join(names)}", param, ctx)
+
+    def shell_complete(
+        self, ctx: click.Context, param: click.Parameter, incomplete: str
+    ) -> list[CompletionItem]:
+        return [CompletionItem(n) for n in sorted(POLICIES) if n.startswith(incomplete)]
+
+
+def policy_option(default_help: str) -> Callable[[F], F]:
+    return click.option(
+        "--policy",
+        "policy_name",
+        default=None,
+        type=PolicyName(),
+        help=f"Policy pack (see 'fhir-images policies'); default: {default_help}.",
+    )

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .._lifecycle import narrow_consent, withdraw_consent
+from .._lifecycle import NARROWABLE, narrow_consent, withdraw_consent
 from ._common import by_reason, client_for, json_option, outbox_option, server_option
 from .outbox import recheck_entry
 
@@ -56,7 +56,7 @@ def consent_withdraw(
     "deny",
     multiple=True,
     required=True,
-    type=click.Choice(["second_opinion", "teaching", "research"]),
+    type=click.Choice(NARROWABLE),
     help="A permission to turn into a refusal; repeatable.",
 )
 @by_reason

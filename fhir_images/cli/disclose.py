@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 
 from .._approvals import approve, pending_approvals, refuse_approval
-from .._disclosure import DisclosureRequest, Purpose, Role
 from .._lifecycle import disclose
+from ..policy.disclosure import Clearance, DisclosureRequest, Purpose, Role
 from ._common import (
     EXIT_HELD,
     EXIT_OK,
@@ -38,7 +38,7 @@ from ._common import (
     "--clearance",
     default="N",
     show_default=True,
-    type=click.Choice(["N", "R", "V"]),
+    type=click.Choice(list(get_args(Clearance))),
     help="Highest confidentiality the requester may see.",
 )
 @click.option("--recipient", default=None, help="Who receives it, if not the requester.")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ._common import client_for, server_option, settings
+from ._common import client_for, policy_option, server_option, settings
 
 
 @click.group("hook")
@@ -21,16 +21,27 @@ def hook_group() -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option("--queue-size", default=1000, show_default=True, type=click.IntRange(1, 100000))
+@policy_option("'default'")
 @click.pass_context
 def hook_serve(
-    ctx: click.Context, server: str | None, host: str, port: int, workers: int, queue_size: int
+    ctx: click.Context,
+    server: str | None,
+    host: str,
+    port: int,
+    workers: int,
+    queue_size: int,
+    policy_name: str | None,
 ) -> None:
     """Run the labelling service (GET /health; the server calls PUT /hook/{type}/{id})."""
     from .._hook import HookService, run_service
 
     secret = settings(ctx).require_hook_secret()
     service = HookService(
-        client_for(ctx, server, workers), secret, workers=workers, queue_size=queue_size
+        client_for(ctx, server, workers),
+        secret,
+        workers=workers,
+        queue_size=queue_size,
+        policy=policy_name or "default",
     )
     run_service(service, host=host, port=port)
 

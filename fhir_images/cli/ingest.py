@@ -14,7 +14,7 @@ from .._context import ImageKind, Maker
 from .._exceptions import BadInput, FhirImagesError
 from .._ingest import ingest, load_case, parse_consent, parse_context
 from .._inputs import load_structured
-from .._policy import POLICIES, Outcome
+from ..policy import Outcome
 from ._common import (
     EXIT_BAD_INPUT,
     EXIT_ERROR,
@@ -27,6 +27,7 @@ from ._common import (
     label_text,
     outbox_for,
     outbox_option,
+    policy_option,
     settings,
     worst,
 )
@@ -138,13 +139,7 @@ def _row(label: str, exc: FhirImagesError) -> dict[str, Any]:
     help="Consent record file (YAML/JSON).",
 )
 @click.option("--content-type", default=None, help="The type the sender claimed (checked).")
-@click.option(
-    "--policy",
-    "policy_name",
-    default=None,
-    type=click.Choice(sorted(POLICIES)),
-    help="Policy pack (default: 'default', or the case file's).",
-)
+@policy_option("'default', or the case file's")
 @outbox_option
 @json_option
 @click.option(

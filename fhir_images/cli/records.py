@@ -7,8 +7,9 @@ from pathlib import Path
 
 import click
 
-from .._lifecycle import RetentionSchedule, anonymise, destroy
-from .._policy import POLICIES
+from .._lifecycle import anonymise, destroy
+from ..policy import POLICIES, RetentionSchedule
+from ..policy.lifecycle import ANONYMISATION_PURPOSES
 from ._common import by_reason, client_for, server_option
 
 
@@ -68,7 +69,7 @@ def destroy_cmd(
 @click.command("anonymise")
 @click.argument("media_ref")
 @click.option(
-    "--purpose", default="TRAIN", show_default=True, type=click.Choice(["TRAIN", "HRESCH"])
+    "--purpose", default="TRAIN", show_default=True, type=click.Choice(ANONYMISATION_PURPOSES)
 )
 @click.option("--by", required=True, help="Practitioner reference of who makes the copy.")
 @click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from .._delivery import DeliveryResult, patient_images, push
 from .._outbox import Entry, Outbox
-from .._transport import FhirClient
+from ..fhir import FhirClient
 from ._common import (
     EXIT_NOT_DELIVERED,
     EXIT_OK,

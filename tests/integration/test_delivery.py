@@ -200,7 +200,7 @@ def test_the_binary_carries_the_media_labels_and_names_it(client, tmp_path):
     assert _codes(binary) == _codes(media) and {"V", "intimate", "HUAPRV"} <= _codes(binary)
     assert binary["securityContext"] == {"reference": result.media}
     receipt = Outbox(tmp_path / "ob").receipts()[0]
-    assert "binary labels (the same as the media's)" in receipt["verified"]
+    assert "binary labels (the same as the image's)" in receipt["verified"]
 
 
 def test_a_new_consent_act_supersedes_the_older_one(client, patient, tmp_path):

@@ -15,7 +15,8 @@ import uvicorn
 
 from fhir_images import FhirClient
 from fhir_images import _codes as c
-from fhir_images._hook import SID_HOOK_TASK, HookService, install_subscriptions
+from fhir_images._codes import SID_HOOK_TASK
+from fhir_images._hook import HookService, install_subscriptions
 
 pytestmark = pytest.mark.integration
 

@@ -42,7 +42,7 @@ from fhir_images import (
     synthetic,
 )
 from fhir_images import _codes as c
-from fhir_images._lifecycle import SOURCE_NAME
+from fhir_images.fhir.r4.records import SOURCE_NAME
 
 from ..factories import make_consent, make_context
 

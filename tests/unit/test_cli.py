@@ -293,3 +293,28 @@ def test_outbox_list_recheck_discard(tmp_path):
         ).exit_code
         == 1
     )
+
+
+def test_policy_packs_are_looked_up_when_the_command_runs(tmp_path, monkeypatch):
+    from dataclasses import replace
+
+    from fhir_images.policy import POLICIES, STRICT, register_policy
+
+    case = str(EXAMPLES / "cases" / "04-parent-unsolicited-intimate-confirmed.yaml")
+    unknown = run("ingest", "--outbox", str(tmp_path / "ob"), "--policy", "local", case)
+    assert unknown.exit_code == 2 and "choose one of" in unknown.output
+    monkeypatch.setitem(POLICIES, "local", POLICIES["default"])
+    register_policy(replace(STRICT, name="local"))
+    later = run("ingest", "--json", "--outbox", str(tmp_path / "ob"), "--policy", "local", case)
+    assert later.exit_code == 4 and json.loads(later.output)["decision"] == "refuse"
+
+
+def test_the_hook_service_gets_the_chosen_pack(monkeypatch):
+    import fhir_images._hook as hook
+
+    seen = {}
+    monkeypatch.setenv("FHIR_IMAGES_HOOK_SECRET", "s" * 32)
+    monkeypatch.setattr(hook, "run_service", lambda service, **kw: seen.update(pack=service))
+    result = run("hook", "serve", "--server", "http://fhir.test/fhir", "--policy", "strict")
+    assert result.exit_code == 0, result.output
+    assert seen["pack"].labeller.policy.name == "strict"

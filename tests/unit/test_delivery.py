@@ -14,7 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from fhir_images import FhirClient, RetryPolicy, ingest, push, synthetic
 from fhir_images import _codes as c
 from fhir_images._exceptions import LabelError
-from fhir_images._labels import plan_label_change
+from fhir_images.fhir.labels import plan_label_change
 
 from ..factories import make_consent, make_context
 from .test_transport import capability, outcome
@@ -417,10 +417,11 @@ def test_labels_by_update_on_a_server_without_meta_operations(outbox):
     from fhir_images import apply_labels
 
     client = FhirClient(BASE, profile="azure")
-    responses.get(
-        f"{BASE}/Media/1",
-        json={"resourceType": "Media", "id": "1", "meta": {"versionId": "3", "security": [N]}},
-    )
+    for _ in range(2):  # the labels, then the resource to update at its current version
+        responses.get(
+            f"{BASE}/Media/1",
+            json={"resourceType": "Media", "id": "1", "meta": {"versionId": "3", "security": [N]}},
+        )
     responses.put(
         f"{BASE}/Media/1",
         json={"resourceType": "Media", "id": "1"},

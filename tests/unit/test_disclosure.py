@@ -19,8 +19,10 @@ from fhir_images import (
 )
 from fhir_images import _codes as c
 from fhir_images._context import Permissions
-from fhir_images._disclosure import Approval, decide_one, high_water_mark, releasable_labels
-from fhir_images._mapping import consent_provisions
+from fhir_images.fhir.r4 import read
+from fhir_images.fhir.r4.mapping import consent_provisions
+from fhir_images.fhir.views import ApprovalView as Approval
+from fhir_images.policy import decide_one, high_water_mark, releasable_labels
 
 CONF = c.V3_CONFIDENTIALITY
 
@@ -30,14 +32,19 @@ def _security(conf, codes):
     return security + [{"system": s, "code": k} for s, k in codes]
 
 
-def media(conf: str | None = "N", *codes: tuple[str, str], subject="Patient/p1", mid="1"):
-    return {
+def media(
+    conf: str | None = "N", *codes: tuple[str, str], subject="Patient/p1", mid="1", kind=None
+):
+    m = {
         "resourceType": "Media",
         "id": mid,
         "subject": {"reference": subject},
         "meta": {"security": _security(conf, codes)},
         "content": {"url": f"Binary/b{mid}"},
     }
+    if kind:
+        m["modality"] = {"coding": [{"system": c.LOCAL_IMAGE_KIND, "code": kind}]}
+    return m
 
 
 def binary(conf: str | None = "N", *codes, context="Media/1"):
@@ -60,9 +67,12 @@ def record(conf="N", *codes, consents=None, binary_labels=None, **kw):
     m = media(conf, *codes, **kw)
     bconf, *bcodes = binary_labels if binary_labels is not None else (conf, *codes)
     return ImageRecord(
-        m,
-        [consent(view=True, store=True)] if consents is None else consents,
-        binary=binary(bconf, *bcodes, context=f"Media/{m['id']}"),
+        read.image(m),
+        tuple(
+            read.consent(x)
+            for x in ([consent(view=True, store=True)] if consents is None else consents)
+        ),
+        binary=read.binary(binary(bconf, *bcodes, context=f"Media/{m['id']}")),
     )
 
 
@@ -124,14 +134,14 @@ def test_a_binary_without_a_confidentiality_label_counts_as_v():
 
 
 def test_bytes_of_another_resource_are_withheld():
-    rec = replace(record("N"), binary=binary("N", context="Media/someone-else"))
+    rec = replace(record("N"), binary=read.binary(binary("N", context="Media/someone-else")))
     d = decide_one(rec, req(clearance="V"))
     assert d.verdict is Verdict.WITHHOLD
     assert any("belongs to another resource" in r for r in d.reasons)
 
 
 def test_bytes_that_do_not_say_whose_they_are_are_withheld():
-    rec = replace(record("N"), binary=binary("N", context=None))
+    rec = replace(record("N"), binary=read.binary(binary("N", context=None)))
     d = decide_one(rec, req(clearance="V"))
     assert d.verdict is Verdict.WITHHOLD
     assert any("no securityContext" in r for r in d.reasons)
@@ -146,7 +156,7 @@ def test_content_that_is_not_a_binary_here_is_withheld():
 
 def test_release_labels_are_never_lower_than_the_binarys():
     rec = record("N", (A, "NORDSCLCDS"), binary_labels=("V", (A, "PHY"), (A, "HUAPRV")))
-    codes = {x["code"] for x in releasable_labels(rec)}
+    codes = releasable_labels(rec).codes
     assert codes == {"V", "NORDSCLCDS", "HUAPRV"}, "highest conf, obligations of both, no PHY"
 
 
@@ -229,7 +239,13 @@ def test_consents_that_disagree_withhold():
 
 def test_no_consent_withholds_unless_implicit():
     assert verdict(record(consents=[]), req()) is Verdict.WITHHOLD
-    assert verdict(record("N", DEVAST, consents=[]), req()) is Verdict.RELEASE
+    assert verdict(record("N", DEVAST, consents=[], kind="ultrasound"), req()) is Verdict.RELEASE
+    # the kind alone, or the image's label without its bytes', is not enough
+    assert verdict(record("N", DEVAST, consents=[]), req()) is Verdict.WITHHOLD
+    image_unlabelled = record("N", consents=[], kind="ultrasound", binary_labels=("N", DEVAST))
+    assert verdict(image_unlabelled, req()) is Verdict.WITHHOLD
+    bytes_unlabelled = record("N", DEVAST, consents=[], kind="ultrasound", binary_labels=("N",))
+    assert verdict(bytes_unlabelled, req()) is Verdict.WITHHOLD
 
 
 def test_withdrawn_consent_withholds():
@@ -265,7 +281,7 @@ def test_patient_gets_own_images_but_not_nopat_or_v_ones_without_approval():
 def test_patient_copy_follows_the_binary_not_the_media():
     """A Media of the requester that points at another child's V bytes is not their copy."""
     own = req("PATRQT", role="patient", requester="Patient/p1")
-    rec = replace(record("N"), binary=binary("V", context="Media/victim"))
+    rec = replace(record("N"), binary=read.binary(binary("V", context="Media/victim")))
     d = decide_one(rec, own, now=NOW)
     assert d.verdict is Verdict.WITHHOLD
     assert any("another resource" in r for r in d.reasons)
@@ -302,7 +318,7 @@ def test_request_validation():
 
 def test_released_labels_drop_sensitivity_codes():
     rec = record("V", (A, "PHY"), (c.LOCAL_SENSITIVITY, "intimate"), (A, "NORDSCLCDS"), (A, "SDV"))
-    kept = {s["code"] for s in releasable_labels(rec)}
+    kept = releasable_labels(rec).codes
     assert kept == {"V", "NORDSCLCDS"}
 
 
@@ -353,8 +369,11 @@ def test_nothing_is_released_that_labels_or_consent_forbid(
         "PATRQT": "patient",
     }.get(purpose, "clinician")
     consents = [] if perms is None else [consent(status, **perms)]
+    kind = "ultrasound" if DEVAST in codes and DEVAST in binary_codes else None
     rec = ImageRecord(
-        media(conf, *codes), consents, binary=binary(binary_conf, *binary_codes, context=context)
+        read.image(media(conf, *codes, kind=kind)),
+        tuple(read.consent(x) for x in consents),
+        binary=read.binary(binary(binary_conf, *binary_codes, context=context)),
     )
     requester = {"family": "RelatedPerson/x", "patient": "Patient/p1"}.get(role, "Practitioner/x")
     d = decide_one(rec, req(purpose, role=role, clearance=clearance, requester=requester), now=NOW)
@@ -375,7 +394,7 @@ def test_nothing_is_released_that_labels_or_consent_forbid(
         assert "NOPAT" not in all_codes
     if purpose == "FAMRQT":
         assert effective < 4
-    if DEVAST not in codes or DEVAST not in binary_codes:
+    if kind is None:
         assert perms is not None and status == "active", "released without an active consent"
         if purpose in ("TREAT", "COC"):
             key = {"TREAT": perms["view"] and perms["store"], "COC": perms["second_opinion"]}

@@ -10,7 +10,9 @@ from starlette.testclient import TestClient
 
 from fhir_images import FhirClient
 from fhir_images import _codes as c
-from fhir_images._hook import SECRET_HEADER, HookService, assess
+from fhir_images._hook import SECRET_HEADER, HookService
+from fhir_images.fhir.r4 import read
+from fhir_images.policy import DEFAULT, STRICT
 
 BASE = "http://fhir.test/fhir"
 SECRET = "s" * 24
@@ -46,6 +48,13 @@ CONSENT = {
         ],
     },
 }
+
+
+def assess(media_, patient, consents, policy=DEFAULT):
+    """The pack's assessment of an image as the server holds it (views from R4 resources)."""
+    return policy.assess(
+        read.image(media_), read.patient(patient), [read.consent(x) for x in consents]
+    )
 
 
 def codes(labels) -> set[str]:
@@ -98,6 +107,18 @@ def test_consent_that_does_not_permit_care_is_reported():
     assert not assess(media(), ADULT, [inactive]).complete
 
 
+def test_the_strict_pack_applies_to_images_arriving_by_other_routes():
+    """An intimate image of a child, with a parent's consent on record: complete under the
+    default pack, a problem under the strict one (S1)."""
+    m = media(meta={"security": [{"system": c.LOCAL_SENSITIVITY, "code": "intimate"}]})
+    assert assess(m, CHILD, [CONSENT]).complete
+    strict = assess(m, CHILD, [CONSENT], policy=STRICT)
+    assert any("S1" in p for p in strict.problems)
+    assert conf(strict.labels) == "V"
+    service = HookService(FhirClient(BASE), SECRET, policy="strict")
+    assert service.labeller.policy is STRICT
+
+
 def test_missing_birth_date_is_treated_as_a_child():
     result = assess(media(), {"resourceType": "Patient", "id": "p1"}, [CONSENT])
     assert conf(result.labels) == "V"
@@ -109,7 +130,13 @@ def test_missing_birth_date_is_treated_as_a_child():
 
 @pytest.fixture()
 def service():
-    return HookService(FhirClient(BASE, profile="hapi"), SECRET, queue_size=2, workers=1, retries=0)
+    return HookService(
+        FhirClient(BASE, profile="hapi", fhir_version="4.0"),
+        SECRET,
+        queue_size=2,
+        workers=1,
+        retries=0,
+    )
 
 
 def wait_for(client, key, value, timeout=10.0):
@@ -212,7 +239,13 @@ def test_full_queue_answers_503_and_duplicates_are_coalesced(service, monkeypatc
 @responses.activate
 def test_server_outage_is_retried_then_reported(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    svc = HookService(FhirClient(BASE), SECRET, workers=1, retries=1, retry_delay=0.01)
+    svc = HookService(
+        FhirClient(BASE, profile="hapi", fhir_version="4.0"),
+        SECRET,
+        workers=1,
+        retries=1,
+        retry_delay=0.01,
+    )
     responses.get(f"{BASE}/Media/m1", status=503)
     with TestClient(svc.app) as client:
         client.put("/hook/Media/m1", headers={SECRET_HEADER: SECRET})

@@ -225,3 +225,15 @@ def test_video_duration_mapped(tmp_path, workdir):
     assert media["type"]["coding"][0]["code"] == "video"
     assert media["duration"] == 95.0
     assert "frames" not in media
+
+
+def test_records_are_checked_against_the_r4_models():
+    from pydantic import ValidationError
+
+    from fhir_images.fhir.r4.records import checked
+
+    with pytest.raises(ValidationError, match="status"):
+        checked(lambda: {"resourceType": "Task", "intent": "order"})()
+    with pytest.raises(ValidationError, match="bogus"):
+        checked(lambda: {"resourceType": "Consent", "bogus": 1})()
+    assert checked(lambda: None)() is None

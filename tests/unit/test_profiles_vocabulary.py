@@ -3,9 +3,9 @@ value sets hold every label the policy can set, and every canonical reference re
 
 from __future__ import annotations
 
-import ast
 import itertools
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +18,6 @@ from fhir_images import (
     ImageKind,
     Maker,
     _lifecycle,
-    _policy,
     decide,
 )
 from fhir_images import _codes as c
@@ -101,44 +100,24 @@ def test_local_urls_match_the_code() -> None:
     assert c.SID_SHA256 in media and c.EXT_REMOTE_CONSULTATION in media
 
 
-def _policy_reasons() -> dict[str, tuple[set[str], set[str]]]:
-    """Every reason code the policy checks yield, with its rules and outcomes (from the source)."""
-    tree = ast.parse(Path(_policy.__file__).read_text())
-    found: dict[str, tuple[set[str], set[str]]] = {}
-    for func in (n for n in tree.body if isinstance(n, ast.FunctionDef)):
-        assigned = {
-            t.id: node.value
-            for node in ast.walk(func)
-            if isinstance(node, ast.Assign)
-            for t in node.targets
-            if isinstance(t, ast.Name)
-        }
-        for call in ast.walk(func):
-            if not (isinstance(call, ast.Call) and getattr(call.func, "id", None) == "_r"):
-                continue
-            rule_node, outcome_node, code_node = call.args[:3]
-            if isinstance(rule_node, ast.Name):
-                rule_node = assigned[rule_node.id]
-            rules = {
-                n.value
-                for n in ast.walk(rule_node)
-                if isinstance(n, ast.Constant) and isinstance(n.value, str)
-            }
-            assert isinstance(code_node, ast.Constant) and isinstance(outcome_node, ast.Name)
-            entry = found.setdefault(code_node.value, (set(), set()))
-            entry[0].update(rules)
-            entry[1].add(getattr(_policy, outcome_node.id).value)
-    return found
+def test_the_decision_reason_codesystem_is_generated_from_the_one_table() -> None:
+    from fhir_images.policy import codesystem
+
+    assert (PROFILES / "CodeSystem-decision-reason.json").read_text() == codesystem.text(), (
+        "run: python -m fhir_images.policy.codesystem"
+    )
 
 
-def test_decision_reasons_cover_every_policy_finding() -> None:
-    reasons = _policy_reasons()
-    assert len(reasons) > 15
-    concepts = _concepts("decision-reason")
-    assert set(concepts) == set(reasons)
-    for code, (rules, outcomes) in reasons.items():
-        assert set(_properties(concepts[code], "rule")) == rules, code
-        assert set(_properties(concepts[code], "outcome")) == outcomes, code
+def test_every_finding_the_checks_can_make_is_in_the_table() -> None:
+    """The checks name codes; each must be in the table with the rule and outcome it uses (a
+    finding that does not match its table entry fails at run time too)."""
+    from fhir_images.policy import REASONS
+    from fhir_images.policy import ingest as rules
+
+    source = Path(rules.__file__).read_text()
+    used = set(re.findall(r'_r\(\s*"([a-z0-9-]+)"', source))
+    assert len(used) > 15
+    assert used == set(REASONS)
 
 
 def test_image_kinds() -> None:

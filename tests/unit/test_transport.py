@@ -16,9 +16,10 @@ from fhir_images import (
     ResourceNotFound,
     ServerError,
     ServerUnavailable,
+    Settings,
     VersionConflict,
 )
-from fhir_images._transport import FhirClient, RetryPolicy
+from fhir_images.fhir.client import FhirClient, RetryPolicy
 
 BASE = "http://fhir.test/fhir"
 
@@ -58,7 +59,7 @@ def test_capability_check_accepts_r4_and_picks_the_hapi_profile(client):
     responses.get(f"{BASE}/metadata", json=capability())
     client.capabilities()
     assert client.profile.name == "hapi"
-    assert client.profile.put_merges_security
+    assert client.profile.labels.replace_header == {"X-Meta-Snapshot-Mode": "SECURITY_LABEL"}
 
 
 @responses.activate
@@ -288,8 +289,7 @@ def test_next_link_outside_the_server_is_refused(client):
 
 @responses.activate
 def test_auth_headers(monkeypatch):
-    monkeypatch.setenv("FHIR_TOKEN", "s3cret")
-    c = FhirClient.from_env(BASE)
+    c = FhirClient.from_settings(Settings.from_env({"FHIR_TOKEN": "s3cret"}), BASE)
     responses.get(
         f"{BASE}/Media/1",
         json={"id": "1"},

@@ -15,8 +15,8 @@ cannot do. What is retried, with exponential backoff, full jitter, and
 * 502, 504 and read time-outs, only for requests that are idempotent (GET,
   PUT, DELETE, and transactions made only of conditional creates).
 
-Server quirks live in :class:`ServerProfile`, chosen from the
-CapabilityStatement's software name or by the caller.
+Server behaviour lives in a :class:`~fhir_images.fhir.servers.ServerProfile`, chosen from
+the CapabilityStatement or by the caller; the FHIR version from its ``fhirVersion``.
 """
 
 from __future__ import annotations
@@ -29,69 +29,36 @@ import random
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import urljoin
 
 import requests
 from requests.adapters import HTTPAdapter
 
-from ._exceptions import (
+from .._exceptions import (
     AuthenticationFailed,
     BadResponse,
     IncompatibleServer,
     InvalidRequest,
+    InvalidSetting,
     RateLimited,
     ResourceNotFound,
     ServerError,
     ServerUnavailable,
     VersionConflict,
 )
+from .servers import PROFILES, ServerProfile, profile_for
+from .version import FhirVersion, get_version
+
+if TYPE_CHECKING:
+    from .._settings import Settings
 
 log = logging.getLogger("fhir_images.transport")
 
 FHIR_JSON = "application/fhir+json"
 _CHUNK = 1 << 20
-
-
-@dataclass(frozen=True)
-class ServerProfile:
-    """What differs between FHIR servers, by name.
-
-    ``meta_operations``: supports ``$meta-add``/``$meta-delete`` (else labels
-    change by a full update with If-Match). ``put_merges_security``: an update
-    keeps labels it was not sent (HAPI), so a replacing update must ask for it
-    with ``X-Meta-Snapshot-Mode``. ``extra_headers``: sent on every request.
-    ``binary_read_operation``: an operation that streams a Binary's bytes (HAPI
-    answers a plain read of a large, externalised Binary with JSON, not bytes).
-    ``binary_write_operation``: an operation that streams raw bytes into an
-    existing Binary, keeping its labels and securityContext (HAPI's
-    ``$binary-access-write``); without it the bytes travel base64-encoded inside
-    the transaction that creates the Binary.
-    """
-
-    name: str
-    meta_operations: bool = True
-    put_merges_security: bool = False
-    extra_headers: dict[str, str] = field(default_factory=dict)
-    binary_read_operation: str | None = None
-    binary_write_operation: str | None = None
-
-
-PROFILES: dict[str, ServerProfile] = {
-    "generic": ServerProfile("generic"),
-    "hapi": ServerProfile(
-        "hapi",
-        meta_operations=True,
-        put_merges_security=True,
-        extra_headers={"Cache-Control": "no-cache"},
-        binary_read_operation="$binary-access-read?path=Binary",
-        binary_write_operation="$binary-access-write?path=Binary",
-    ),
-    "medplum": ServerProfile("medplum", meta_operations=False),
-    "azure": ServerProfile("azure", meta_operations=False),
-}
 
 
 @dataclass(frozen=True)
@@ -194,6 +161,8 @@ def _path(url: str, base: str = "") -> str:
         elif p[:1].isupper():
             out.append(p)
             expect = "id"
+        elif not out and p == "metadata":
+            out.append(p)
     return "/" + "/".join(out)
 
 
@@ -212,6 +181,7 @@ class FhirClient:
         profile: ServerProfile | str | None = None,
         pool_size: int = 8,
         session_factory: Callable[[], requests.Session] | None = None,
+        fhir_version: str | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("the FHIR base URL must start with http:// or https://")
@@ -225,30 +195,34 @@ class FhirClient:
         self._session_factory = session_factory
         self._local = threading.local()
         self._capabilities: dict[str, Any] | None = None
+        self._version: FhirVersion | None = None
+        if fhir_version is not None:  # otherwise the CapabilityStatement's, on first use
+            from . import r4  # noqa: F401  (registers FHIR R4)
+
+            self._version = get_version(fhir_version)
         self._profile: ServerProfile | None = (
             PROFILES[profile] if isinstance(profile, str) else profile
         )
 
     @classmethod
-    def from_env(cls, base_url: str | None = None, **kwargs: Any) -> FhirClient:
-        """Configure from FHIR_BASE_URL, FHIR_TOKEN, FHIR_USERNAME/FHIR_PASSWORD,
-        FHIR_CA_BUNDLE, FHIR_SERVER_PROFILE."""
-        url = base_url or os.environ.get("FHIR_BASE_URL")
+    def from_settings(
+        cls, settings: Settings, base_url: str | None = None, **kwargs: Any
+    ) -> FhirClient:
+        """A client configured from :class:`~fhir_images.Settings` (the base URL, credentials,
+        CA bundle and a forced server profile); ``base_url`` overrides the settings'."""
+        url = base_url or settings.base_url
         if not url:
-            raise ValueError("no FHIR server: give --server or set FHIR_BASE_URL")
-        if os.environ.get("FHIR_TOKEN"):
-            kwargs.setdefault("token", os.environ["FHIR_TOKEN"])
-        elif os.environ.get("FHIR_USERNAME"):
-            kwargs.setdefault(
-                "basic", (os.environ["FHIR_USERNAME"], os.environ.get("FHIR_PASSWORD", ""))
-            )
-        if os.environ.get("FHIR_CA_BUNDLE"):
-            kwargs.setdefault("verify", os.environ["FHIR_CA_BUNDLE"])
-        if os.environ.get("FHIR_SERVER_PROFILE"):
-            name = os.environ["FHIR_SERVER_PROFILE"]
-            if name not in PROFILES:
-                raise ValueError(f"FHIR_SERVER_PROFILE must be one of {', '.join(PROFILES)}")
-            kwargs.setdefault("profile", name)
+            raise InvalidSetting("no FHIR server: give --server or set FHIR_BASE_URL")
+        if settings.server_profile and settings.server_profile not in PROFILES:
+            raise InvalidSetting(f"FHIR_SERVER_PROFILE must be one of {', '.join(PROFILES)}")
+        if settings.token:
+            kwargs.setdefault("token", settings.token)
+        elif settings.username:
+            kwargs.setdefault("basic", (settings.username, settings.password or ""))
+        if settings.ca_bundle:
+            kwargs.setdefault("verify", settings.ca_bundle)
+        if settings.server_profile:
+            kwargs.setdefault("profile", settings.server_profile)
         return cls(url, **kwargs)
 
     # ----------------------------------------------------------------- plumbing
@@ -379,30 +353,32 @@ class FhirClient:
         cs = self._json(self.request("GET", "metadata"))
         if not isinstance(cs, dict) or cs.get("resourceType") != "CapabilityStatement":
             raise IncompatibleServer("the server's /metadata is not a CapabilityStatement")
-        version = str(cs.get("fhirVersion", ""))
-        if not version.startswith("4.0."):
-            raise IncompatibleServer(
-                f"the server speaks FHIR {version or 'of unknown version'}; "
-                "fhir-images needs FHIR R4 (4.0.x)"
-            )
+        from . import r4  # noqa: F401  (registers FHIR R4)
+
+        version = get_version(str(cs.get("fhirVersion", "")))
         rest = next((r for r in cs.get("rest", []) if r.get("mode") == "server"), None)
         if rest is None:
             raise IncompatibleServer("the CapabilityStatement has no server REST section")
         types = {r.get("type") for r in rest.get("resource", [])}
-        missing = sorted({"Media", "Consent", "Binary", "Provenance"} - types)
+        missing = sorted({version.image_type, "Consent", "Binary", "Provenance"} - types)
         if missing:
             raise IncompatibleServer(f"the server does not support {', '.join(missing)}")
         interactions = {i.get("code") for i in rest.get("interaction", [])}
         if "transaction" not in interactions:
             raise IncompatibleServer("the server does not support transaction Bundles")
         if self._profile is None:
-            software = str(cs.get("software", {}).get("name", "")).lower()
-            self._profile = next(
-                (p for n, p in PROFILES.items() if n != "generic" and n in software),
-                PROFILES["generic"],
-            )
+            self._profile = profile_for(cs)
+        self._version = version
         self._capabilities = cs
         return cs
+
+    @property
+    def version(self) -> FhirVersion:
+        """The FHIR version module for this server (from its CapabilityStatement)."""
+        if self._version is None:
+            self.capabilities()
+        assert self._version is not None
+        return self._version
 
     @property
     def profile(self) -> ServerProfile:
@@ -440,8 +416,8 @@ class FhirClient:
         headers = {"Prefer": "return=representation"}
         if if_match is not None:
             headers["If-Match"] = f'W/"{if_match}"'
-        if replace_labels and self.profile.put_merges_security:
-            headers["X-Meta-Snapshot-Mode"] = "SECURITY_LABEL"
+        if replace_labels:
+            headers.update(self.profile.labels.replace_header)
         ref = f"{resource['resourceType']}/{resource['id']}"
         data: dict[str, Any] = self._json(
             self.request("PUT", ref, json_body=resource, headers=headers)
@@ -528,7 +504,7 @@ class FhirClient:
     def write_binary(self, ref: str, path: Path, content_type: str) -> None:
         """Stream a file's raw bytes into an existing Binary (the server keeps its labels and
         securityContext). Only for servers with a binary write operation."""
-        op = self.profile.binary_write_operation
+        op = self.profile.binary_write.operation
         if op is None:
             raise IncompatibleServer("the server has no operation to write a Binary's bytes")
         self.request(
@@ -553,7 +529,7 @@ class FhirClient:
 
     def iter_binary(self, ref: str, content_type: str) -> Iterator[bytes]:
         """A Binary's raw bytes, streamed in chunks."""
-        op = self.profile.binary_read_operation
+        op = self.profile.binary_read.operation
         path = f"{ref}/{op}" if op else ref
         response = self.request("GET", path, headers={"Accept": content_type}, stream=True)
         with response:

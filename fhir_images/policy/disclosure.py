@@ -17,16 +17,17 @@ them. The most restrictive finding wins. It fails closed:
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
-from . import _codes as c
-from ._codes import Confidentiality
-from ._inputs import InputModel, reference
+from .. import _codes as c
+from .._codes import Confidentiality
+from .._inputs import InputModel, reference
+from ..fhir.views import ApprovalView, BinaryView, ConsentView, ImageView, Labels
 
 Purpose = Literal[
     "TREAT", "COC", "TRAIN", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "HLEGAL", "ETREAT", "BTG"
@@ -58,6 +59,9 @@ _RANK = {Verdict.RELEASE: 0, Verdict.APPROVE: 1, Verdict.WITHHOLD: 2}
 Reference = Annotated[str, reference()]
 
 
+Clearance = Literal["N", "R", "V"]
+
+
 class DisclosureRequest(InputModel):
     """Who asks, in what role, with what clearance, for what purpose, for whom."""
 
@@ -68,7 +72,7 @@ class DisclosureRequest(InputModel):
         description="Reference to who asks (Practitioner/.., Patient/.., ...)"
     )
     role: Role
-    clearance: Literal["N", "R", "V"] = "N"
+    clearance: Clearance = "N"
     recipient: Reference | None = Field(
         default=None, description="Who receives it, if not the requester"
     )
@@ -90,87 +94,63 @@ class DisclosureRequest(InputModel):
         return self
 
 
-@dataclass(frozen=True)
-class Approval:
-    """An approval of one disclosure, as recorded on the server (a Task)."""
-
-    ref: str
-    status: str
-    media: str
-    purpose: str | None
-    requester: str | None
-    recipient: str | None
-    approver: str | None
-    approved_at: datetime | None
-    valid_until: datetime | None
-
-    def covers(self, media: str, req: DisclosureRequest, now: datetime) -> str | None:
-        """Why this approval does not allow this release, or None when it does."""
-        if self.status != "accepted":
-            return f"{self.ref} is {self.status}"
-        if self.media != media:
-            return f"{self.ref} is for another image"
-        if self.purpose != req.purpose:
-            return f"{self.ref} is for another purpose"
-        if self.requester != req.requester or self.recipient != req.receiver:
-            return f"{self.ref} is for another requester or recipient"
-        if not self.approver or not self.approver.startswith(
-            ("Practitioner/", "PractitionerRole/")
-        ):
-            return f"{self.ref} does not name a clinician as approver"
-        if self.approver in (req.requester, req.recipient):
-            return f"{self.ref} was approved by the requester: approval must come from someone else"
-        if self.approved_at is None or self.approved_at > now:
-            return f"{self.ref} has no approval time in the past"
-        if self.valid_until is not None and self.valid_until < now:
-            return f"{self.ref} has expired"
-        return None
+def approval_refusal(
+    approval: ApprovalView, media: str, req: DisclosureRequest, now: datetime
+) -> str | None:
+    """Why this approval does not allow this release, or None when it does."""
+    if approval.status != "accepted":
+        return f"{approval.ref} is {approval.status}"
+    if approval.media != media:
+        return f"{approval.ref} is for another image"
+    if approval.purpose != req.purpose:
+        return f"{approval.ref} is for another purpose"
+    if approval.requester != req.requester or approval.recipient != req.receiver:
+        return f"{approval.ref} is for another requester or recipient"
+    if not approval.approver or not approval.approver.startswith(
+        ("Practitioner/", "PractitionerRole/")
+    ):
+        return f"{approval.ref} does not name a clinician as approver"
+    if approval.approver in (req.requester, req.recipient):
+        return f"{approval.ref} was approved by the requester: approval must come from someone else"
+    if approval.approved_at is None or approval.approved_at > now:
+        return f"{approval.ref} has no approval time in the past"
+    if approval.valid_until is not None and approval.valid_until < now:
+        return f"{approval.ref} has expired"
+    return None
 
 
 @dataclass(frozen=True)
 class ImageRecord:
-    """One Media as read from the server, with its Binary (labels and securityContext, not the
-    bytes), the Consents that reference it and approvals of its disclosure.
+    """One image as read from the server, with its Binary (labels and securityContext, not the
+    bytes), the Consents that name it and approvals of its disclosure.
 
-    ``binary`` is None when the Media's content is not a Binary on the server: then
-    ``binary_error`` says why (``None`` and no error: the content is inline in the Media).
+    ``binary`` is None when the image's content is not a Binary on the server: then
+    ``binary_error`` says why (``None`` and no error: the content is inline in the image).
     """
 
-    media: dict[str, Any]
-    consents: list[dict[str, Any]] = field(default_factory=list)
+    image: ImageView
+    consents: tuple[ConsentView, ...] = ()
     consent_error: str | None = None
-    binary: dict[str, Any] | None = None
+    binary: BinaryView | None = None
     binary_error: str | None = None
-    approvals: tuple[Approval, ...] = ()
+    approvals: tuple[ApprovalView, ...] = ()
 
     @property
     def ref(self) -> str:
-        return f"Media/{self.media.get('id')}"
+        return self.image.ref
 
     @property
-    def media_labels(self) -> set[tuple[str, str]]:
-        return _keys(self.media.get("meta", {}).get("security", []))
-
-    @property
-    def binary_labels(self) -> set[tuple[str, str]]:
-        return _keys((self.binary or {}).get("meta", {}).get("security", []))
-
-    @property
-    def labels(self) -> set[tuple[str, str]]:
-        """Every label of the Media and its Binary: what the bytes going out must honour."""
-        return self.media_labels | self.binary_labels
+    def labels(self) -> Labels:
+        """Every label of the image and its Binary: what the bytes going out must honour."""
+        return self.image.labels | (self.binary.labels if self.binary else Labels())
 
     @property
     def confidentiality(self) -> Confidentiality:
-        """The highest of the Media's and the Binary's (each V when it has none)."""
-        level = confidentiality_of(self.media_labels)
+        """The highest of the image's and the Binary's (each V when it has none)."""
+        level = self.image.labels.confidentiality
         if self.binary is not None:
-            level = max(level, confidentiality_of(self.binary_labels))
+            level = max(level, self.binary.labels.confidentiality)
         return level
-
-
-def _keys(security: Iterable[dict[str, Any]]) -> set[tuple[str, str]]:
-    return {(str(s.get("system")), str(s.get("code"))) for s in security}
 
 
 @dataclass(frozen=True)
@@ -185,7 +165,7 @@ class DisclosureDecision:
     verdict: Verdict
     reasons: tuple[str, ...]
     confidentiality: str
-    approval: Approval | None = None
+    approval: ApprovalView | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -198,48 +178,23 @@ class DisclosureDecision:
         }
 
 
-def confidentiality_of(labels: Iterable[tuple[str, str]]) -> Confidentiality:
-    """The highest confidentiality code present; V when there is none (fail closed)."""
-    codes = [
-        Confidentiality[code]
-        for system, code in labels
-        if system == c.V3_CONFIDENTIALITY and code in Confidentiality.__members__
-    ]
-    return max(codes) if codes else Confidentiality.V
-
-
 def consent_required(record: ImageRecord) -> bool:
-    """Implicit consent (G3) only for device-asserted images (X-ray, ultrasound, ...): the
-    Media and its Binary (if any) must both say so."""
-    devast = (c.V3_OBSERVATION_VALUE, "DEVAST")
-    return devast not in record.media_labels or (
-        record.binary is not None and devast not in record.binary_labels
-    )
-
-
-def provision_for(consent: dict[str, Any], purpose: str) -> tuple[str, str]:
-    """('permit'|'deny', why) for a purpose, from the Consent's provision tree."""
-    root = consent.get("provision") or {}
-    cid = f"Consent/{consent.get('id')}"
-    for nested in root.get("provision", []) or []:
-        codes = {p.get("code") for p in nested.get("purpose", []) or []}
-        if purpose in codes:
-            kind = "permit" if nested.get("type") == "permit" else "deny"
-            return kind, f"{cid}: its provision for {purpose} is a {kind}"
-    kind = "permit" if root.get("type") == "permit" else "deny"
-    return kind, f"{cid} has no provision for {purpose}; its base rule is {kind}"
+    """Consent is implicit only for the kinds of image the GMC lists (G3), and only when both
+    the image and its bytes carry the device-asserted label written when it was stored."""
+    if not record.image.implicit_consent:
+        return True
+    return record.binary is not None and c.DEVAST not in record.binary.labels
 
 
 def _bytes_findings(record: ImageRecord) -> list[Finding]:
-    """The bytes must be this image's: a Binary naming this Media as its securityContext."""
-    content = record.media.get("content", {})
+    """The bytes must be this image's: a Binary naming this image as its securityContext."""
     if record.binary is None:
         if record.binary_error:
             return [Finding(Verdict.WITHHOLD, f"the image's bytes: {record.binary_error}")]
-        if not content.get("data"):
+        if not record.image.has_inline_data:
             return [Finding(Verdict.WITHHOLD, "the image has no content on this server")]
         return []
-    context = record.binary.get("securityContext", {}).get("reference")
+    context = record.binary.security_context
     if context is None:
         return [
             Finding(
@@ -259,14 +214,15 @@ def _bytes_findings(record: ImageRecord) -> list[Finding]:
 
 def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
     out: list[Finding] = _bytes_findings(record)
-    labels = record.labels
-    codes = {code for _, code in labels}
+    codes = record.labels.codes
     conf = record.confidentiality
     unlabelled = [
         name
-        for name, own in (("image", record.media_labels), ("Binary", record.binary_labels))
-        if (name == "image" or record.binary is not None)
-        and not any(system == c.V3_CONFIDENTIALITY for system, _ in own)
+        for name, own in (
+            ("image", record.image.labels),
+            ("Binary", record.binary.labels if record.binary else None),
+        )
+        if own is not None and not own.has_confidentiality
     ]
     if unlabelled:
         out.append(
@@ -287,7 +243,7 @@ def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
         )
 
     # the patient's own copy: only their own images
-    subject = record.media.get("subject", {}).get("reference")
+    subject = record.image.subject
     if req.purpose == "PATRQT":
         if subject != req.requester:
             out.append(
@@ -312,23 +268,21 @@ def _findings(record: ImageRecord, req: DisclosureRequest) -> list[Finding]:
             out.append(
                 Finding(Verdict.WITHHOLD, f"the Consent could not be read ({record.consent_error})")
             )
-        active = [x for x in record.consents if x.get("status") == "active"]
+        active = [x for x in record.consents if x.active]
         if not record.consents and not record.consent_error:
             out.append(Finding(Verdict.WITHHOLD, "no Consent found for this image"))
         elif record.consents and not active:
-            statuses = ", ".join(
-                f"Consent/{x.get('id')} is {x.get('status')}" for x in record.consents
-            )
+            statuses = ", ".join(f"{x.ref} is {x.status}" for x in record.consents)
             out.append(Finding(Verdict.WITHHOLD, f"consent withdrawn or not active ({statuses})"))
         governed = _CONSENT_PURPOSE.get(req.purpose)
         if governed and active:
-            answers = [provision_for(x, governed) for x in active]
+            answers = [x.provision_for(governed) for x in active]
             # every active Consent must permit; a deny anywhere wins (Consents that disagree)
-            for kind, why in answers:
-                if kind != "permit":
-                    out.append(Finding(Verdict.WITHHOLD, why))
-            if all(kind == "permit" for kind, _ in answers):
-                out.append(Finding(Verdict.RELEASE, "; ".join(why for _, why in answers)))
+            for answer in answers:
+                if not answer.permits:
+                    out.append(Finding(Verdict.WITHHOLD, answer.why))
+            if all(answer.permits for answer in answers):
+                out.append(Finding(Verdict.RELEASE, "; ".join(a.why for a in answers)))
 
     # clearance for restricted images
     own_copy = req.purpose == "PATRQT"
@@ -386,12 +340,12 @@ def decide_one(
     findings = _findings(record, req)
     verdict = max((f.verdict for f in findings), key=_RANK.__getitem__, default=Verdict.RELEASE)
     reasons = [f.reason for f in findings if f.verdict is verdict] or ["nothing restricts it"]
-    used: Approval | None = None
+    used: ApprovalView | None = None
     if verdict is Verdict.APPROVE:
         at = now or datetime.now(UTC)
         refusals = []
         for approval in record.approvals:
-            why_not = approval.covers(record.ref, req, at)
+            why_not = approval_refusal(approval, record.ref, req, at)
             if why_not is None:
                 used = approval
                 break
@@ -413,14 +367,13 @@ def decide_disclosure(
     return [decide_one(r, req, now=now) for r in records]
 
 
-def releasable_labels(record: ImageRecord) -> list[dict[str, str]]:
-    """The labels a released copy of the image and of its bytes carry: every label of the Media
+def releasable_labels(record: ImageRecord) -> Labels:
+    """The labels a released copy of the image and of its bytes carry: every label of the image
     and the Binary, the highest confidentiality code alone, sensitivity codes (which reveal
     private facts) removed. Never lower than either resource's own."""
-    keys = {k for k in record.labels if k not in c.SENSITIVITY_CODES}
-    keys = {k for k in keys if k[0] != c.V3_CONFIDENTIALITY}
+    keys = {k for k in record.labels.without_sensitivity() if k[0] != c.V3_CONFIDENTIALITY}
     keys.add((c.V3_CONFIDENTIALITY, record.confidentiality.name))
-    return [{"system": s, "code": code} for s, code in sorted(keys)]
+    return Labels(frozenset(keys))
 
 
 def high_water_mark(decisions: Iterable[DisclosureDecision]) -> str:

@@ -1,10 +1,9 @@
-"""Policy: clinical context + consent record -> a decision with reasons and labels.
+"""The ingest rules: clinical context + consent record -> findings, and the labels.
 
-Pure functions, no I/O. A policy pack is a name, a tuple of small check
-functions and a label function. Each check returns the findings it makes;
-the decision is the most serious outcome among them (refuse > hold > store).
-Every finding names the rule it comes from (G1-G13 of the GMC guidance as
-summarised in the domain brief, or S1 for the strict pack).
+Pure functions, no I/O. Each check returns the findings it makes; a pack's decision is the
+most serious outcome among them (refuse > hold > store). Every finding names its code in the
+one table of reasons (:mod:`.reasons`), which fixes its outcome and the rule it comes from
+(G1-G13 of the GMC guidance as summarised in the domain brief, or S1 for the strict pack).
 """
 
 from __future__ import annotations
@@ -13,26 +12,21 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from . import _codes as c
-from ._codes import Confidentiality, Label
-from ._context import (
+from .. import _codes as c
+from .._codes import Confidentiality, Label
+from .._context import (
     IMPLICIT_CONSENT_KINDS,
     ClinicalContext,
     ConsentGiver,
     ConsentRecord,
     Maker,
 )
-from ._exceptions import InvalidContext, PolicyNotFound
+from .._exceptions import InvalidContext
+from .reasons import REASONS, Outcome
 
 ADULT_AGE = 18
 PRESUMED_COMPETENT_AGE = 16  # Family Law Reform Act 1969 s8; Mental Capacity Act 2005
 ADOLESCENT_AGE = 12
-
-
-class Outcome(StrEnum):
-    STORE = "store"
-    HOLD = "hold"
-    REFUSE = "refuse"
 
 
 _SEVERITY = {Outcome.STORE: 0, Outcome.HOLD: 1, Outcome.REFUSE: 2}
@@ -145,7 +139,11 @@ class Situation:
 Check = Callable[[Situation], Iterable[Reason]]
 
 
-def _r(rule: str, outcome: Outcome, code: str, text: str) -> Reason:
+def _r(code: str, outcome: Outcome, rule: str, text: str) -> Reason:
+    """A finding: its code from the one table of reasons, which fixes its outcome and rules."""
+    entry = REASONS[code]
+    if outcome is not entry.outcome or rule not in entry.rules:
+        raise AssertionError(f"the finding {code} does not match the table of reasons")
     return Reason(rule, outcome, text, code)
 
 
@@ -157,23 +155,23 @@ STORE, HOLD, REFUSE = Outcome.STORE, Outcome.HOLD, Outcome.REFUSE
 def check_purpose(s: Situation) -> Iterable[Reason]:
     if not (s.ctx.purpose or "").strip():
         yield _r(
-            "G8",
-            REFUSE,
             "purpose-missing",
+            REFUSE,
+            "G8",
             "No clinical purpose recorded. Record the clinical relevance and purpose of the "
             "image (why it is needed for this patient's care); it justifies its use and storage.",
         )
     else:
-        yield _r("G8", STORE, "purpose-recorded", "Clinical relevance and purpose recorded.")
+        yield _r("purpose-recorded", STORE, "G8", "Clinical relevance and purpose recorded.")
 
 
 def check_consent_needed(s: Situation) -> Iterable[Reason]:
     consent = s.consent
     if s.implicit_kind and consent is None:
         yield _r(
-            "G3",
-            STORE,
             "consent-implicit",
+            STORE,
+            "G3",
             f"Consent is implicit for {s.ctx.kind.value.replace('_', ' ')} images: it is part "
             "of the consent to the investigation; no separate consent is needed.",
         )
@@ -181,9 +179,9 @@ def check_consent_needed(s: Situation) -> Iterable[Reason]:
     if consent is None:
         if s.parent_unsolicited_unusual:
             yield _r(
-                "G6",
-                HOLD,
                 "consent-unconfirmed-unsolicited",
+                HOLD,
+                "G6",
                 "Sent unsolicited by a parent or carer, and intimate or not an image that would "
                 "be taken in a normal face-to-face consultation: implied consent is not enough. "
                 "Confirm with a person with parental responsibility that they consent to you "
@@ -192,9 +190,9 @@ def check_consent_needed(s: Situation) -> Iterable[Reason]:
         else:
             rule = "G4" if s.patient_made else "G1"
             yield _r(
-                rule,
-                HOLD,
                 "consent-missing",
+                HOLD,
+                rule,
                 "No consent recorded. Record the patient's consent (or, for a child who cannot "
                 "consent, that of a person with parental responsibility): that you explained "
                 "why the image helps their care, what form it takes, and that it is stored "
@@ -204,9 +202,9 @@ def check_consent_needed(s: Situation) -> Iterable[Reason]:
     perms = consent.permissions
     if not perms.store or not perms.view:
         yield _r(
-            "G1",
-            REFUSE,
             "consent-refused",
+            REFUSE,
+            "G1",
             "The consent record does not allow the image to be "
             + (
                 "viewed and stored"
@@ -235,9 +233,9 @@ def check_consent_quality(s: Situation) -> Iterable[Reason]:
     ]
     if missing and not s.implicit_kind:
         yield _r(
-            "G1",
-            HOLD,
             "consent-explanation-incomplete",
+            HOLD,
+            "G1",
             "The consent record does not show that you explained "
             + ", ".join(missing)
             + ". Record those points of the consent discussion.",
@@ -245,51 +243,51 @@ def check_consent_quality(s: Situation) -> Iterable[Reason]:
     perms = consent.permissions
     if (perms.teaching or perms.research) and not ex.secondary_uses:
         yield _r(
-            "G2",
-            HOLD,
             "secondary-use-unexplained",
+            HOLD,
+            "G2",
             "Teaching or research use is permitted but the record does not show that secondary "
             "uses (in anonymised or coded form) were explained. Record that discussion, or "
             "record the permission as not given.",
         )
     if not (consent.discussion or "").strip() and not s.implicit_kind:
         yield _r(
-            "G8",
-            HOLD,
             "discussion-not-recorded",
+            HOLD,
+            "G8",
             "Record the key elements of the consent discussion.",
         )
     if consent.method == "implied" and not s.implicit_kind:
         if s.parent_unsolicited_unusual:
             yield _r(
-                "G6",
-                HOLD,
                 "implied-consent-insufficient",
+                HOLD,
+                "G6",
                 "Implied consent is not enough for an unsolicited image that is intimate or "
                 "would not be taken in a normal face-to-face consultation: confirm consent to "
                 "view, store and share with a person with parental responsibility.",
             )
         elif s.intimate:
             yield _r(
-                "G1",
-                HOLD,
                 "implied-consent-intimate",
+                HOLD,
+                "G1",
                 "Intimate (or not stated as not intimate): explicit consent is needed, "
                 "not implied consent.",
             )
         elif s.child:
             yield _r(
-                "G5",
-                HOLD,
                 "implied-consent-child",
+                HOLD,
+                "G5",
                 "For a child's image, record explicit consent from a person with parental "
                 "responsibility or from the competent young person.",
             )
     if s.parent_unsolicited_unusual and not consent.confirmed:
         yield _r(
-            "G6",
-            HOLD,
             "consent-unconfirmed-unsolicited",
+            HOLD,
+            "G6",
             "Sent unsolicited and intimate or unusual: record that consent to viewing, storing "
             "and sharing was confirmed with a person with parental responsibility.",
         )
@@ -304,9 +302,9 @@ def check_who_consented(s: Situation) -> Iterable[Reason]:
             raise InvalidContext("the consent record's giver is not the patient in the context")
         if s.child and s.age < PRESUMED_COMPETENT_AGE and consent.gillick_competent is not True:
             yield _r(
-                "G5",
-                HOLD,
                 "young-person-competence-unassessed",
+                HOLD,
+                "G5",
                 "The patient is under 16: they can consent for themselves only if assessed as "
                 "competent (Gillick). Record that assessment, or obtain consent from a person "
                 "with parental responsibility.",
@@ -314,9 +312,9 @@ def check_who_consented(s: Situation) -> Iterable[Reason]:
         return
     if not s.child:
         yield _r(
-            "G5",
-            HOLD,
             "adult-consent-by-other",
+            HOLD,
+            "G5",
             "The patient is an adult: consent comes from the patient. (If they lack capacity, "
             "follow the Mental Capacity Act best-interests process; that is outside this tool.)",
         )
@@ -326,9 +324,9 @@ def check_who_consented(s: Situation) -> Iterable[Reason]:
         or consent.parental_responsibility is False
     ):
         yield _r(
-            "G5",
-            HOLD,
             "no-parental-responsibility",
+            HOLD,
+            "G5",
             "Consent was given by someone without parental responsibility. Obtain consent from "
             "a person with parental responsibility, or from the young person if competent.",
         )
@@ -337,9 +335,9 @@ def check_who_consented(s: Situation) -> Iterable[Reason]:
 def check_child_best_interests(s: Situation) -> Iterable[Reason]:
     if s.child and not s.implicit_kind and not (s.ctx.best_interests or "").strip():
         yield _r(
-            "G7",
-            HOLD,
             "best-interests-not-recorded",
+            HOLD,
+            "G7",
             "Record why keeping this image is in the child's best interests (a safeguarding "
             "lead may advise).",
         )
@@ -348,9 +346,9 @@ def check_child_best_interests(s: Situation) -> Iterable[Reason]:
 def check_remote(s: Situation) -> Iterable[Reason]:
     if s.ctx.remote:
         yield _r(
-            "G9",
-            STORE,
             "remote-consultation",
+            STORE,
+            "G9",
             "Marked in the record as coming from a remote consultation.",
         )
 
@@ -358,24 +356,24 @@ def check_remote(s: Situation) -> Iterable[Reason]:
 def check_sensitive(s: Situation) -> Iterable[Reason]:
     if s.ctx.safeguarding_concern:
         yield _r(
-            "G12",
-            STORE,
             "safeguarding",
+            STORE,
+            "G12",
             "Safeguarding concern: labelled very restricted, not to be shown to the patient or "
             "family without a clinician's authorisation; discuss with the safeguarding lead.",
         )
     if s.ctx.intimate is None and not s.implicit_kind:
         yield _r(
-            "G12",
-            STORE,
             "intimacy-unknown",
+            STORE,
+            "G12",
             "Not stated whether the image is intimate: treated as intimate.",
         )
     elif s.intimate and not s.implicit_kind:
         yield _r(
-            "G12",
-            STORE,
             "intimate",
+            STORE,
+            "G12",
             "Intimate image: flagged as particularly sensitive for disclosure.",
         )
 
@@ -383,9 +381,9 @@ def check_sensitive(s: Situation) -> Iterable[Reason]:
 def check_strict_intimate_child(s: Situation) -> Iterable[Reason]:
     if s.child and s.intimate and not s.implicit_kind:
         yield _r(
-            "S1",
-            REFUSE,
             "strict-intimate-under-18",
+            REFUSE,
+            "S1",
             "Local policy (NHS England / RCPCH principles for remote intimate assessments): "
             "intimate images of under-18s should not be requested or received, and are not "
             "stored in the record. Arrange a face-to-face assessment; if there is a "
@@ -452,37 +450,8 @@ def _unique(labels: list[Label]) -> tuple[Label, ...]:
     return tuple(dict.fromkeys(labels))
 
 
-# ------------------------------------------------------------------------------- packs
-
-
-@dataclass(frozen=True)
-class Policy:
-    name: str
-    description: str
-    checks: tuple[Check, ...]
-    labels: Callable[[Situation], SecurityLabels] = default_labels
-
-    def decide(self, ctx: ClinicalContext, consent: ConsentRecord | None = None) -> Decision:
-        if consent is not None and consent.date.date() < ctx.birth_date:
-            raise InvalidContext("invalid consent: date: is before the patient's birth date")
-        s = Situation(ctx, consent)
-        reasons = [reason for check in self.checks for reason in check(s)]
-        outcome = max((r.outcome for r in reasons), key=_SEVERITY.__getitem__, default=STORE)
-        if s.implicit_kind and consent is None:
-            state = ConsentState.IMPLICIT
-        else:
-            state = ConsentState.RECORDED if consent is not None else ConsentState.MISSING
-        return Decision(
-            outcome=outcome,
-            reasons=tuple(reasons),
-            labels=self.labels(s),
-            consent=state,
-            policy=self.name,
-            age_band=s.age_band,
-        )
-
-
-_DEFAULT_CHECKS: tuple[Check, ...] = (
+SEVERITY = _SEVERITY
+DEFAULT_CHECKS: tuple[Check, ...] = (
     check_purpose,
     check_consent_needed,
     check_who_consented,
@@ -491,36 +460,3 @@ _DEFAULT_CHECKS: tuple[Check, ...] = (
     check_remote,
     check_sensitive,
 )
-
-DEFAULT = Policy(
-    "default",
-    "GMC 'Making and using visual and audio recordings of patients' as applied by the "
-    "Medical Protection article on storing images in medical records.",
-    _DEFAULT_CHECKS,
-)
-
-STRICT = Policy(
-    "strict",
-    "The default policy, plus: intimate images of under-18s are not stored "
-    "(NHS England / RCPCH principles for remote intimate assessments).",
-    (*_DEFAULT_CHECKS, check_strict_intimate_child),
-)
-
-POLICIES: dict[str, Policy] = {p.name: p for p in (DEFAULT, STRICT)}
-
-
-def get_policy(name: str) -> Policy:
-    try:
-        return POLICIES[name]
-    except KeyError:
-        raise PolicyNotFound(
-            f"no policy named {name!r}; choose one of: {', '.join(sorted(POLICIES))}"
-        ) from None
-
-
-def decide(
-    ctx: ClinicalContext, consent: ConsentRecord | None = None, *, policy: str | Policy = "default"
-) -> Decision:
-    """Decide whether an image may go into the record, and how it is labelled."""
-    pack = policy if isinstance(policy, Policy) else get_policy(policy)
-    return pack.decide(ctx, consent)

@@ -1,4 +1,4 @@
-"""Mapping: a decision to store -> FHIR R4 resources and one transaction Bundle.
+"""R4 mapping: a decision to store -> FHIR R4 resources and one transaction Bundle.
 
 No HTTP here. The Bundle holds every resource of one image, the Binary included,
 so that the server stores all of them or none (see :class:`MappedSubmission`):
@@ -14,7 +14,6 @@ act are stored once however often, and from however many outboxes, they are sent
 from __future__ import annotations
 
 import base64
-import hashlib
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -28,10 +27,11 @@ from fhir.resources.R4B.encounter import Encounter
 from fhir.resources.R4B.media import Media
 from fhir.resources.R4B.provenance import Provenance
 
-from . import _codes as c
-from ._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
-from ._intake import ImageFacts
-from ._policy import Decision, Outcome, SecurityLabels
+from ... import _codes as c
+from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
+from ..._intake import ImageFacts
+from ...policy import Decision, Outcome, SecurityLabels
+from ..keys import binary_id, consent_key, image_key, record_key
 
 _MODALITY = {
     ImageKind.PHOTO: ("XC", "External-camera Photography"),
@@ -41,31 +41,6 @@ _MODALITY = {
     ImageKind.XRAY: ("DX", "Digital Radiography"),
     ImageKind.PATHOLOGY_SLIDE: ("SM", "Slide Microscopy"),
 }
-
-
-def image_key(patient: str, sha256_hex: str) -> str:
-    """The record key of one image of one patient (the same bytes for another patient differ).
-
-    A one-way hash: it names the image without revealing the patient reference.
-    """
-    return hashlib.sha256(f"{patient}|{sha256_hex}".encode()).hexdigest()[:32]
-
-
-def consent_key(consent: ConsentRecord | None) -> str:
-    """The record key of one consent act (``implicit`` when consent is implicit)."""
-    if consent is None:
-        return "implicit"
-    return hashlib.sha256(consent.model_dump_json().encode()).hexdigest()[:32]
-
-
-def binary_id(image: str) -> str:
-    """The id fhir-images gives the Binary of an image: deterministic, so a repeat finds it."""
-    return f"fi-{image}"
-
-
-def record_key(image: str, part: str, consent: str | None = None) -> str:
-    """``{image}.{part}`` or ``{image}.{part}.{consent}``: the value of a SID_RECORD key."""
-    return f"{image}.{part}" if consent is None else f"{image}.{part}.{consent}"
 
 
 @dataclass(frozen=True)
@@ -182,9 +157,13 @@ def build_media(
         "note": [{"text": text} for text in notes],
         "extension": [{"url": c.EXT_REMOTE_CONSULTATION, "valueBoolean": ctx.remote}],
     }
+    # the kind of image, in fhir-images' own code (what implicit consent depends on, G3), and
+    # as a DICOM modality where there is one
+    kind_coding = {"system": c.LOCAL_IMAGE_KIND, "code": ctx.kind.value}
+    data["modality"] = {"coding": [kind_coding]}
     if ctx.kind in _MODALITY:
         code, display = _MODALITY[ctx.kind]
-        data["modality"] = {"coding": [{"system": c.DICOM, "code": code, "display": display}]}
+        data["modality"]["coding"].insert(0, {"system": c.DICOM, "code": code, "display": display})
     if encounter_ref:
         data["encounter"] = {"reference": encounter_ref}
     if ctx.operator:

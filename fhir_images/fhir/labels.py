@@ -16,9 +16,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from ._codes import V3_CONFIDENTIALITY, Confidentiality
-from ._exceptions import LabelError, LabelVerificationFailed
-from ._transport import FhirClient
+from .._codes import V3_CONFIDENTIALITY, Confidentiality
+from .._exceptions import LabelError, LabelVerificationFailed
+from .client import FhirClient
 
 Coding = tuple[str, str]
 
@@ -102,15 +102,8 @@ def plan_label_change(
 
 
 def current_labels(client: FhirClient, ref: str) -> list[dict[str, Any]]:
-    """A resource's labels, through ``$meta`` where the server has it (no resource body; for a
-    Binary, never its bytes)."""
-    if client.profile.meta_operations:
-        security: list[dict[str, Any]] = client.meta(ref).get("security", [])
-    elif ref.startswith("Binary/"):
-        security = client.binary_meta(ref).get("meta", {}).get("security", [])
-    else:
-        security = client.read(ref).get("meta", {}).get("security", [])
-    return security
+    """A resource's labels, as the server's label strategy reads them (never a Binary's bytes)."""
+    return client.profile.labels.read(client, ref)
 
 
 def apply_labels(
@@ -128,38 +121,17 @@ def apply_labels(
     ``current`` may be given when the caller has just read (or created) the resource;
     ``allow_lower`` and ``keep_higher`` are as in :func:`plan_label_change`.
     """
-    resource: dict[str, Any] | None = None
-    binary = ref.startswith("Binary/")
     if current is None:
-        if client.profile.meta_operations or binary:
-            current = current_labels(client, ref)
-        else:
-            resource = client.read(ref)
-            current = resource.get("meta", {}).get("security", [])
+        current = current_labels(client, ref)
     delta = plan_label_change(
         current, desired, remove=remove, allow_lower=allow_lower, keep_higher=keep_higher
     )
     expected = delta.result(_key(c) for c in current)
-    after: list[dict[str, Any]] | None = None
-    if delta.empty:
-        after = current
-    elif client.profile.meta_operations:
-        if delta.add:
-            after = client.meta_add(ref, _codings(delta.add)).get("security")
-        if delta.delete:
-            after = client.meta_delete(ref, _codings(delta.delete)).get("security")
-    elif binary:  # never re-send a Binary's bytes to change its labels
-        version = client.binary_meta(ref).get("meta", {}).get("versionId")
-        client.patch(
-            ref,
-            [{"op": "add", "path": "/meta/security", "value": _codings(expected)}],
-            if_match=version,
+    after: list[dict[str, Any]] | None = current
+    if not delta.empty:
+        after = client.profile.labels.write(
+            client, ref, _codings(delta.add), _codings(delta.delete), _codings(expected)
         )
-    else:
-        resource = resource or client.read(ref)
-        version = resource.get("meta", {}).get("versionId")
-        resource.setdefault("meta", {})["security"] = _codings(expected)
-        client.update(resource, if_match=version, replace_labels=True)
     if after is None:  # the server did not answer with the resulting labels: read them back
         after = current_labels(client, ref)
     got = {_key(c) for c in after}
@@ -199,13 +171,13 @@ def label_image(
     ``binary`` is the Binary's reference (read from the Media when not given; a Media whose
     content is not a Binary on this server has only its own labels changed).
     """
-    from ._records import binary_reference
+    from .common import binary_reference
 
     desired = list(desired)
     if binary is None:
-        media = client.read(media_ref)
-        current = media.get("meta", {}).get("security", []) if current is None else current
-        binary = binary_reference(media.get("content", {}).get("url"), client.base_url)
+        image = client.version.image(client.read(media_ref))
+        current = image.labels.codings() if current is None else current
+        binary = binary_reference(image.content_url, client.base_url)
     if current is None:
         current = current_labels(client, media_ref)
     if binary is not None and binary_current is None:

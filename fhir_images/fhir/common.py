@@ -1,0 +1,64 @@
+"""Small things every FHIR version shares: instants, references, a Media's Binary."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .._inputs import reference_parts
+
+
+def iso(dt: datetime) -> str:
+    """A FHIR instant in UTC."""
+    return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
+def parse_instant(value: Any) -> datetime | None:
+    """A FHIR dateTime/instant as an aware datetime (UTC when no zone is given); None if not one."""
+    if not isinstance(value, str) or not value:
+        return None
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+def is_reference(value: str) -> bool:
+    """A relative FHIR reference ``Type/id`` (id as FHIR's id rules allow)."""
+    return reference_parts(value) is not None
+
+
+def who(value: str) -> dict[str, str]:
+    """A Reference for a reference, a display for anything else (a name of a system)."""
+    return {"reference": value} if is_reference(value) else {"display": value}
+
+
+def binary_reference(url: Any, base_url: str) -> str | None:
+    """``Binary/{id}`` for an image's content URL on this server (relative or absolute).
+
+    None for anything else: no URL, another server, a contained or inline attachment.
+    """
+    if not isinstance(url, str):
+        return None
+    if url.startswith(base_url):
+        url = url[len(base_url) :]
+    parts = url.split("/")
+    if len(parts) == 2 and parts[0] == "Binary" and is_reference(url):
+        return str(url)
+    if len(parts) == 4 and parts[0] == "Binary" and parts[2] == "_history":
+        ref = "/".join(parts[:2])
+        return ref if is_reference(ref) else None
+    return None
+
+
+def created(response: dict[str, Any], resource_type: str) -> list[str]:
+    """``Type/id`` of each resource of ``resource_type`` a transaction response reports, in
+    order (from each entry's location, without its ``_history`` part)."""
+    out = []
+    for entry in response.get("entry") or []:
+        location = ((entry or {}).get("response") or {}).get("location") or ""
+        ref = str(location).split("/_history")[0]
+        if ref.startswith(f"{resource_type}/"):
+            out.append(ref)
+    return out

@@ -1,0 +1,94 @@
+"""FHIR R4 (4.0.1): images as Media, with Consent, Provenance, AuditEvent and Task.
+
+Everything that knows R4's field names is in this package: reading (:mod:`.read`), the
+submission of a new image (:mod:`.mapping`, :mod:`.submission`) and the records written later
+(:mod:`.records`). :data:`R4` is the version object the rest of the code uses.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import version as _version
+from . import mapping, read, records
+from .submission import Submission
+
+
+class _R4:
+    """The R4 implementation of :class:`fhir_images.fhir.version.FhirVersion`."""
+
+    name = "R4"
+    image_type = "Media"
+
+    image = staticmethod(read.image)
+    binary = staticmethod(read.binary)
+    consent = staticmethod(read.consent)
+    patient = staticmethod(read.patient)
+    task = staticmethod(read.task)
+    approval = staticmethod(read.approval)
+
+    map_submission = staticmethod(mapping.map_submission)
+
+    @staticmethod
+    def submission(bundle: dict[str, Any]) -> Submission:
+        return Submission(bundle)
+
+    @staticmethod
+    def images_of_patient(patient: str) -> tuple[str, dict[str, str]]:
+        return "Media", {"subject": patient, "_count": "100", "_sort": "-created"}
+
+    @staticmethod
+    def image_by_hash(sha256: str, patient: str) -> tuple[str, dict[str, str]]:
+        from ... import _codes as c
+
+        return "Media", {
+            "identifier": f"{c.SID_SHA256}|{sha256}",
+            "subject": patient,
+            "_count": "1",
+        }
+
+    @staticmethod
+    def consents_of_image(image: str) -> tuple[str, dict[str, str]]:
+        return "Consent", {"data": image, "_count": "100"}
+
+    @staticmethod
+    def provenances_of(target: str) -> tuple[str, dict[str, str]]:
+        return "Provenance", {"target": target, "_count": "100"}
+
+    @staticmethod
+    def tasks_about(image: str) -> tuple[str, dict[str, str]]:
+        return "Task", {"focus": image, "_count": "100"}
+
+    @staticmethod
+    def approvals(
+        *, image: str | None, patient: str | None, status: str
+    ) -> tuple[str, dict[str, str]]:
+        code = records.APPROVAL_CODE
+        params = {"code": f"{code['system']}|{code['code']}", "status": status, "_count": "100"}
+        if image:
+            params["focus"] = image
+        if patient:
+            params["subject"] = patient
+        return "Task", params
+
+    disclosure_audit = staticmethod(records.disclosure_audit)
+    destruction_audit = staticmethod(records.destruction_audit)
+    anonymisation_audit = staticmethod(records.anonymisation_audit)
+    anonymised_copy = staticmethod(records.anonymised_copy)
+    approval_task = staticmethod(records.approval_task)
+    approved = staticmethod(records.approved)
+    refused = staticmethod(records.refused)
+    used = staticmethod(records.used)
+    review_task = staticmethod(records.review_task)
+    completed = staticmethod(records.completed)
+    subscription = staticmethod(records.subscription)
+    consent_change_provenance = staticmethod(records.consent_change_provenance)
+    withdrawn = staticmethod(records.withdrawn)
+    superseded = staticmethod(records.superseded)
+    narrowed = staticmethod(records.narrowed)
+
+
+R4 = _R4()
+_version.register_version("4.0", R4)
+
+__all__ = ["R4", "Submission"]

@@ -1,0 +1,222 @@
+"""R4 resources -> views: the only place that reads R4 field names of what the server sent."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import Any
+
+from ... import _codes as c
+from ..._context import ImageKind
+from ..common import parse_instant
+from ..views import (
+    ApprovalView,
+    BinaryView,
+    ConsentView,
+    ImageView,
+    Labels,
+    PatientView,
+    TaskView,
+)
+
+#: DICOM modality -> the kind of image, for images another system recorded
+KIND_BY_MODALITY = {
+    "US": ImageKind.ULTRASOUND,
+    "ES": ImageKind.ENDOSCOPY,
+    "DX": ImageKind.XRAY,
+    "CR": ImageKind.XRAY,
+    "SM": ImageKind.PATHOLOGY_SLIDE,
+}
+
+
+def _date(value: Any) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def _ref(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        return str(value["reference"])
+    return None
+
+
+def _labels(resource: dict[str, Any]) -> Labels:
+    meta = resource.get("meta")
+    return Labels.of(meta.get("security", []) if isinstance(meta, dict) else [])
+
+
+def _version(resource: dict[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return str(version) if version is not None else None
+
+
+def _codings(concept: Any) -> list[dict[str, Any]]:
+    if not isinstance(concept, dict):
+        return []
+    return [x for x in concept.get("coding", []) if isinstance(x, dict)]
+
+
+def image_kind(media: dict[str, Any]) -> ImageKind:
+    """The kind of image the record says: fhir-images' own coding, else the DICOM modality,
+    else the media type (photo, video, audio)."""
+    codings = _codings(media.get("modality"))
+    for coding in codings:
+        if (
+            coding.get("system") == c.LOCAL_IMAGE_KIND
+            and coding.get("code") in ImageKind._value2member_map_
+        ):
+            return ImageKind(coding["code"])
+    for coding in codings:
+        if coding.get("system") == c.DICOM and coding.get("code") in KIND_BY_MODALITY:
+            return KIND_BY_MODALITY[str(coding["code"])]
+    category = next((cd.get("code") for cd in _codings(media.get("type"))), "image")
+    return {"video": ImageKind.VIDEO, "audio": ImageKind.AUDIO}.get(str(category), ImageKind.PHOTO)
+
+
+def image(media: dict[str, Any]) -> ImageView:
+    content = media.get("content") if isinstance(media.get("content"), dict) else {}
+    assert isinstance(content, dict)
+    reasons = [r for r in media.get("reasonCode", []) if isinstance(r, dict)]
+    texts = [r.get("text") for r in reasons]
+    texts += [cd.get("display") for r in reasons for cd in _codings(r)]
+    purpose = next((t for t in texts if isinstance(t, str) and t.strip()), None)
+    sha256 = next(
+        (
+            str(i.get("value"))
+            for i in media.get("identifier", [])
+            if isinstance(i, dict) and i.get("system") == c.SID_SHA256
+        ),
+        None,
+    )
+    size = content.get("size")
+    return ImageView(
+        ref=f"Media/{media.get('id')}",
+        labels=_labels(media),
+        subject=_ref(media.get("subject")),
+        content_url=content.get("url") if isinstance(content.get("url"), str) else None,
+        content_type=content.get("contentType"),
+        content_hash=content.get("hash"),
+        content_size=size if isinstance(size, int) else None,
+        has_inline_data=bool(content.get("data")),
+        created=parse_instant(media.get("createdDateTime") or media.get("issued")),
+        kind=image_kind(media),
+        purpose=purpose,
+        operator=_ref(media.get("operator")),
+        sha256=sha256,
+        version_id=_version(media),
+        raw=media,
+    )
+
+
+def binary(resource: dict[str, Any]) -> BinaryView:
+    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    assert isinstance(meta, dict)
+    tags = frozenset(
+        (str(t.get("system")), str(t.get("code")))
+        for t in meta.get("tag", [])
+        if isinstance(t, dict)
+    )
+    return BinaryView(
+        ref=f"Binary/{resource.get('id')}",
+        labels=_labels(resource),
+        security_context=_ref(resource.get("securityContext")),
+        tags=tags,
+        content_type=resource.get("contentType"),
+        version_id=_version(resource),
+    )
+
+
+def consent(resource: dict[str, Any]) -> ConsentView:
+    root = resource.get("provision") if isinstance(resource.get("provision"), dict) else {}
+    assert isinstance(root, dict)
+    images = tuple(
+        str(d["reference"]["reference"])
+        for d in root.get("data", []) or []
+        if isinstance(d, dict)
+        and isinstance(d.get("reference"), dict)
+        and str(d["reference"].get("reference", "")).startswith("Media/")
+    )
+    provisions = tuple(
+        (
+            frozenset(
+                str(p.get("code")) for p in nested.get("purpose", []) or [] if isinstance(p, dict)
+            ),
+            str(nested.get("type", "deny")),
+        )
+        for nested in root.get("provision", []) or []
+        if isinstance(nested, dict)
+    )
+    period = root.get("period") if isinstance(root.get("period"), dict) else {}
+    assert isinstance(period, dict)
+    return ConsentView(
+        ref=f"Consent/{resource.get('id')}",
+        status=str(resource.get("status")),
+        date_time=parse_instant(resource.get("dateTime")),
+        ended=parse_instant(period.get("end")),
+        images=images,
+        performers=tuple(r for r in (_ref(p) for p in resource.get("performer", []) or []) if r),
+        record_keys=frozenset(
+            str(i.get("value"))
+            for i in resource.get("identifier", []) or []
+            if isinstance(i, dict) and i.get("system") == c.SID_RECORD
+        ),
+        labels=_labels(resource),
+        version_id=_version(resource),
+        provisions=provisions,
+        base_rule=str(root.get("type", "deny")),
+        raw=resource,
+    )
+
+
+def patient(resource: dict[str, Any]) -> PatientView:
+    return PatientView(
+        ref=f"Patient/{resource.get('id')}",
+        birth_date=_date(resource.get("birthDate")),
+        deceased=_date(resource.get("deceasedDateTime")),
+    )
+
+
+def task(resource: dict[str, Any]) -> TaskView:
+    return TaskView(
+        ref=f"Task/{resource.get('id')}",
+        status=str(resource.get("status")),
+        description=resource.get("description"),
+        version_id=_version(resource),
+        raw=resource,
+    )
+
+
+def approval(resource: dict[str, Any]) -> ApprovalView | None:
+    """The approval a Task records (None when the Task is not an approval; fields it lacks are
+    None, so it then covers nothing)."""
+    from .records import is_approval
+
+    if not is_approval(resource):
+        return None
+    reason = resource.get("reasonCode") if isinstance(resource.get("reasonCode"), dict) else {}
+    purpose = next(
+        (str(cd.get("code")) for cd in _codings(reason) if cd.get("system") == c.V3_ACT_REASON),
+        None,
+    )
+    restriction = (
+        resource.get("restriction") if isinstance(resource.get("restriction"), dict) else {}
+    )
+    assert isinstance(restriction, dict)
+    recipients = [_ref(r) for r in restriction.get("recipient", []) or []]
+    period = restriction.get("period") if isinstance(restriction.get("period"), dict) else {}
+    assert isinstance(period, dict)
+    return ApprovalView(
+        ref=f"Task/{resource.get('id')}",
+        status=str(resource.get("status")),
+        media=str(_ref(resource.get("focus"))),
+        purpose=purpose,
+        requester=_ref(resource.get("requester")),
+        recipient=recipients[0] if len(recipients) == 1 else None,
+        approver=_ref(resource.get("owner")),
+        approved_at=parse_instant(resource.get("lastModified")),
+        valid_until=parse_instant(period.get("end")),
+    )

@@ -1,0 +1,509 @@
+"""R4 resources fhir-images writes about an image once it is in the record: AuditEvents (IHE
+BALP), Tasks (approvals, reviews), Provenance of consent changes, changes to a Consent, and the
+Subscriptions of the server hook. Built here, and only here, from views and plain values, and
+each checked against the R4 model of its type before it is returned."""
+
+from __future__ import annotations
+
+import copy
+import functools
+from collections.abc import Callable, Iterable
+from datetime import UTC, datetime, timedelta
+from typing import Any, ParamSpec, TypeVar
+
+from fhir.resources.R4B import get_fhir_model_class
+
+from ... import _codes as c
+from ..._codes import Confidentiality
+from ..common import iso, who
+from ..views import ConsentView, ImageView, Labels, TaskView
+
+SOURCE_NAME = "fhir-images"
+APPROVAL_CODE = {
+    "system": c.LOCAL_TASK,
+    "code": "approve-disclosure",
+    "display": "Approve the disclosure of an image",
+}
+SID_HOOK_TASK = c.SID_HOOK_TASK
+
+
+P = ParamSpec("P")
+R = TypeVar("R", bound=dict[str, Any] | None)
+
+
+def checked(build: Callable[P, R]) -> Callable[P, R]:
+    """Check what a builder returns against the R4 model of its resourceType: a resource that
+    does not conform is a bug here, and must never reach a server."""
+
+    @functools.wraps(build)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        resource = build(*args, **kwargs)
+        if resource is not None:
+            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+        return resource
+
+    return wrapper
+
+
+def _now(at: datetime | None) -> str:
+    return iso(at or datetime.now(UTC))
+
+
+def _conf(level: Confidentiality) -> dict[str, str]:
+    return c.conf(level).as_coding()
+
+
+_PATIENT_ROLE = {
+    "type": {"system": c.AUDIT_ENTITY_TYPE, "code": "1", "display": "Person"},
+    "role": {"system": c.OBJECT_ROLE, "code": "1", "display": "Patient"},
+}
+_OBJECT = {"system": c.AUDIT_ENTITY_TYPE, "code": "2", "display": "System Object"}
+_SOURCE_AGENT = {
+    "type": {"coding": [{"system": c.DICOM, "code": "110153", "display": "Source Role ID"}]},
+    "who": {"display": SOURCE_NAME},
+    "requestor": False,
+}
+
+
+# ------------------------------------------------------------------------------ AuditEvents
+
+
+@checked
+def disclosure_audit(
+    image: ImageView,
+    labels: Labels,
+    confidentiality: Confidentiality,
+    *,
+    purpose: str,
+    requester: str,
+    receiver: str,
+    patient: str,
+    approver: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """An AuditEvent for one released image (IHE BALP: privacy disclosure at the source).
+
+    ``labels`` are those the released copy carries; ``approver`` is the clinician whose recorded
+    approval allowed the release (BALP's authorizer agent).
+    """
+    agents: list[dict[str, Any]] = [
+        dict(_SOURCE_AGENT),
+        {
+            "type": {
+                "coding": [{"system": c.DICOM, "code": "110152", "display": "Destination Role ID"}]
+            },
+            "who": who(receiver),
+            "requestor": False,
+        },
+        {"who": who(requester), "requestor": True},
+    ]
+    if approver is not None:
+        system, code, display = c.BALP_AUTHORIZER
+        agents.append(
+            {
+                "type": {"coding": [{"system": system, "code": code, "display": display}]},
+                "who": who(approver),
+                "requestor": False,
+            }
+        )
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(confidentiality)]},
+        "type": {"system": c.DCM_EXPORT[0], "code": c.DCM_EXPORT[1], "display": c.DCM_EXPORT[2]},
+        "subtype": [
+            {
+                "system": c.ISO_LIFECYCLE,
+                "code": "disclose",
+                "display": "Disclose Record Lifecycle Event",
+            }
+        ],
+        "action": "R",
+        "recorded": _now(now),
+        "outcome": "0",
+        "purposeOfEvent": [{"coding": [{"system": c.V3_ACT_REASON, "code": purpose}]}],
+        "agent": agents,
+        "source": {
+            "observer": {"display": SOURCE_NAME},
+            "type": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                    "code": "4",
+                    "display": "Application Server",
+                }
+            ],
+        },
+        "entity": [
+            {"what": {"reference": patient}, **_PATIENT_ROLE},
+            {
+                "what": {"reference": image.ref},
+                "type": _OBJECT,
+                "role": {"system": c.OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+                "securityLabel": labels.codings(),
+            },
+        ],
+    }
+
+
+@checked
+def destruction_audit(
+    image: ImageView,
+    *,
+    by: str,
+    reason: str,
+    retention: str,
+    destroyed_with: list[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent for destroying an image (G13): who, when, why, the retention rule and the
+    image's hash. The image is named by identifier, since it is gone."""
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(image.labels.confidentiality)]},
+        "type": {
+            "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+            "code": "rest",
+            "display": "Restful Operation",
+        },
+        "subtype": [
+            {"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"},
+            {
+                "system": c.ISO_LIFECYCLE,
+                "code": "destroy",
+                "display": "Destroy/Delete Record Lifecycle Event",
+            },
+        ],
+        "action": "D",
+        "recorded": _now(now),
+        "outcome": "0",
+        "purposeOfEvent": [
+            {
+                "coding": [
+                    {
+                        "system": c.V3_ACT_REASON,
+                        "code": c.RECORDMGT,
+                        "display": "records management",
+                    }
+                ],
+                "text": reason,
+            }
+        ],
+        "agent": [{"who": who(by), "requestor": True}],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": [
+            {"what": {"reference": image.subject}, **_PATIENT_ROLE},
+            {
+                "what": {
+                    "identifier": {"system": c.SID_SHA256, "value": image.sha256},
+                    "display": f"{image.ref} (destroyed)",
+                },
+                "type": _OBJECT,
+                "description": f"Destroyed with {', '.join(destroyed_with) or 'nothing else'}. "
+                f"Reason: {reason}. Retention: {retention}.",
+            },
+        ],
+    }
+
+
+@checked
+def anonymisation_audit(
+    image: ImageView,
+    confidentiality: Confidentiality,
+    *,
+    purpose: str,
+    by: str,
+    copy_sha256: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent of an anonymised copy made for a secondary use (ISO 21089 de-identify):
+    who made it, for what, from which image, and the copy's hash."""
+    entities: list[dict[str, Any]] = []
+    if image.subject:
+        entities.append({"what": {"reference": image.subject}, **_PATIENT_ROLE})
+    entities += [
+        {
+            "what": {"reference": image.ref},
+            "type": _OBJECT,
+            "role": {"system": c.OBJECT_ROLE, "code": "4", "display": "Domain Resource"},
+        },
+        {
+            "what": {"identifier": {"system": c.SID_SHA256, "value": copy_sha256}},
+            "type": _OBJECT,
+            "description": "the anonymised copy",
+        },
+    ]
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(confidentiality)]},
+        "type": {"system": c.DCM_EXPORT[0], "code": c.DCM_EXPORT[1], "display": c.DCM_EXPORT[2]},
+        "subtype": [
+            {
+                "system": c.ISO_LIFECYCLE,
+                "code": "deidentify",
+                "display": "De-Identify (Anononymize) Record Lifecycle Event",
+            }
+        ],
+        "action": "E",
+        "recorded": _now(now),
+        "outcome": "0",
+        "purposeOfEvent": [{"coding": [{"system": c.V3_ACT_REASON, "code": purpose}]}],
+        "agent": [dict(_SOURCE_AGENT), {"who": who(by), "requestor": True}],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": entities,
+    }
+
+
+@checked
+def anonymised_copy(
+    image: ImageView, *, purpose: str, file_name: str, size: int, sha1_b64: str
+) -> dict[str, Any]:
+    """The Media of an anonymised copy: no subject, identifiers, dates or free text, labelled
+    for human review (the picture itself may still identify the patient)."""
+    copy_: dict[str, Any] = {
+        "resourceType": "Media",
+        "meta": {
+            "security": [
+                {"system": c.V3_CONFIDENTIALITY, "code": "L"},
+                c.ANONYED.as_coding(),
+                c.NORELINK.as_coding(),
+                c.HUAPRV.as_coding(),
+            ]
+        },
+        "status": "completed",
+        "type": image.raw.get("type"),
+        "content": {
+            "contentType": "image/png",
+            "url": file_name,
+            "size": size,
+            "hash": sha1_b64,
+            "title": f"Anonymised copy for {purpose}",
+        },
+        "note": [
+            {
+                "text": f"Anonymised copy for {purpose}: metadata, identifiers, "
+                "dates and free text removed. The picture itself may still identify the "
+                "patient; review it before use."
+            }
+        ],
+    }
+    for key in ("modality", "bodySite"):
+        concept = image.raw.get(key)
+        if isinstance(concept, dict):
+            copy_[key] = {
+                "coding": [
+                    {k: v for k, v in cd.items() if k in ("system", "code")}
+                    for cd in concept.get("coding", [])
+                ]
+            }
+    return copy_
+
+
+# -------------------------------------------------------------------------------- approvals
+
+
+@checked
+def approval_task(
+    image_ref: str,
+    confidentiality: Confidentiality,
+    *,
+    key: str,
+    patient: str,
+    purpose: str,
+    requester: str,
+    receiver: str,
+    reasons: Iterable[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Task",
+        "meta": {"security": [_conf(confidentiality)]},
+        "identifier": [{"system": c.SID_APPROVAL, "value": key}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"coding": [APPROVAL_CODE]},
+        "description": "A disclosure of an image needs a clinician's approval: "
+        + "; ".join(reasons),
+        "focus": {"reference": image_ref},
+        "for": {"reference": patient},
+        "authoredOn": _now(now),
+        "requester": {"reference": requester},
+        "reasonCode": {"coding": [{"system": c.V3_ACT_REASON, "code": purpose}]},
+        "restriction": {"recipient": [{"reference": receiver}]},
+    }
+
+
+@checked
+def approved(task: TaskView, *, by: str, valid_days: int, at: datetime) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "accepted"
+    raw["owner"] = {"reference": by}
+    raw["lastModified"] = iso(at)
+    raw["executionPeriod"] = {"start": iso(at)}
+    raw.setdefault("restriction", {})["period"] = {
+        "start": iso(at),
+        "end": iso(at + timedelta(days=valid_days)),
+    }
+    return raw
+
+
+@checked
+def refused(task: TaskView, *, by: str, reason: str, at: datetime) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "rejected"
+    raw["owner"] = {"reference": by}
+    raw["statusReason"] = {"text": reason}
+    raw["lastModified"] = iso(at)
+    return raw
+
+
+@checked
+def used(task: TaskView, audit_url: str) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "completed"
+    raw["output"] = [
+        {
+            "type": {"text": "the release that used this approval"},
+            "valueReference": {"reference": audit_url},
+        }
+    ]
+    return raw
+
+
+def is_approval(task: dict[str, Any]) -> bool:
+    return any(
+        cd.get("system") == APPROVAL_CODE["system"] and cd.get("code") == APPROVAL_CODE["code"]
+        for cd in (task.get("code") or {}).get("coding", [])
+    )
+
+
+# ------------------------------------------------------------------------------ the hook
+
+
+@checked
+def review_task(
+    image: ImageView, confidentiality: Confidentiality, description: str, now: datetime | None
+) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "meta": {"security": [_conf(confidentiality)]},
+        "identifier": [{"system": SID_HOOK_TASK, "value": image.ref}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"text": "Review an image's consent and purpose"},
+        "description": description,
+        "focus": {"reference": image.ref},
+        "authoredOn": _now(now),
+    }
+    if image.subject:
+        task["for"] = {"reference": image.subject}
+    return task
+
+
+@checked
+def completed(task: TaskView) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "completed"
+    return raw
+
+
+@checked
+def subscription(
+    resource_type: str, endpoint: str, header: str, *, sid: str | None = None
+) -> dict[str, Any]:
+    """A classic R4 rest-hook Subscription that sends each created or updated resource."""
+    resource = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": f"fhir-images labels {resource_type} that arrive by other routes",
+        "criteria": f"{resource_type}?",
+        "channel": {
+            "type": "rest-hook",
+            "endpoint": endpoint + "/hook",
+            "payload": "application/fhir+json",
+            "header": [header],
+        },
+    }
+    if sid is not None:
+        resource["id"] = sid
+    return resource
+
+
+# ------------------------------------------------------------------------- consent changes
+
+
+@checked
+def consent_change_provenance(
+    consent: ConsentView, *, by: str | None, reason: str, activity: str, record: str
+) -> dict[str, Any]:
+    """A Provenance for one change of one Consent (its version); ``record`` names it so that it
+    is written once however often the change is retried."""
+    target = f"{consent.ref}/_history/{consent.version_id or '1'}"
+    confidentiality = [
+        {"system": s, "code": code} for s, code in consent.labels if s == c.V3_CONFIDENTIALITY
+    ][:1] or [_conf(Confidentiality.V)]  # unlabelled: fail closed
+    return {
+        "resourceType": "Provenance",
+        "meta": {"security": confidentiality, "tag": [{"system": c.SID_RECORD, "code": record}]},
+        "target": [{"reference": target}],
+        "recorded": _now(None),
+        "activity": {
+            "coding": [{"system": c.V3_DATA_OPERATION, "code": "UPDATE"}],
+            "text": f"consent {activity}",
+        },
+        "reason": [
+            {
+                "coding": [
+                    {
+                        "system": c.V3_ACT_REASON,
+                        "code": c.RECORDMGT,
+                        "display": "records management",
+                    }
+                ],
+                "text": reason,
+            }
+        ],
+        "agent": [
+            {
+                "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
+                "who": who(by) if by else {"display": SOURCE_NAME},
+            }
+        ],
+    }
+
+
+@checked
+def withdrawn(consent: ConsentView, at: datetime) -> dict[str, Any]:
+    """The Consent made inactive, its provision ending at ``at``."""
+    raw = copy.deepcopy(consent.raw)
+    raw["status"] = "inactive"
+    raw.setdefault("provision", {"type": "deny"}).setdefault("period", {})["end"] = iso(at)
+    return raw
+
+
+@checked
+def superseded(consent: ConsentView) -> dict[str, Any]:
+    raw = copy.deepcopy(consent.raw)
+    raw["status"] = "inactive"
+    return raw
+
+
+@checked
+def narrowed(consent: ConsentView, purposes: Iterable[str]) -> dict[str, Any] | None:
+    """The Consent with explicit denies for ``purposes``; None when it already denies them."""
+    raw = copy.deepcopy(consent.raw)
+    root = raw.setdefault("provision", {"type": "deny"})
+    nested = root.setdefault("provision", [])
+    changed = False
+    for purpose in purposes:
+        matching = [p for p in nested if purpose in {x.get("code") for x in p.get("purpose", [])}]
+        for p in matching:
+            if p.get("type") != "deny":
+                p["type"] = "deny"
+                changed = True
+        if not matching:
+            nested.append(
+                {"type": "deny", "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}]}
+            )
+            changed = True
+    return raw if changed else None

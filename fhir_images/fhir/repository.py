@@ -1,0 +1,165 @@
+"""One repository of the queries fhir-images makes of a server, answering with views.
+
+Every search and read of the project goes through here (and the version module for its
+parameters), so there is one definition each of "the images of a patient", "the Consents of an
+image", "the labels of a resource" and the like.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .._exceptions import ResourceNotFound, ServerError
+from .client import FhirClient
+from .common import binary_reference
+from .labels import current_labels
+from .version import FhirVersion
+from .views import ApprovalView, BinaryView, ConsentView, ImageView, PatientView, TaskView
+
+
+class Repository:
+    """Reads (and a few idempotent writes) against one server, in its FHIR version."""
+
+    def __init__(self, client: FhirClient) -> None:
+        self.client = client
+
+    @property
+    def version(self) -> FhirVersion:
+        return self.client.version
+
+    # ------------------------------------------------------------------------ images
+
+    def image(self, ref: str) -> ImageView:
+        return self.version.image(self.client.read(ref))
+
+    def images_of_patient(self, patient: str) -> list[ImageView]:
+        rtype, params = self.version.images_of_patient(patient)
+        return [self.version.image(r) for r in self.client.search(rtype, params)]
+
+    def image_by_hash(self, sha256: str, patient: str) -> ImageView | None:
+        """The image of this patient with these bytes, if the server has it."""
+        rtype, params = self.version.image_by_hash(sha256, patient)
+        found = next(self.client.search(rtype, params), None)
+        return self.version.image(found) if found is not None else None
+
+    def binary_of(self, image: ImageView) -> str | None:
+        """The Binary an image's content points at on this server (None: not a Binary here)."""
+        return binary_reference(image.content_url, self.client.base_url)
+
+    def binary(self, ref: str) -> BinaryView:
+        """A Binary's labels, tags and securityContext, never its bytes."""
+        return self.version.binary(self.client.binary_meta(ref))
+
+    def labels(self, ref: str) -> list[dict[str, Any]]:
+        """A resource's security labels, as the server's label strategy reads them."""
+        return current_labels(self.client, ref)
+
+    # ---------------------------------------------------------------------- consents
+
+    def consents_for_image(self, image: str) -> list[ConsentView]:
+        """Every Consent that names the image (any status): the one definition of an image's
+        consents."""
+        rtype, params = self.version.consents_of_image(image)
+        return [self.version.consent(r) for r in self.client.search(rtype, params)]
+
+    def consent(self, ref: str) -> ConsentView:
+        return self.version.consent(self.client.read(ref))
+
+    # ------------------------------------------------------------------------ people
+
+    def patient(self, ref: str) -> PatientView | None:
+        if not ref.startswith("Patient/"):
+            return None
+        try:
+            return self.version.patient(self.client.read(ref))
+        except ResourceNotFound:
+            return None
+
+    def exists(self, ref: str) -> bool:
+        try:
+            self.client.read(ref)
+        except ResourceNotFound:
+            return False
+        return True
+
+    # ------------------------------------------------------------------------- tasks
+
+    def task(self, ref: str) -> TaskView:
+        return self.version.task(self.client.read(ref))
+
+    def tasks_with_identifier(self, identifier: str) -> list[TaskView]:
+        return [
+            self.version.task(t)
+            for t in self.client.search("Task", {"identifier": identifier, "_count": "10"})
+        ]
+
+    def approvals(
+        self, *, image: str | None = None, patient: str | None = None, status: str
+    ) -> list[ApprovalView]:
+        rtype, params = self.version.approvals(image=image, patient=patient, status=status)
+        found = (self.version.approval(t) for t in self.client.search(rtype, params))
+        return [a for a in found if a is not None]
+
+    def approval(self, ref: str) -> tuple[ApprovalView | None, TaskView]:
+        raw = self.client.read(ref)
+        return self.version.approval(raw), self.version.task(raw)
+
+    # ------------------------------------------------------------------ what refers to it
+
+    def provenances_of(self, target: str) -> list[str]:
+        rtype, params = self.version.provenances_of(target)
+        return [f"Provenance/{p['id']}" for p in self.client.search(rtype, params)]
+
+    def tasks_about(self, image: str) -> list[str]:
+        rtype, params = self.version.tasks_about(image)
+        return [f"Task/{t['id']}" for t in self.client.search(rtype, params)]
+
+    # ----------------------------------------------------------------- idempotent writes
+
+    def create_once(self, resource: dict[str, Any], if_none_exist: str) -> str:
+        """Create a resource unless one matching ``if_none_exist`` exists; its reference either
+        way. A conditional create inside a transaction, so a repeat after a lost reply creates
+        nothing twice."""
+        response = self.client.transaction(
+            {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [
+                    {
+                        "resource": resource,
+                        "request": {
+                            "method": "POST",
+                            "url": resource["resourceType"],
+                            "ifNoneExist": if_none_exist,
+                        },
+                    }
+                ],
+            }
+        )
+        location = str(response.get("entry", [{}])[0].get("response", {}).get("location", ""))
+        return "/".join(location.split("/")[:2])
+
+    def update(self, resource: dict[str, Any], version_id: str | None) -> dict[str, Any]:
+        """Write a changed resource back, failing with VersionConflict if it changed since."""
+        return self.client.update(resource, if_match=version_id)
+
+    def record_consent_change(
+        self, consent: ConsentView, *, by: str | None, reason: str, activity: str
+    ) -> None:
+        """A Provenance for one change of one Consent (its version), written once however
+        often it is retried."""
+        from .. import _codes as c
+
+        cid = consent.ref.split("/", 1)[1]
+        record = f"consent-change.{cid}.{consent.version_id or '1'}"
+        provenance = self.version.consent_change_provenance(
+            consent, by=by, reason=reason, activity=activity, record=record
+        )
+        self.create_once(provenance, f"_tag={c.SID_RECORD}|{record}")
+
+    def try_consents_for_image(self, image: str) -> tuple[list[ConsentView], str | None]:
+        """The image's Consents, or the error class that stopped reading them."""
+        try:
+            return self.consents_for_image(image), None
+        except ServerError as exc:
+            return [], type(exc).__name__
