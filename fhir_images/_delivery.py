@@ -52,7 +52,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 from . import _codes as c
-from ._exceptions import AuthenticationFailed, BadResponse, FhirImagesError, ServerError
+from ._exceptions import (
+    AuthenticationFailed,
+    BadResponse,
+    FhirImagesError,
+    IncompatibleServer,
+    ServerError,
+    UnsafeServer,
+)
 from ._outbox import DeliveryError, Entry, Outbox
 from .fhir import FhirClient, Labels, Repository, label_image
 from .fhir.keys import record_key
@@ -137,7 +144,9 @@ class Deliverer:
             at=_now(),
             attempt=d.attempts,
         )
-        permanent = not retry_safe and not isinstance(exc, AuthenticationFailed)
+        # a refusal of the server as a whole is not the entry's fault: it does not count
+        server_wide = (AuthenticationFailed, UnsafeServer, IncompatibleServer)
+        permanent = not retry_safe and not isinstance(exc, server_wide)
         failures = d.permanent_failures + (1 if permanent else 0)
         update: dict[str, Any] = {"last_error": error, "permanent_failures": failures}
         give_up = permanent and failures >= self.max_permanent_failures
@@ -406,6 +415,7 @@ def push(
         return []
     try:
         client.capabilities()  # one check up front, not one per worker
+        client.require_safe()  # labels that stick, _security searches applied, atomicity
     except FhirImagesError as exc:
         results = []
         for e in todo:

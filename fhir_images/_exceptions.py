@@ -15,6 +15,7 @@ catches them all. The hierarchy::
     │   └── PolicyNotFound        no policy pack of that name
     ├── OutboxError               the local outbox could not be read or written
     │   └── EntryNotFound         no outbox entry with that id
+    ├── AuditError                the audit trail could not be written (so nothing was done)
     ├── ServerError               a FHIR server answered with an error, or not at all
     │   ├── ServerUnavailable     connection failed, 502/503/504, or timed out    (retry_safe)
     │   ├── RateLimited           429 Too Many Requests                           (retry_safe)
@@ -22,12 +23,15 @@ catches them all. The hierarchy::
     │   ├── ResourceNotFound      404 or 410
     │   ├── VersionConflict       409 or 412: a stale If-Match, or a concurrent change
     │   ├── InvalidRequest        400 or 422: the server rejected the content
+    │   ├── PayloadTooLarge       413: the request body is over the server's limit
     │   ├── BadResponse           the answer is not the FHIR JSON it should be
     │   └── IncompatibleServer    not FHIR R4, or lacks Media, Consent, Binary or transactions
     ├── LabelError                a security-label change would remove or lower a label,
     │   └── LabelVerificationFailed   or the server did not keep the labels it was sent
     └── ActionRefused             a destruction, consent change or anonymised copy that the
-                                  rules forbid (retention, legal hold, no consent)
+        │                         rules forbid (retention, legal hold, no consent)
+        └── UnsafeServer          the server lacks what protects sensitive images (labels
+                                  that stick, _security searches it applies, audits)
 
 ``retry_safe`` on a :class:`ServerError` says whether sending the same request
 again cannot do harm (the server did not process it, or the request is
@@ -87,6 +91,10 @@ class EntryNotFound(OutboxError):
     """No outbox entry has that id."""
 
 
+class AuditError(FhirImagesError):
+    """The audit trail could not be written; the act it was to record was not done."""
+
+
 class ServerError(FhirImagesError):
     """A FHIR server answered with an error, or did not answer.
 
@@ -141,6 +149,10 @@ class InvalidRequest(ServerError):
     """400 or 422: the server rejected what was sent; ``issues`` says why."""
 
 
+class PayloadTooLarge(ServerError):
+    """413: the request body is larger than the server accepts (its limit must be raised)."""
+
+
 class BadResponse(ServerError):
     """The server's answer is not the FHIR JSON expected."""
 
@@ -159,3 +171,8 @@ class LabelVerificationFailed(LabelError):
 
 class ActionRefused(FhirImagesError):
     """The rules forbid this action: retention not over, a legal hold, no consent for it."""
+
+
+class UnsafeServer(ActionRefused):
+    """The server lacks something that protects sensitive images: labels that can be set and
+    read back, a ``_security`` search it applies, or a place for the audit trail."""

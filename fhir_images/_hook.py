@@ -1,12 +1,16 @@
 """The server hook: label images that reach the FHIR server by other routes.
 
 A FHIR server calls this ASGI service through a REST-hook Subscription when a
-Media or Consent is created or updated. The service answers at once (202) and
-does the work in the background, from a bounded queue:
+Media or Consent is created or updated: a classic one sends the resource to
+``/hook/{type}/{id}`` (HAPI); a topic-based one (the R4 Subscriptions Backport)
+POSTs a small history Bundle naming what changed to ``/hook`` (HFS), after a
+handshake that is answered 200. The service answers at once (202) and does the
+work in the background, from a bounded queue:
 
-* it re-reads the Media from the server (the notification's body is never
-  trusted or buffered: only the type and id in the path are used), with the
-  Patient's birth date and the Consents that reference it;
+* it re-reads the Media from the server (a notification's content is never
+  trusted: only the type and id of what it names are used, and a classic
+  notification's body is not even kept), with the Patient's birth date and the
+  Consents that reference it;
 * it works out the labels with the same label function as ``ingest``, failing
   closed on what the server does not say (intimacy unknown counts as intimate,
   an unknown maker as someone without parental responsibility);
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import time
 from collections import deque
@@ -175,6 +180,8 @@ class HookService:
         retry_delay: float = 5.0,
         max_body: int = 16 << 20,
         policy: str | Policy = "default",
+        max_notification: int = 1 << 20,
+        max_events: int = 1000,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
@@ -185,6 +192,8 @@ class HookService:
         self.retries = retries
         self.retry_delay = retry_delay
         self.max_body = max_body
+        self.max_notification = max_notification
+        self.max_events = max_events
         self.stats = HookStats()
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
         self._pending: set[tuple[str, str]] = set()
@@ -254,16 +263,54 @@ class HookService:
         return self._enqueue(rtype, rid)
 
     async def bare_notify(self, request: Request) -> Response:
-        """A notification without a resource path (no payload): nothing to do but say so."""
+        """A topic-based notification (R4 Subscriptions Backport): a history Bundle naming what
+        changed. Only the type and id of each event's focus are taken from it; the resources
+        are re-read from the server. Handshakes and heartbeats are answered 200."""
+        self.stats.received += 1
         if not self._authorised(request):
             self.stats.rejected += 1
             return _outcome("unauthorised", status_code=401)
-        if not await self._drain(request):
+        body = await self._read(request, self.max_notification)
+        if body is None:
+            self.stats.rejected += 1
             return _outcome("the notification body is too large", status_code=413)
-        return _outcome(
-            "configure the Subscription with a payload, so the server calls /hook/{type}/{id}",
-            status_code=400,
-        )
+        try:
+            bundle = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+        except (ValueError, RecursionError):
+            self.stats.rejected += 1
+            return _outcome("the notification is not a JSON Bundle", status_code=400)
+        if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+            self.stats.rejected += 1
+            return _outcome("the notification is not a Bundle", status_code=400)
+        client = self.labeller.client
+        version = await asyncio.to_thread(lambda: client.version)
+        kind = version.notification_type(bundle)
+        if kind in ("handshake", "heartbeat"):
+            return _outcome(f"{kind} received", status_code=200)
+        wanted = {version.image_type, "Consent"}
+        found: list[tuple[str, str]] = []
+        for ref in version.notification_focus(bundle)[: self.max_events]:
+            if ref.startswith(client.base_url):
+                ref = ref[len(client.base_url) :]
+            parts = reference_parts(ref.split("/_history")[0])
+            if parts is not None and parts[0] in wanted and parts not in found:
+                found.append(parts)
+        if not found:
+            return _outcome("no image or consent in the notification", status_code=200)
+        answers = [self._enqueue(rtype, rid) for rtype, rid in found]
+        busy = [a for a in answers if a.status_code == 503]
+        return busy[0] if busy else _outcome("queued", status_code=202)
+
+    async def _read(self, request: Request, limit: int) -> bytes | None:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > limit:
+            return None
+        data = bytearray()
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > limit:
+                return None
+        return bytes(data)
 
     def _enqueue(self, rtype: str, rid: str, attempt: int = 0) -> Response:
         assert self._queue is not None, "the service is not started"
@@ -398,6 +445,7 @@ def _outcome(text: str, status_code: int, headers: dict[str, str] | None = None)
     """Answers to the FHIR server are FHIR: HAPI parses them and retries on anything else."""
     severity = "information" if status_code < 400 else "error"
     code = {
+        200: "informational",
         202: "informational",
         400: "not-supported",
         401: "security",
@@ -431,3 +479,12 @@ def install_subscriptions(
         resource_types=resource_types,
         timeout=timeout,
     )
+
+
+def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise ValueError("duplicate key")
+        out[key] = value
+    return out

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import io
 import json
+import logging
 import os
 import uuid
 from collections.abc import Iterable
@@ -22,8 +23,9 @@ from typing import Any
 
 from . import _codes as c
 from ._approvals import approvals_for, request_approval, use_approval_entry
-from ._exceptions import ActionRefused, ResourceNotFound, ServerError
+from ._exceptions import ActionRefused, FhirImagesError, ResourceNotFound, ServerError
 from .fhir import FhirClient, ImageView, Repository, label_image
+from .fhir.audit import AuditTrail, audit_trail
 from .fhir.common import created, is_reference, iso
 from .policy import (
     DisclosureDecision,
@@ -40,6 +42,8 @@ from .policy import (
     high_water_mark,
     releasable_labels,
 )
+
+log = logging.getLogger("fhir_images.lifecycle")
 
 _OBLIGATIONS = {
     "NORDSCLCDS",
@@ -158,6 +162,7 @@ def disclose(
     *,
     policy: str | Policy = "default",
     now: datetime | None = None,
+    audit: AuditTrail | None = None,
 ) -> DisclosureResult:
     """Decide, audit, then write ``release-bundle.json`` and ``withheld.json`` into ``out_dir``.
 
@@ -174,6 +179,7 @@ def disclose(
         raise ActionRefused("the patient is named by a reference, like Patient/123")
     get_policy(policy)  # the disclosure rules are shared by every pack here
     client.capabilities()
+    trail = audit or audit_trail(client)
     records = Repository(client)
     _check_parties(records, req)
     at = now or datetime.now(UTC)
@@ -195,26 +201,7 @@ def disclose(
 
     audits: list[str] = []
     if released:
-        entries: list[dict[str, Any]] = []
-        for record, decision in released:
-            audit_url = f"urn:uuid:{uuid.uuid4()}"
-            approver = decision.approval.approver if decision.approval else None
-            entries.append(
-                {
-                    "fullUrl": audit_url,
-                    "resource": disclosure_audit(
-                        record, req, patient, client=client, approver=approver
-                    ),
-                    "request": {"method": "POST", "url": "AuditEvent"},
-                }
-            )
-            if decision.approval is not None:
-                entries.append(use_approval_entry(client, decision.approval, audit_url))
-        response = client.transaction(
-            {"resourceType": "Bundle", "type": "transaction", "entry": entries},
-            idempotent=False,
-        )
-        audits = created(response, "AuditEvent")
+        audits = _audit_release(client, trail, released, req, patient)
 
     _private_dir(out_dir)
     bundle_path = out_dir / "release-bundle.json"
@@ -235,6 +222,78 @@ def disclose(
         ).encode(),
     )
     return DisclosureResult(decisions, bundle_path, withheld_path, audits, requests_made)
+
+
+def _audit_release(
+    client: FhirClient,
+    trail: AuditTrail,
+    released: list[tuple[ImageRecord, DisclosureDecision]],
+    req: DisclosureRequest,
+    patient: str,
+) -> list[str]:
+    """Audit every released image and mark each approval used: in one transaction on a server
+    that takes AuditEvents; else audits first (all or none), then the approvals, and a record
+    of the failure if that second step fails."""
+    events = [
+        disclosure_audit(
+            record,
+            req,
+            patient,
+            client=client,
+            approver=decision.approval.approver if decision.approval else None,
+        )
+        for record, decision in released
+    ]
+    approvals = [decision.approval for _, decision in released]
+    if trail.atomic:
+        entries: list[dict[str, Any]] = []
+        for event, approval in zip(events, approvals, strict=True):
+            audit_url = f"urn:uuid:{uuid.uuid4()}"
+            entries.append(
+                {
+                    "fullUrl": audit_url,
+                    "resource": event,
+                    "request": {"method": "POST", "url": "AuditEvent"},
+                }
+            )
+            if approval is not None:
+                entries.append(use_approval_entry(client, approval, audit_url))
+        response = client.transaction(
+            {"resourceType": "Bundle", "type": "transaction", "entry": entries},
+            idempotent=False,
+        )
+        return created(response, "AuditEvent")
+    refs = trail.record(events)
+    uses = [
+        use_approval_entry(client, approval, ref)
+        for approval, ref in zip(approvals, refs, strict=True)
+        if approval is not None
+    ]
+    if uses:
+        try:
+            client.transaction(
+                {"resourceType": "Bundle", "type": "transaction", "entry": uses},
+                idempotent=False,
+            )
+        except FhirImagesError:
+            _record_failure(
+                client,
+                trail,
+                events,
+                "the release was not made: an approval could not be marked used",
+            )
+            raise
+    return refs
+
+
+def _record_failure(
+    client: FhirClient, trail: AuditTrail, events: list[dict[str, Any]], why: str
+) -> None:
+    """After an audited act failed: say so in the trail (best effort; the act did not happen)."""
+    try:
+        trail.record([client.version.audit_failed(e, why) for e in events])
+    except FhirImagesError as exc:
+        log.error("could not record that an audited act failed (%s)", type(exc).__name__)
 
 
 def _write_release(
@@ -421,11 +480,13 @@ def destroy(
     schedule: RetentionSchedule | None = None,
     last_treatment: date | None = None,
     today: date | None = None,
+    audit: AuditTrail | None = None,
 ) -> DestructionResult:
     """Delete an image, its Binary, its Consents, their Provenance and its Tasks together, with
     an AuditEvent, once the retention schedule allows it and no legal hold is on it (G13)."""
     if not by.strip() or not reason.strip():
         raise ActionRefused("destroying an image needs who (by) and why (reason)")
+    trail = audit or audit_trail(client)
     records = Repository(client)
     image = records.image(media_ref)
     why = check_destruction(
@@ -461,23 +522,31 @@ def destroy(
     }
     doomed += sorted(provenances)
     doomed += records.tasks_about(media_ref)
-    audit = records.version.destruction_audit(
+    event = records.version.destruction_audit(
         image, by=by, reason=reason, retention=why, destroyed_with=doomed[1:]
     )
     entries: list[dict[str, Any]] = [
         {"request": {"method": "DELETE", "url": ref}} for ref in reversed(doomed)
     ]
-    entries.append({"resource": audit, "request": {"method": "POST", "url": "AuditEvent"}})
+    recorded = ""
+    if trail.atomic:
+        entries.append({"resource": event, "request": {"method": "POST", "url": "AuditEvent"}})
+    else:
+        recorded = trail.record([event])[0]  # before anything is deleted
     try:
         response = client.transaction(
             {"resourceType": "Bundle", "type": "transaction", "entry": entries}, idempotent=False
         )
     except ServerError as exc:
+        if not trail.atomic:
+            _record_failure(client, trail, [event], "the image was not destroyed")
         if exc.status == 409:
             raise ActionRefused(f"other resources still reference {media_ref}") from exc
         raise
-    audits = created(response, "AuditEvent")
-    return DestructionResult(media_ref, doomed, audits[-1] if audits else "")
+    if trail.atomic:
+        audits = created(response, "AuditEvent")
+        recorded = audits[-1] if audits else ""
+    return DestructionResult(media_ref, doomed, recorded)
 
 
 # --------------------------------------------------------------------------- anonymisation
@@ -490,7 +559,13 @@ class AnonymisedCopy:
 
 
 def anonymise(
-    client: FhirClient, media_ref: str, out_dir: Path, *, purpose: str = "TRAIN", by: str
+    client: FhirClient,
+    media_ref: str,
+    out_dir: Path,
+    *,
+    purpose: str = "TRAIN",
+    by: str,
+    audit: AuditTrail | None = None,
 ) -> AnonymisedCopy:
     """An anonymised copy for teaching or research, if every active Consent permits it (G2).
 
@@ -499,6 +574,7 @@ def anonymise(
     identify the patient (a face, a tattoo): the copy is labelled for human approval before
     use. It is a secondary use, so it is audited before anything is written out.
     """
+    trail = audit or audit_trail(client)
     record = read_record(client, media_ref)
     check_anonymisation(record, purpose)
     from PIL import Image
@@ -529,10 +605,12 @@ def anonymise(
         sha1_b64=base64.b64encode(hashlib.sha1(data).digest()).decode(),
     )
     # a secondary use: audited before anything is written out, or nothing is
-    client.create(
-        client.version.anonymisation_audit(
-            record.image, record.confidentiality, purpose=purpose, by=by, copy_sha256=sha256
-        )
+    trail.record(
+        [
+            client.version.anonymisation_audit(
+                record.image, record.confidentiality, purpose=purpose, by=by, copy_sha256=sha256
+            )
+        ]
     )
     _private_dir(out_dir)
     _write_private(image_path, data)

@@ -9,6 +9,11 @@
 | ``FHIR_IMAGES_OUTBOX`` | the outbox folder (default ``./fhir-images-outbox``) |
 | ``FHIR_IMAGES_HOOK_SECRET`` | the server hook's shared secret (16 characters or more) |
 | ``FHIR_IMAGES_MAX_*`` | input limits (see :class:`fhir_images.Limits`) |
+| ``FHIR_IMAGES_CACHE_DIR`` | server probe reports (default ``~/.cache/fhir-images``) |
+| ``FHIR_IMAGES_ACCEPT_RISK`` | server risks accepted knowingly, by name (``no-security-search``) |
+| ``FHIR_IMAGES_AUDIT`` | where AuditEvents go when the server refuses them: an audit |
+| | repository's FHIR base URL, or ``file:/path/audit.jsonl`` |
+| ``FHIR_IMAGES_AUDIT_TOKEN`` | a bearer token for that repository (the server's is never sent) |
 
 The library itself never reads the environment behind a caller's back: a caller builds a
 :class:`Settings` (``Settings.from_env()``) and passes what it holds.
@@ -38,6 +43,10 @@ class Settings:
     outbox: Path = DEFAULT_OUTBOX
     hook_secret: str | None = field(default=None, repr=False)
     limits: Limits = field(default_factory=Limits)
+    cache_dir: Path | None = None
+    accept_risks: frozenset[str] = frozenset()
+    audit: str | None = None
+    audit_token: str | None = field(default=None, repr=False)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -49,6 +58,26 @@ class Settings:
 
         limits = Limits.from_env(env)
         outbox = get("FHIR_IMAGES_OUTBOX")
+        cache = get("FHIR_IMAGES_CACHE_DIR")
+        if cache is None:
+            xdg = get("XDG_CACHE_HOME")
+            cache = (
+                str(Path(xdg) / "fhir-images") if xdg else str(Path.home() / ".cache/fhir-images")
+            )
+        risks = frozenset(
+            r.strip() for r in (get("FHIR_IMAGES_ACCEPT_RISK") or "").split(",") if r.strip()
+        )
+        from .fhir.probe import ACCEPTABLE_RISKS
+
+        unknown = risks - set(ACCEPTABLE_RISKS)
+        if unknown:
+            raise InvalidSetting(
+                f"FHIR_IMAGES_ACCEPT_RISK names a risk that cannot be accepted; it may list: "
+                f"{', '.join(ACCEPTABLE_RISKS)}"
+            )
+        audit = get("FHIR_IMAGES_AUDIT")
+        if audit is not None and not audit.startswith(("http://", "https://", "file:")):
+            raise InvalidSetting("FHIR_IMAGES_AUDIT must be an http(s) FHIR base URL or file:/path")
         return cls(
             base_url=get("FHIR_BASE_URL"),
             token=get("FHIR_TOKEN"),
@@ -59,6 +88,10 @@ class Settings:
             outbox=Path(outbox) if outbox else DEFAULT_OUTBOX,
             hook_secret=get("FHIR_IMAGES_HOOK_SECRET"),
             limits=limits,
+            cache_dir=Path(cache),
+            accept_risks=risks,
+            audit=audit,
+            audit_token=get("FHIR_IMAGES_AUDIT_TOKEN"),
         )
 
     def require_hook_secret(self) -> str:

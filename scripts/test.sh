@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine, HAPI included:
+# The whole test suite on a fresh machine, both FHIR servers included:
 #   1. installs the package with its test and lint extras into .venv (a clean environment,
 #      so nothing installed by hand elsewhere can hide a missing dependency);
-#   2. builds and starts the project's HAPI FHIR server (servers/hapi) on 127.0.0.1;
-#   3. runs ruff, mypy and pytest (unit tests, then integration tests against HAPI);
-#   4. stops the server it started, whatever happened, and exits non-zero on any failure.
+#   2. builds and starts the project's two FHIR servers on 127.0.0.1: HAPI FHIR (servers/hapi,
+#      from Maven Central) and Helios FHIR Server (servers/hfs, from crates.io with cargo, or
+#      from a checksummed ready binary named by HFS_PREBUILT);
+#   3. runs ruff, mypy and pytest: unit tests, then every integration test against each server;
+#   4. stops the servers it started, whatever happened, and exits non-zero on any failure.
 # Extra arguments go to pytest, e.g.  scripts/test.sh -k consent
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 PYTHON=${PYTHON:-python3}
 export HAPI_PORT=${HAPI_PORT:-18080}
+export HFS_PORT=${HFS_PORT:-18081}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -23,14 +26,26 @@ fi
 
 step "Lint and types"
 .venv/bin/ruff check .
+.venv/bin/ruff format --check .
 .venv/bin/mypy
+
+stop_servers() {
+    servers/hfs/hfs.sh stop || true
+    servers/hapi/hapi.sh stop || true
+}
+trap stop_servers EXIT
+
+step "Helios FHIR Server on port $HFS_PORT"
+servers/hfs/hfs.sh start --fresh
+HFS_URL=$(servers/hfs/hfs.sh url)
 
 step "HAPI FHIR server on port $HAPI_PORT"
 servers/hapi/hapi.sh start --fresh
-trap 'servers/hapi/hapi.sh stop || true' EXIT
-FHIR_BASE_URL=$(servers/hapi/hapi.sh url)
-export FHIR_BASE_URL
+HAPI_URL=$(servers/hapi/hapi.sh url)
+
+export FHIR_IMAGES_TEST_SERVERS="hapi=$HAPI_URL,hfs=$HFS_URL"
 export FHIR_IMAGES_REQUIRE_SERVER=1
+unset FHIR_BASE_URL
 
 step "pytest (unit and integration)"
 .venv/bin/python -m pytest "$@"

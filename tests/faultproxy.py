@@ -23,7 +23,7 @@ import threading
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 
 @dataclass
@@ -35,6 +35,9 @@ class Faults:
     delay: float = 0.03
     delay_seconds: float = 0.3
     seed: int = 1
+    enabled: bool = True
+    #: query parameters the "server" silently ignores (removed before forwarding)
+    drop_params: tuple[str, ...] = ()
     counts: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
@@ -42,6 +45,8 @@ class Faults:
         self._lock = threading.Lock()
 
     def draw(self) -> str:
+        if not self.enabled:
+            return "forward"
         with self._lock:
             x = self._rng.random()
             for name in ("drop_before", "drop_after", "unavailable", "rate_limited", "delay"):
@@ -103,7 +108,7 @@ class _Handler(socketserver.StreamRequestHandler):
             time.sleep(proxy.faults.delay_seconds)
         upstream = http.client.HTTPConnection(proxy.upstream_host, proxy.upstream_port, timeout=300)
         try:
-            path = proxy.upstream_prefix + target[len(proxy.prefix) :]
+            path = proxy.upstream_prefix + _without(target[len(proxy.prefix) :], proxy.faults)
             skip = {"host", "connection", "keep-alive", "proxy-connection", "accept-encoding"}
             upstream.putrequest(method, path, skip_host=True, skip_accept_encoding=True)
             upstream.putheader("Host", f"{proxy.upstream_host}:{proxy.upstream_port}")
@@ -132,6 +137,15 @@ class _Handler(socketserver.StreamRequestHandler):
                 socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
             )
         self.connection.close()
+
+
+def _without(target: str, faults: Faults) -> str:
+    """The request target without the parameters the faults say to drop."""
+    if not faults.drop_params or "?" not in target:
+        return target
+    path, query = target.split("?", 1)
+    kept = [p for p in query.split("&") if unquote(p.split("=", 1)[0]) not in faults.drop_params]
+    return f"{path}?{'&'.join(kept)}" if kept else path
 
 
 class FaultProxy(socketserver.ThreadingTCPServer):

@@ -17,6 +17,7 @@ from ..fhir import FhirClient
 from ._common import (
     EXIT_NOT_DELIVERED,
     EXIT_OK,
+    EXIT_REFUSED,
     client_for,
     err,
     json_option,
@@ -82,12 +83,15 @@ def push_cmd(
     """Deliver every ready outbox entry to the FHIR server (held entries stay).
 
     Exit code 0 when all were delivered, 5 when some were kept for the next push (each with
-    its reason: 'outbox list').
+    its reason: 'outbox list'), 4 when the server is refused as unsafe for images (see
+    'check-server'; everything stays in the outbox).
     """
     outbox = outbox_for(ctx, outbox_dir)
     client = client_for(ctx, server, workers)
     results = deliver(client, outbox, None, workers, as_json)
     _print_deliveries(results, len(list(outbox.entries("held"))), as_json)
+    if any(r.error_type == "UnsafeServer" for r in results):
+        ctx.exit(EXIT_REFUSED)
     ctx.exit(EXIT_OK if all(r.delivered for r in results) else EXIT_NOT_DELIVERED)
 
 

@@ -15,13 +15,13 @@ cannot do. What is retried, with exponential backoff, full jitter, and
 * 502, 504 and read time-outs, only for requests that are idempotent (GET,
   PUT, DELETE, and transactions made only of conditional creates).
 
-Server behaviour lives in a :class:`~fhir_images.fhir.servers.ServerProfile`, chosen from
-the CapabilityStatement or by the caller; the FHIR version from its ``fhirVersion``.
+Server behaviour lives in a :class:`~fhir_images.fhir.servers.ServerProfile`, made from a
+probe of the server (:mod:`fhir_images.fhir.probe`, cached per base URL) or forced by the
+caller; the FHIR version comes from the CapabilityStatement's ``fhirVersion``.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import os
@@ -43,17 +43,20 @@ from .._exceptions import (
     IncompatibleServer,
     InvalidRequest,
     InvalidSetting,
+    PayloadTooLarge,
     RateLimited,
     ResourceNotFound,
     ServerError,
     ServerUnavailable,
     VersionConflict,
 )
-from .servers import PROFILES, ServerProfile, profile_for
+from .jsonbinary import BinaryJson
+from .servers import PROFILES, ServerProfile, software_hint
 from .version import FhirVersion, get_version
 
 if TYPE_CHECKING:
     from .._settings import Settings
+    from .probe import ServerReport
 
 log = logging.getLogger("fhir_images.transport")
 
@@ -101,6 +104,7 @@ def _issues(body: Any) -> list[dict[str, Any]]:
 _STATUS_ERRORS: dict[int, type[ServerError]] = {
     400: InvalidRequest,
     422: InvalidRequest,
+    413: PayloadTooLarge,
     401: AuthenticationFailed,
     403: AuthenticationFailed,
     404: ResourceNotFound,
@@ -129,6 +133,11 @@ def error_for(response: requests.Response, *, idempotent: bool, base: str = "") 
     message = f"{response.request.method} {_path(response.url, base)}: HTTP {response.status_code}"
     if codes:
         message += f" ({', '.join(codes)})"
+    if response.status_code == 413:
+        message += (
+            ": the body is larger than the server accepts; raise the server's request body "
+            "limit (HFS: HFS_MAX_BODY_SIZE), then retry"
+        )
     return cls(
         message,
         status=response.status_code,
@@ -182,6 +191,10 @@ class FhirClient:
         pool_size: int = 8,
         session_factory: Callable[[], requests.Session] | None = None,
         fhir_version: str | None = None,
+        cache_dir: Path | None = None,
+        accept_risks: Iterable[str] = (),
+        audit: str | None = None,
+        audit_token: str | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError("the FHIR base URL must start with http:// or https://")
@@ -203,6 +216,14 @@ class FhirClient:
         self._profile: ServerProfile | None = (
             PROFILES[profile] if isinstance(profile, str) else profile
         )
+        self._forced = self._profile is not None
+        self._report: ServerReport | None = None
+        self._cache_dir = cache_dir
+        self.accept_risks = frozenset(accept_risks)
+        #: where AuditEvents go instead of this server (see :mod:`.audit`); None: the server
+        self.audit = audit
+        self._audit_token = audit_token
+        self._choose = threading.Lock()
 
     @classmethod
     def from_settings(
@@ -223,6 +244,10 @@ class FhirClient:
             kwargs.setdefault("verify", settings.ca_bundle)
         if settings.server_profile:
             kwargs.setdefault("profile", settings.server_profile)
+        kwargs.setdefault("cache_dir", settings.cache_dir)
+        kwargs.setdefault("accept_risks", settings.accept_risks)
+        kwargs.setdefault("audit", settings.audit)
+        kwargs.setdefault("audit_token", settings.audit_token)
         return cls(url, **kwargs)
 
     # ----------------------------------------------------------------- plumbing
@@ -366,8 +391,6 @@ class FhirClient:
         interactions = {i.get("code") for i in rest.get("interaction", [])}
         if "transaction" not in interactions:
             raise IncompatibleServer("the server does not support transaction Bundles")
-        if self._profile is None:
-            self._profile = profile_for(cs)
         self._version = version
         self._capabilities = cs
         return cs
@@ -382,10 +405,44 @@ class FhirClient:
 
     @property
     def profile(self) -> ServerProfile:
+        """The strategies to use on this server: forced, or from its probe report."""
         if self._profile is None:
-            self.capabilities()
-        assert self._profile is not None
+            with self._choose:
+                if self._profile is None:
+                    from .probe import profile_from_report
+
+                    report = self.report()
+                    hint = software_hint(self.capabilities())
+                    self._profile = profile_from_report(report, name=f"{hint} (probed)")
         return self._profile
+
+    @property
+    def audit_token(self) -> str | None:
+        return self._audit_token
+
+    def report(self, *, fresh: bool = False) -> ServerReport:
+        """What a probe found this server does (cached per base URL; ``fresh`` probes again)."""
+        from .probe import ProbeCache, report_for
+
+        if self._report is None or fresh:
+            cache = ProbeCache(self._cache_dir) if self._cache_dir else None
+            self._report = report_for(self, cache, fresh=fresh)
+        return self._report
+
+    def require_safe(self) -> None:
+        """Refuse (UnsafeServer) a server on which sensitive images must not be written: its
+        probe found a risk that the caller has not accepted by name. A forced profile is the
+        caller's own statement about the server, and skips the probe."""
+        if self._forced:
+            return
+        from .._exceptions import UnsafeServer
+
+        risks = [(n, why) for n, why in self.report().risks() if n not in self.accept_risks]
+        if risks:
+            raise UnsafeServer(
+                "refusing to write images to this server: "
+                + "; ".join(f"{why} [{n}]" for n, why in risks)
+            )
 
     # --------------------------------------------------------------- resources
 
@@ -520,11 +577,16 @@ class FhirClient:
         )
 
     def binary_meta(self, ref: str) -> dict[str, Any]:
-        """A Binary without its bytes: ``meta`` (labels) and ``securityContext``."""
-        data = self._json(self.request("GET", ref, params={"_elements": "securityContext"}))
-        if not isinstance(data, dict) or data.get("resourceType") != "Binary":
-            raise BadResponse("the answer to a Binary read is not a Binary")
-        data.pop("data", None)  # a server that ignored _elements
+        """A Binary without its bytes: ``meta`` (labels) and ``securityContext``. The answer is
+        streamed, so a server that ignores ``_elements`` and sends the bytes costs time but
+        not memory (they are decoded and dropped)."""
+        response = self.request("GET", ref, params={"_elements": "securityContext"}, stream=True)
+        with response:
+            reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
+            for _ in reader:
+                pass
+            data = dict(reader.fields)
+        data["resourceType"] = "Binary"
         return data
 
     def iter_binary(self, ref: str, content_type: str) -> Iterator[bytes]:
@@ -535,10 +597,8 @@ class FhirClient:
         with response:
             got = response.headers.get("Content-Type", "").split(";")[0].strip()
             if got in (FHIR_JSON, "application/json"):
-                body = self._json(response)
-                if not isinstance(body, dict) or "data" not in body:
-                    raise BadResponse("the server sent the Binary as FHIR JSON without its bytes")
-                yield base64.b64decode(body["data"])
+                # a server that answers Binary reads only as FHIR JSON: decoded as it streams
+                yield from BinaryJson(response.iter_content(_CHUNK))
                 return
             yield from response.iter_content(_CHUNK)
 

@@ -12,7 +12,10 @@ A :class:`ServerProfile` is made of strategies:
 * :class:`BinaryRead`: how the bytes come back (a plain read, or an operation).
 * :class:`~.subscriptions.SubscriptionStyle`: how the hook service is subscribed to changes.
 
-A server that behaves differently is a new profile, registered with :func:`register_server`.
+The strategies a server gets come from probing it (:mod:`.probe`); a named profile here is
+used only when forced (``FHIR_SERVER_PROFILE``, or for tests). A server that behaves
+differently again is a new strategy, and a profile made of it registered with
+:func:`register_server`.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .subscriptions import RestHook, SubscriptionStyle
+from .subscriptions import BackportTopic, RestHook, SubscriptionStyle
 
 if TYPE_CHECKING:
     from .client import FhirClient
@@ -48,17 +51,35 @@ class LabelUpdate(Protocol):
         ...
 
 
-def _read_plain(client: FhirClient, ref: str) -> tuple[list[dict[str, Any]], str | None]:
+def _read_meta(client: FhirClient, ref: str) -> dict[str, Any]:
     resource = client.binary_meta(ref) if ref.startswith("Binary/") else client.read(ref)
-    meta = resource.get("meta", {})
+    meta = resource.get("meta")
+    return dict(meta) if isinstance(meta, dict) else {}
+
+
+def _read_plain(client: FhirClient, ref: str) -> tuple[list[dict[str, Any]], str | None]:
+    meta = _read_meta(client, ref)
     return list(meta.get("security", [])), meta.get("versionId")
 
 
+_SERVER_META = ("versionId", "lastUpdated")
+_SUBSETTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")
+
+
 def _patch(client: FhirClient, ref: str, expected: list[dict[str, str]]) -> None:
-    _, version = _read_plain(client, ref)
-    client.patch(
-        ref, [{"op": "add", "path": "/meta/security", "value": expected}], if_match=version
-    )
+    """JSON Patch the whole ``meta`` (with If-Match): a server may hold a resource without the
+    ``meta`` it shows on reads, so a patch of ``/meta/security`` alone has no parent to add to.
+    The tags and profiles read are kept, less what the read itself added (SUBSETTED)."""
+    meta = _read_meta(client, ref)
+    version = meta.get("versionId")
+    value = {k: v for k, v in meta.items() if k not in _SERVER_META}
+    tags = [t for t in value.get("tag", []) if (t.get("system"), t.get("code")) != _SUBSETTED]
+    if tags:
+        value["tag"] = tags
+    else:
+        value.pop("tag", None)
+    value["security"] = expected
+    client.patch(ref, [{"op": "add", "path": "/meta", "value": value}], if_match=version)
 
 
 @dataclass(frozen=True)
@@ -158,6 +179,10 @@ class ServerProfile:
     binary_read: BinaryRead = field(default_factory=BinaryRead)
     subscriptions: SubscriptionStyle = field(default_factory=RestHook)
     extra_headers: dict[str, str] = field(default_factory=dict)
+    #: whether the server accepts AuditEvents from clients (else they go to an audit sink)
+    audit_on_server: bool = True
+    #: what a search needs to get a total (some servers give one only when asked)
+    search_total: dict[str, str] = field(default_factory=dict)
 
 
 PROFILES: dict[str, ServerProfile] = {
@@ -169,24 +194,28 @@ PROFILES: dict[str, ServerProfile] = {
         binary_read=BinaryRead("$binary-access-read?path=Binary"),
         extra_headers={"Cache-Control": "no-cache"},
     ),
+    "hfs": ServerProfile(
+        "hfs",
+        labels=JsonPatchLabels(),
+        subscriptions=BackportTopic(),
+        audit_on_server=False,
+        search_total={"_total": "accurate"},
+    ),
     "medplum": ServerProfile("medplum", labels=ReplaceByUpdate()),
     "azure": ServerProfile("azure", labels=ReplaceByUpdate()),
 }
 
 
-def register_server(profile: ServerProfile, *, software: str | None = None) -> None:
-    """Make a server profile available by name (``FHIR_SERVER_PROFILE``); ``software`` is the
-    CapabilityStatement software name (lower case) that picks it when not forced."""
+def register_server(profile: ServerProfile) -> None:
+    """Make a server profile available by name, to force with ``FHIR_SERVER_PROFILE`` (or
+    ``FhirClient(profile=...)``) instead of the profile a probe of the server gives."""
     PROFILES[profile.name] = profile
-    if software:
-        _BY_SOFTWARE[software] = profile.name
 
 
-_BY_SOFTWARE: dict[str, str] = {"hapi": "hapi", "medplum": "medplum", "azure": "azure"}
+_HINTS = {"hapi": "hapi", "helios": "hfs", "medplum": "medplum", "azure": "azure"}
 
 
-def profile_for(capabilities: dict[str, Any]) -> ServerProfile:
-    """The profile a CapabilityStatement's software name suggests (generic otherwise)."""
+def software_hint(capabilities: dict[str, Any]) -> str:
+    """A short name for the server's software (for messages and the probed profile's name)."""
     software = str((capabilities.get("software") or {}).get("name", "")).lower()
-    name = next((n for key, n in _BY_SOFTWARE.items() if key in software), "generic")
-    return PROFILES[name]
+    return next((n for key, n in _HINTS.items() if key in software), "generic")

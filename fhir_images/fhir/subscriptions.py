@@ -1,9 +1,17 @@
 """Subscriptions that call the hook service when images or consents change.
 
-How a server is subscribed to is a strategy of its :class:`~.servers.ServerProfile`:
-:class:`RestHook` creates one classic rest-hook ``Subscription`` per resource type (its
-criteria a search, the shared secret in a channel header). A server that only notifies through
-another mechanism gets another strategy; :func:`install_subscriptions` asks the server's.
+How a server is subscribed to is a strategy of its :class:`~.servers.ServerProfile`, chosen by
+probing (:mod:`.probe`):
+
+* :class:`RestHook`: one classic rest-hook ``Subscription`` per resource type, its criteria a
+  search; the server sends each changed resource (HAPI: ``PUT {endpoint}/{type}/{id}``).
+* :class:`BackportTopic`: the R4 Subscriptions Backport: one topic (carried as a ``Basic``) for
+  the resource types and one topic-based ``Subscription`` with id-only payloads; the server
+  POSTs a history Bundle naming what changed (HFS).
+* :class:`NoSubscriptions`: the server acts on neither; installing the hook is refused.
+
+Either way the channel carries the hook's shared secret as a header, and the hook re-reads
+what a notification names from the server: a notification's content is never trusted.
 """
 
 from __future__ import annotations
@@ -12,56 +20,144 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from .._exceptions import FhirImagesError
+from .._exceptions import FhirImagesError, IncompatibleServer
 
 if TYPE_CHECKING:
     from .client import FhirClient
 
+TOPIC_URL = "https://fhir-images.org/fhir/SubscriptionTopic/image-and-consent-changes"
+REASON = "fhir-images labels images and consents that arrive by other routes"
+
 
 class SubscriptionStyle(Protocol):
+    @property
+    def name(self) -> str: ...
+
     def install(
-        self, client: FhirClient, endpoint: str, header: str, resource_types: tuple[str, ...]
+        self,
+        client: FhirClient,
+        endpoint: str,
+        header: str,
+        resource_types: tuple[str, ...],
+        *,
+        narrow: str = "",
     ) -> list[str]:
-        """Create or reuse the subscriptions; return their references (not yet active)."""
+        """Create or reuse what makes the server call ``endpoint``; return the references of
+        what it made or reused, Subscriptions among them (not yet active). ``narrow``: a search
+        that limits classic criteria, or a distinct topic URL (for probes)."""
         ...
 
-    def status(self, client: FhirClient, ref: str) -> str | None:
-        """A subscription's status: requested, active, error or off."""
-        ...
+
+def _ensure(
+    client: FhirClient, criteria: str, endpoint: str, header: str, *, topic: bool = False
+) -> str:
+    """The Subscription to ``endpoint`` with these criteria: reused when it has the header and
+    is not off or in error, updated (If-Match) when it is, created when there is none."""
+    version = client.version
+    existing = [
+        s for s in client.search("Subscription", {"url": endpoint}) if s.get("criteria") == criteria
+    ]
+    if not existing:
+        sub = client.create(
+            version.subscription(criteria, endpoint, header, reason=REASON, topic=topic)
+        )
+        return f"Subscription/{sub['id']}"
+    sub = existing[0]
+    usable = sub.get("status") in ("active", "requested")
+    if sub.get("channel", {}).get("header") != [header] or not usable:
+        wanted = version.subscription(
+            criteria, endpoint, header, reason=REASON, topic=topic, sid=sub["id"]
+        )
+        sub = client.update(wanted, if_match=sub.get("meta", {}).get("versionId"))
+    return f"Subscription/{sub['id']}"
 
 
 @dataclass(frozen=True)
 class RestHook:
     """Classic rest-hook Subscriptions, one per resource type."""
 
+    name: str = "rest-hook"
+
     def install(
-        self, client: FhirClient, endpoint: str, header: str, resource_types: tuple[str, ...]
+        self,
+        client: FhirClient,
+        endpoint: str,
+        header: str,
+        resource_types: tuple[str, ...],
+        *,
+        narrow: str = "",
+    ) -> list[str]:
+        return [_ensure(client, f"{rtype}?{narrow}", endpoint, header) for rtype in resource_types]
+
+
+@dataclass(frozen=True)
+class BackportTopic:
+    """A topic (as a Basic) for the resource types and one topic-based Subscription."""
+
+    name: str = "backport-topic"
+
+    def install(
+        self,
+        client: FhirClient,
+        endpoint: str,
+        header: str,
+        resource_types: tuple[str, ...],
+        *,
+        narrow: str = "",
     ) -> list[str]:
         version = client.version
-        refs = []
-        for rtype in resource_types:
-            wanted = version.subscription(rtype, endpoint, header)
-            existing = [
-                s
-                for s in client.search("Subscription", {"url": endpoint + "/hook"})
-                if s.get("criteria") == wanted["criteria"]
-            ]
-            if existing:
-                sub = existing[0]
-                if sub.get("channel", {}).get("header") != [header] or sub.get("status") not in (
-                    "active",
-                    "requested",
-                ):
-                    wanted = version.subscription(rtype, endpoint, header, sid=sub["id"])
-                    sub = client.update(wanted, if_match=sub.get("meta", {}).get("versionId"))
-            else:
-                sub = client.create(wanted)
-            refs.append(f"Subscription/{sub['id']}")
-        return refs
+        url = f"{TOPIC_URL}-{narrow}" if narrow else TOPIC_URL
+        url = f"{url}-{'-'.join(sorted(t.lower() for t in resource_types))}"
+        topics = [
+            b
+            for b in client.search(
+                "Basic", {"code": "http://hl7.org/fhir/fhir-types|SubscriptionTopic"}
+            )
+            if version.topic_url_of(b) == url
+        ]
+        if topics:
+            topic = topics[0]
+        else:
+            topic = client.create(
+                version.subscription_topic(url, resource_types, "Images and consents changed")
+            )
+        return [f"Basic/{topic['id']}", _ensure(client, url, endpoint, header, topic=True)]
 
-    def status(self, client: FhirClient, ref: str) -> str | None:
-        status = client.read(ref).get("status")
-        return status if isinstance(status, str) else None
+
+@dataclass(frozen=True)
+class NoSubscriptions:
+    """A server that acts on no kind of Subscription fhir-images can make."""
+
+    name: str = "none"
+
+    def install(
+        self,
+        client: FhirClient,
+        endpoint: str,
+        header: str,
+        resource_types: tuple[str, ...],
+        *,
+        narrow: str = "",
+    ) -> list[str]:
+        raise IncompatibleServer(
+            "the server acts on neither classic nor topic-based rest-hook Subscriptions: "
+            "the hook cannot be installed on it"
+        )
+
+
+def wait_active(client: FhirClient, refs: list[str], timeout: float) -> None:
+    """Wait until every Subscription among ``refs`` is active; fail on error or time-out."""
+    deadline = time.monotonic() + timeout
+    for ref in (r for r in refs if r.startswith("Subscription/")):
+        while True:
+            status = client.read(ref).get("status")
+            if status == "active":
+                break
+            if status == "error" or time.monotonic() > deadline:
+                raise FhirImagesError(
+                    f"{ref} did not become active (status {status}) within {timeout:.0f} s"
+                )
+            time.sleep(0.5)
 
 
 def install_subscriptions(
@@ -74,21 +170,10 @@ def install_subscriptions(
     timeout: float = 60.0,
 ) -> list[str]:
     """Subscribe ``endpoint``/hook to changes of images and consents, in the server's style,
-    and wait until the server reports every subscription active."""
-    endpoint = endpoint.rstrip("/")
+    and wait until the server reports every subscription active. Returns the Subscriptions."""
+    hook = endpoint.rstrip("/") + "/hook"
     header = f"{header_name}: {secret}"
-    style = client.profile.subscriptions
     types = resource_types or (client.version.image_type, "Consent")
-    refs = style.install(client, endpoint, header, types)
-    deadline = time.monotonic() + timeout
-    for ref in refs:
-        while True:
-            status = style.status(client, ref)
-            if status == "active":
-                break
-            if status == "error" or time.monotonic() > deadline:
-                raise FhirImagesError(
-                    f"{ref} did not become active (status {status}) within {timeout:.0f} s"
-                )
-            time.sleep(0.5)
-    return refs
+    refs = client.profile.subscriptions.install(client, hook, header, types)
+    wait_active(client, refs, timeout)
+    return [r for r in refs if r.startswith("Subscription/")]

@@ -24,8 +24,8 @@ def run(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProc
     )
 
 
-def test_start_on_a_port_in_use_fails_with_a_message(fhir_base_url, tmp_path):
-    port = str(urlparse(fhir_base_url).port)
+def test_start_on_a_port_in_use_fails_with_a_message(hapi_base_url, tmp_path):
+    port = str(urlparse(hapi_base_url).port)
     result = run(["start"], tmp_path, HAPI_PORT=port)
     assert result.returncode != 0
     assert "in use" in result.stderr

@@ -133,10 +133,10 @@ def media(code: str, **extra: Any) -> Resource:
 
 
 @pytest.fixture()
-def patient(fhir_base_url: str) -> Resource:
+def patient(hapi_base_url: str) -> Resource:
     code = uid()
     return create(
-        fhir_base_url,
+        hapi_base_url,
         {
             "resourceType": "Patient",
             "meta": {"tag": [tag(code)]},
@@ -248,8 +248,8 @@ RESOURCE_TYPES = [
 
 
 @pytest.mark.parametrize("rtype", RESOURCE_TYPES)
-def test_crud_and_search(fhir_base_url: str, patient: Resource, rtype: str) -> None:
-    base, code = fhir_base_url, uid()
+def test_crud_and_search(hapi_base_url: str, patient: Resource, rtype: str) -> None:
+    base, code = hapi_base_url, uid()
     by_tag = {"_tag": token(tag(code))}
     # Searching before and right after each write also proves that the server does not
     # answer a repeated search from cached results.
@@ -329,8 +329,8 @@ def _location_id(entry: Resource) -> tuple[str, str]:
     return parts[0], parts[1]
 
 
-def test_transaction_urn_uuid_references_and_conditional_create(fhir_base_url: str) -> None:
-    base, code = fhir_base_url, uid()
+def test_transaction_urn_uuid_references_and_conditional_create(hapi_base_url: str) -> None:
+    base, code = hapi_base_url, uid()
     first_media, second_media = uid(), uid()
 
     first = _post_transaction(base, _transaction(code, first_media))
@@ -353,8 +353,8 @@ def test_transaction_urn_uuid_references_and_conditional_create(fhir_base_url: s
     assert search_ids(base, "Patient", {"identifier": f"{ID_SYSTEM_PREFIX}patient|{code}"}) == [pid]
 
 
-def test_search_by_security_label_and_tag(fhir_base_url: str) -> None:
-    base, code = fhir_base_url, uid()
+def test_search_by_security_label_and_tag(hapi_base_url: str) -> None:
+    base, code = hapi_base_url, uid()
     ident_system = f"{ID_SYSTEM_PREFIX}labels-{code}"
     labelled = media(code)
     labelled["meta"]["security"] = [RESTRICTED]
@@ -373,8 +373,8 @@ def test_search_by_security_label_and_tag(fhir_base_url: str) -> None:
     assert search_ids(base, "Media", {**both, "_tag": token(tag(code))}) == [labelled_id]
 
 
-def test_meta_add_and_meta_delete(fhir_base_url: str) -> None:
-    base, code = fhir_base_url, uid()
+def test_meta_add_and_meta_delete(hapi_base_url: str) -> None:
+    base, code = hapi_base_url, uid()
     rid = create(base, media(code))["id"]
     extra_tag = tag(uid())
 
@@ -400,9 +400,9 @@ def test_meta_add_and_meta_delete(fhir_base_url: str) -> None:
     assert search_ids(base, "Media", {"_id": rid, "_security": token(RESTRICTED)}) == []
 
 
-def test_put_merges_security_labels_unless_snapshot_mode(fhir_base_url: str) -> None:
+def test_put_merges_security_labels_unless_snapshot_mode(hapi_base_url: str) -> None:
     """HAPI keeps existing meta.security on a plain PUT; the client must ask to replace."""
-    base = fhir_base_url
+    base = hapi_base_url
     resource = media(uid())
     resource["meta"]["security"] = [RESTRICTED]
     created = create(base, resource)
@@ -427,8 +427,8 @@ def test_put_merges_security_labels_unless_snapshot_mode(fhir_base_url: str) -> 
     assert codings(read(base, "Media", rid)["meta"], "security") == {pair(VERY_RESTRICTED)}
 
 
-def test_raw_binary_upload_and_readback(fhir_base_url: str) -> None:
-    base = fhir_base_url
+def test_raw_binary_upload_and_readback(hapi_base_url: str) -> None:
+    base = hapi_base_url
     payload = b"\xff\xd8\xff\xe0\x00\x10JFIF\x00" + os.urandom(256 * 1024) + b"\xff\xd9"
     r = requests.post(
         f"{base}/Binary",
@@ -453,9 +453,9 @@ def test_raw_binary_upload_and_readback(fhir_base_url: str) -> None:
     assert base64.b64decode(binary["data"]) == payload
 
 
-def test_large_binary_bytes_via_binary_access_read(fhir_base_url: str) -> None:
+def test_large_binary_bytes_via_binary_access_read(hapi_base_url: str) -> None:
     """Above 10 MB HAPI no longer inlines the bytes on a plain read; $binary-access-read works."""
-    base = fhir_base_url
+    base = hapi_base_url
     payload = b"\xff\xd8\xff\xe0" + os.urandom(11 * 1024 * 1024)
     r = requests.post(
         f"{base}/Binary",
@@ -524,9 +524,9 @@ def hook() -> Iterator[_HookRecorder]:
 
 
 @pytest.fixture()
-def active_subscription(fhir_base_url: str, hook: _HookRecorder) -> Iterator[tuple[str, str]]:
+def active_subscription(hapi_base_url: str, hook: _HookRecorder) -> Iterator[tuple[str, str]]:
     """A rest-hook Subscription on Media with a unique tag; yields (tag code, endpoint path)."""
-    base, code = fhir_base_url, uid()
+    base, code = hapi_base_url, uid()
     port = hook.server_address[1]
     sub = create(
         base,
@@ -554,9 +554,9 @@ def active_subscription(fhir_base_url: str, hook: _HookRecorder) -> Iterator[tup
 
 
 def test_rest_hook_subscription_delivers_put(
-    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+    hapi_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
 ) -> None:
-    base = fhir_base_url
+    base = hapi_base_url
     code, path = active_subscription
     rid = create(base, media(code))["id"]
 
@@ -572,10 +572,10 @@ def test_rest_hook_subscription_delivers_put(
 
 
 def test_label_only_change_triggers_rest_hook(
-    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+    hapi_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
 ) -> None:
     """$meta-add changes labels without a new version; servers/hapi still notifies."""
-    base = fhir_base_url
+    base = hapi_base_url
     r = requests.get(f"{base}/metadata", headers=HEADERS, timeout=TIMEOUT)
     description = r.json().get("implementation", {}).get("description", "")
     if "label-only changes trigger subscriptions" not in description:
@@ -603,9 +603,9 @@ def test_label_only_change_triggers_rest_hook(
 
 
 def test_non_matching_resource_is_not_delivered(
-    fhir_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
+    hapi_base_url: str, hook: _HookRecorder, active_subscription: tuple[str, str]
 ) -> None:
-    base = fhir_base_url
+    base = hapi_base_url
     code, path = active_subscription
     other = create(base, media(uid()))["id"]  # a different tag: must not be delivered
     matching = create(base, media(code))["id"]
@@ -639,8 +639,8 @@ def _validate(base: str, resource: Resource, profile: str) -> Resource:
     return outcome
 
 
-def test_validate_against_uploaded_profile(fhir_base_url: str) -> None:
-    base, code = fhir_base_url, uid()
+def test_validate_against_uploaded_profile(hapi_base_url: str) -> None:
+    base, code = hapi_base_url, uid()
     profile = f"http://example.org/fhir/StructureDefinition/media-with-note-{code}"
     # Upload the profile before anything asks for its URL (servers cache failed look-ups).
     create(

@@ -1,7 +1,7 @@
 """The HFS launcher script fails fast and clearly, and installs only the binary it pinned.
 
-The port-in-use test needs a running HFS at ``HFS_BASE_URL`` (for example ``servers/hfs/hfs.sh url``
-after ``servers/hfs/hfs.sh start``); it is skipped without one. The others need no server, no
+The port-in-use test needs a running HFS (``hfs`` in ``FHIR_IMAGES_TEST_SERVERS``, as
+``scripts/test.sh`` sets it). The others need no server, no
 network and no real HFS binary: they run a copy of the script with fake ``cargo`` and ``npm``.
 """
 
@@ -32,14 +32,6 @@ def run(
         timeout=120,
         env={**os.environ, "HFS_DATA_DIR": str(data_dir), **env},
     )
-
-
-@pytest.fixture()
-def hfs_base_url() -> str:
-    url = os.environ.get("HFS_BASE_URL", "").rstrip("/")
-    if not url:
-        pytest.skip("HFS_BASE_URL is not set: this test needs a running HFS")
-    return url
 
 
 def test_start_on_a_port_in_use_fails_with_a_message(hfs_base_url, tmp_path):

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 import requests
@@ -31,8 +31,8 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def hook(fhir_base_url: str) -> Iterator[tuple[FhirClient, HookService]]:
-    client = FhirClient(fhir_base_url)
+def hook(connect: Callable[..., FhirClient]) -> Iterator[tuple[FhirClient, HookService]]:
+    client = connect()
     secret = secrets.token_urlsafe(24)
     service = HookService(client, secret, workers=2)
     port = free_port()

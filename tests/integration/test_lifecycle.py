@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -16,7 +17,9 @@ from fhir_images import (
     ActionRefused,
     DisclosureRequest,
     FhirClient,
+    FhirImagesError,
     Outbox,
+    UnsafeServer,
     Verdict,
     anonymise,
     apply_labels,
@@ -30,6 +33,7 @@ from fhir_images import (
 )
 from fhir_images import _codes as c
 from fhir_images.cli import main
+from fhir_images.fhir.audit import FileAudit, audit_trail
 
 from ..factories import child_context, make_consent, make_context, parent_consent
 
@@ -37,8 +41,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")
-def client(fhir_base_url: str) -> FhirClient:
-    return FhirClient(fhir_base_url)
+def client(connect: Callable[..., FhirClient]) -> FhirClient:
+    return connect()
 
 
 @pytest.fixture()
@@ -108,8 +112,22 @@ def child_image(client, tmp_path, people, seed):
     return deliver(client, tmp_path, ctx, parent_consent(giver=people["mum"]), seed)
 
 
-def audits_for(client, media_ref):
-    return list(client.search("AuditEvent", {"entity": media_ref}))
+def recorded_audits(client) -> list[tuple[str, dict]]:
+    """(reference, AuditEvent) of everything in the client's audit trail: the server's
+    AuditEvents, or the lines of the audit file where the server refuses AuditEvents."""
+    trail = audit_trail(client)
+    if isinstance(trail, FileAudit):
+        return [(e["fullUrl"], e["resource"]) for e in trail.entries()]
+    return [(f"AuditEvent/{a['id']}", a) for a in client.search("AuditEvent", {"_count": "500"})]
+
+
+def audits_for(client, media_ref, *, with_refs=False):
+    found = [
+        (ref, a)
+        for ref, a in recorded_audits(client)
+        if any((e.get("what") or {}).get("reference") == media_ref for e in a.get("entity", []))
+    ]
+    return found if with_refs else [a for _, a in found]
 
 
 # -------------------------------------------------------------------------------- disclose
@@ -137,11 +155,11 @@ def test_second_opinion_released_with_audit_and_v_image_withheld(client, tmp_pat
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert types == ["Media", "Binary"]
     assert bundle["meta"]["security"][0] == {"system": c.V3_CONFIDENTIALITY, "code": "N"}
-    [audit] = audits_for(client, normal.media)
+    [(ref, audit)] = audits_for(client, normal.media, with_refs=True)
     assert audit["type"]["code"] == "110106"
     assert audit["subtype"][0]["code"] == "disclose"
     assert audit["purposeOfEvent"][0]["coding"][0]["code"] == "COC"
-    assert result.audit_events == [f"AuditEvent/{audit['id']}"]
+    assert result.audit_events == [ref]
 
     child = child_image(client, tmp_path, people, 22)
     result = disclose(client, people["child"], request, tmp_path / "out2")
@@ -494,6 +512,7 @@ def test_expired_adult_image_is_destroyed_with_its_resources_and_audited(client,
     old = datetime(2010, 3, 4, 10, 0, tzinfo=UTC)
     ctx = make_context(patient=people["adult"], operator=people["adult"], captured=old)
     image = deliver(client, tmp_path, ctx, make_consent(date=old), 30)
+    image_hash = client.read(image.media)["identifier"][0]["value"]
     result = CliRunner().invoke(
         main,
         [
@@ -513,7 +532,15 @@ def test_expired_adult_image_is_destroyed_with_its_resources_and_audited(client,
     for ref in (image.media, image.consent, image.binary):
         with pytest.raises(ResourceNotFound):
             client.read(ref)
-    events = list(client.search("AuditEvent", {"patient": people["adult"], "action": "D"}))
+    events = [
+        a
+        for _, a in recorded_audits(client)
+        if a.get("action") == "D"
+        and any(
+            (e.get("what") or {}).get("identifier", {}).get("value") == image_hash
+            for e in a.get("entity", [])
+        )
+    ]
     assert len(events) == 1
     assert events[0]["purposeOfEvent"][0]["text"] == "Retention period over"
     assert events[0]["agent"][0]["who"] == {"reference": "Practitioner/gp1"}
@@ -573,3 +600,58 @@ def test_anonymised_copy_only_when_consented(client, tmp_path, people):
         )
     assert not (tmp_path / "research").exists() or not any((tmp_path / "research").iterdir())
     assert len([a for a in audits_for(client, image.media)]) == 1, "refused: nothing audited"
+
+
+# ------------------------------------------------------------------- audits kept elsewhere
+
+
+def test_an_audit_kept_apart_comes_first_and_a_failed_act_is_recorded(
+    fhir_base_url, tmp_path, people, monkeypatch
+):
+    """With an audit file (a trail that cannot share the server's transaction) the audit is
+    written before the image is deleted; when the deletion then fails, a second AuditEvent
+    says so, and the image is still there."""
+    audit_file = tmp_path / "audit" / "trail.jsonl"
+    client = FhirClient(fhir_base_url, audit=f"file:{audit_file}")
+    old = datetime(2010, 3, 4, 10, 0, tzinfo=UTC)
+    ctx = make_context(patient=people["adult"], operator=people["adult"], captured=old)
+    image = deliver(client, tmp_path, ctx, make_consent(date=old), 33)
+    trail = FileAudit(audit_file)
+    seen_before_delete = []
+    real = client.transaction
+
+    def failing(bundle, **kw):
+        if any(e["request"]["method"] == "DELETE" for e in bundle["entry"]):
+            seen_before_delete.append(len(trail.entries()))
+            from fhir_images import InvalidRequest
+
+            raise InvalidRequest("POST /: HTTP 400", status=400)
+        return real(bundle, **kw)
+
+    monkeypatch.setattr(client, "transaction", failing)
+    with pytest.raises(FhirImagesError):
+        destroy(client, image.media, by="Practitioner/gp1", reason="Retention period over")
+    assert seen_before_delete == [1], "the audit was on disk before anything was deleted"
+    first, second = [e["resource"] for e in trail.entries()]
+    assert first["outcome"] == "0" and second["outcome"] == "8"
+    assert "not destroyed" in second["outcomeDesc"]
+    assert client.read(image.media)["id"]
+    assert oct(audit_file.stat().st_mode & 0o777) == "0o600"
+    monkeypatch.setattr(client, "transaction", real)
+    done = destroy(client, image.media, by="Practitioner/gp1", reason="Retention period over")
+    assert done.audit_event.startswith("urn:uuid:") and len(trail.entries()) == 3
+
+
+def test_no_audit_trail_means_no_disclosure_on_a_server_that_refuses_audits(
+    fhir_base_url, server_report, tmp_path, people
+):
+    client = FhirClient(fhir_base_url)  # no FHIR_IMAGES_AUDIT
+    request = DisclosureRequest(
+        purpose="TREAT", requester="Practitioner/gp1", role="clinician", clearance="N"
+    )
+    if server_report.audit_event_create:
+        disclose(client, people["adult"], request, tmp_path / "out")  # audits go to the server
+        return
+    with pytest.raises(UnsafeServer, match="FHIR_IMAGES_AUDIT"):
+        disclose(client, people["adult"], request, tmp_path / "out")
+    assert not (tmp_path / "out").exists(), "nothing written out"

@@ -26,7 +26,8 @@ CONF = c.V3_CONFIDENTIALITY
 @pytest.fixture()
 def client(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    return FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5))
+    # the profile a probe of a plain server gives (probing itself is tested elsewhere)
+    return FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile="generic")
 
 
 @pytest.fixture()
@@ -197,7 +198,7 @@ def test_the_transaction_carries_the_bytes_with_their_labels(client, outbox, ent
 @responses.activate
 def test_bytes_written_into_the_labelled_binary_where_the_server_can(outbox, entry, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5))
+    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile="hapi")
     mock_before_transaction(software="HAPI FHIR Server")
     responses.post(BASE + "/", json=answer(*LOCATIONS))
     responses.post(f"{BASE}/Binary/b1/$binary-access-write", json={"resourceType": "Binary"})
@@ -221,7 +222,7 @@ def test_bytes_written_into_the_labelled_binary_where_the_server_can(outbox, ent
 @responses.activate
 def test_bytes_refused_for_good_remove_what_the_transaction_created(outbox, entry, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
-    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5))
+    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile="hapi")
     mock_before_transaction(software="HAPI FHIR Server")
     responses.post(BASE + "/", json=answer(*LOCATIONS))
     responses.post(f"{BASE}/Binary/b1/$binary-access-write", status=413, json=outcome("too large"))

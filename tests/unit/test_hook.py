@@ -115,7 +115,7 @@ def test_the_strict_pack_applies_to_images_arriving_by_other_routes():
     strict = assess(m, CHILD, [CONSENT], policy=STRICT)
     assert any("S1" in p for p in strict.problems)
     assert conf(strict.labels) == "V"
-    service = HookService(FhirClient(BASE), SECRET, policy="strict")
+    service = HookService(FhirClient(BASE, profile="hapi"), SECRET, policy="strict")
     assert service.labeller.policy is STRICT
 
 
@@ -348,3 +348,70 @@ def test_a_connection_that_sends_no_request_head_is_closed(service):
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+
+
+def backport(kind: str, *focus: str) -> dict:
+    """An R4 Backport notification as HFS sends it (id-only)."""
+    events = [
+        {
+            "name": "notification-event",
+            "part": [
+                {"name": "event-number", "valueString": str(i + 1)},
+                {"name": "focus", "valueReference": {"reference": ref}},
+            ],
+        }
+        for i, ref in enumerate(focus)
+    ]
+    status = {
+        "resourceType": "Parameters",
+        "parameter": [{"name": "type", "valueCode": kind}, *events],
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [{"resource": status}]
+        + [{"fullUrl": f"{BASE}/{ref}", "request": {"method": "GET", "url": ref}} for ref in focus],
+    }
+
+
+@pytest.fixture()
+def quiet_service(service, monkeypatch):
+    import fhir_images._hook as hook
+
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.2) or [])
+    return service
+
+
+def test_topic_notifications_queue_only_images_and_consents_named_by_id(quiet_service):
+    h = {SECRET_HEADER: SECRET}
+    with TestClient(quiet_service.app) as client:
+        shake = client.post("/hook", headers=h, content=json.dumps(backport("handshake")))
+        assert shake.status_code == 200
+        beat = client.post("/hook", headers=h, content=json.dumps(backport("heartbeat")))
+        assert beat.status_code == 200
+        foreign = backport(
+            "event-notification", "Patient/p1", "http://elsewhere.test/fhir/Media/m9", "../x"
+        )
+        assert client.post("/hook", headers=h, content=json.dumps(foreign)).status_code == 200
+        assert quiet_service.stats.processed == 0 and client.get("/health").json()["queued"] == 0
+        event = backport("event-notification", "Media/m1", f"{BASE}/Consent/c1")
+        r = client.post("/hook", headers=h, content=json.dumps(event))
+        assert r.status_code == 202
+        wait_for(client, "processed", 1)
+
+
+@pytest.mark.parametrize(
+    "body, status",
+    [
+        (b"not json", 400),
+        (b'{"resourceType": "Patient"}', 400),
+        (b'{"resourceType": "Bundle", "resourceType": "Bundle"}', 400),
+        (b"[" * 100_000, 400),
+        (b" " * (2 << 20), 413),
+    ],
+)
+def test_topic_notifications_that_are_not_bundles_are_refused(quiet_service, body, status):
+    with TestClient(quiet_service.app) as client:
+        r = client.post("/hook", headers={SECRET_HEADER: SECRET}, content=body)
+        assert r.status_code == status
+        assert client.post("/hook", content=json.dumps(backport("handshake"))).status_code == 401

@@ -55,11 +55,13 @@ def client():
 
 
 @responses.activate
-def test_capability_check_accepts_r4_and_picks_the_hapi_profile(client):
+def test_capability_check_accepts_r4_and_a_forced_profile_skips_the_probe(client):
     responses.get(f"{BASE}/metadata", json=capability())
     client.capabilities()
-    assert client.profile.name == "hapi"
-    assert client.profile.labels.replace_header == {"X-Meta-Snapshot-Mode": "SECURITY_LABEL"}
+    assert client.version.name == "R4"
+    forced = FhirClient(BASE, profile="hapi")
+    assert forced.profile.labels.replace_header == {"X-Meta-Snapshot-Mode": "SECURITY_LABEL"}
+    assert [c.request.url for c in responses.calls] == [f"{BASE}/metadata"]
 
 
 @responses.activate
@@ -159,8 +161,9 @@ def test_429_gives_up_after_the_bounded_attempts(client, monkeypatch):
 
 
 @responses.activate
-def test_503_is_retried_even_for_a_streamed_upload(client, monkeypatch):
+def test_503_is_retried_even_for_a_streamed_upload(monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
+    client = FhirClient(BASE, profile="hapi")
     responses.get(f"{BASE}/metadata", json=capability())
     op = f"{BASE}/Binary/7/$binary-access-write"
     responses.post(op, status=503)
@@ -172,10 +175,10 @@ def test_503_is_retried_even_for_a_streamed_upload(client, monkeypatch):
         path = pathlib.Path(d) / "img.jpg"
         path.write_bytes(b"\xff\xd8 bytes")
         client.write_binary("Binary/7", path, "image/jpeg")
-        bodies = [call.request.body for call in responses.calls[1:]]
+        bodies = [call.request.body for call in responses.calls]
     # the streamed body was re-opened for the second attempt, not sent empty
     assert [b.read() if hasattr(b, "read") else b for b in bodies][1:] != [b""]
-    assert len(responses.calls) == 3
+    assert len(responses.calls) == 2
 
 
 @responses.activate

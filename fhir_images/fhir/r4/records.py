@@ -253,6 +253,20 @@ def anonymisation_audit(
 
 
 @checked
+def audit_failed(
+    audit: dict[str, Any], description: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """A second AuditEvent saying that the act ``audit`` recorded did not complete (outcome 8,
+    serious failure), for an audit trail that could not share a transaction with the act."""
+    failed = copy.deepcopy(audit)
+    failed.pop("id", None)
+    failed["recorded"] = _now(now)
+    failed["outcome"] = "8"
+    failed["outcomeDesc"] = description
+    return failed
+
+
+@checked
 def anonymised_copy(
     image: ImageView, *, purpose: str, file_name: str, size: int, sha1_b64: str
 ) -> dict[str, Any]:
@@ -407,26 +421,118 @@ def completed(task: TaskView) -> dict[str, Any]:
     return raw
 
 
+BACKPORT = "http://hl7.org/fhir/uv/subscriptions-backport/StructureDefinition"
+_TOPIC_EXT = "http://hl7.org/fhir/5.0/StructureDefinition/extension-SubscriptionTopic"
+_TRIGGER_EXT = "http://hl7.org/fhir/4.3/StructureDefinition/extension-SubscriptionTopic"
+
+
 @checked
 def subscription(
-    resource_type: str, endpoint: str, header: str, *, sid: str | None = None
+    criteria: str,
+    endpoint: str,
+    header: str,
+    *,
+    reason: str,
+    topic: bool = False,
+    sid: str | None = None,
 ) -> dict[str, Any]:
-    """A classic R4 rest-hook Subscription that sends each created or updated resource."""
-    resource = {
+    """An R4 rest-hook Subscription. Classic: ``criteria`` is a search and each matching
+    resource is sent. ``topic``: the R4 Subscriptions Backport, ``criteria`` the topic's URL,
+    notifications carrying only ids."""
+    channel: dict[str, Any] = {
+        "type": "rest-hook",
+        "endpoint": endpoint,
+        "payload": "application/fhir+json",
+        "header": [header],
+    }
+    resource: dict[str, Any] = {
         "resourceType": "Subscription",
         "status": "requested",
-        "reason": f"fhir-images labels {resource_type} that arrive by other routes",
-        "criteria": f"{resource_type}?",
-        "channel": {
-            "type": "rest-hook",
-            "endpoint": endpoint + "/hook",
-            "payload": "application/fhir+json",
-            "header": [header],
-        },
+        "reason": reason,
+        "criteria": criteria,
+        "channel": channel,
     }
+    if topic:
+        resource["meta"] = {"profile": [f"{BACKPORT}/backport-subscription"]}
+        channel["_payload"] = {
+            "extension": [{"url": f"{BACKPORT}/backport-payload-content", "valueCode": "id-only"}]
+        }
     if sid is not None:
         resource["id"] = sid
     return resource
+
+
+@checked
+def subscription_topic(url: str, resource_types: Iterable[str], title: str) -> dict[str, Any]:
+    """A SubscriptionTopic as R4 carries it (a Basic, as the Backport describes): changes
+    (create, update) of the given resource types."""
+    triggers = [
+        {
+            "url": f"{_TRIGGER_EXT}.resourceTrigger",
+            "extension": [
+                {"url": "resource", "valueUri": f"http://hl7.org/fhir/StructureDefinition/{t}"},
+                {"url": "supportedInteraction", "valueCode": "create"},
+                {"url": "supportedInteraction", "valueCode": "update"},
+            ],
+        }
+        for t in resource_types
+    ]
+    return {
+        "resourceType": "Basic",
+        "code": {
+            "coding": [{"system": "http://hl7.org/fhir/fhir-types", "code": "SubscriptionTopic"}]
+        },
+        "extension": [
+            {"url": f"{_TOPIC_EXT}.url", "valueUri": url},
+            {"url": f"{_TOPIC_EXT}.title", "valueString": title},
+            *triggers,
+        ],
+    }
+
+
+def topic_url_of(basic: dict[str, Any]) -> str | None:
+    """The canonical URL of a topic carried as a Basic; None for any other Basic."""
+    for ext in basic.get("extension") or []:
+        if isinstance(ext, dict) and ext.get("url") == f"{_TOPIC_EXT}.url":
+            value = ext.get("valueUri")
+            return value if isinstance(value, str) else None
+    return None
+
+
+def notification_focus(bundle: dict[str, Any]) -> list[str]:
+    """The resources a Backport notification (a history Bundle) is about: the ``focus`` of each
+    event in its SubscriptionStatus, else the entries' request URLs. Unchecked strings."""
+    out: list[str] = []
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+            for p in resource.get("parameter") or []:
+                if not isinstance(p, dict) or p.get("name") != "notification-event":
+                    continue
+                for part in p.get("part") or []:
+                    if isinstance(part, dict) and part.get("name") == "focus":
+                        ref = (part.get("valueReference") or {}).get("reference")
+                        if isinstance(ref, str):
+                            out.append(ref)
+        elif isinstance(entry, dict):
+            url = (entry.get("request") or {}).get("url") or entry.get("fullUrl")
+            if isinstance(url, str):
+                out.append(url)
+    return out
+
+
+def notification_type(bundle: dict[str, Any]) -> str | None:
+    """handshake, heartbeat, event-notification, ... of a Backport notification."""
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "Parameters":
+            for p in resource.get("parameter") or []:
+                if isinstance(p, dict) and p.get("name") == "type":
+                    value = p.get("valueCode")
+                    return value if isinstance(value, str) else None
+    return None
 
 
 # ------------------------------------------------------------------------- consent changes

@@ -1,0 +1,118 @@
+"""From a probe report to the strategies, the risks and the cache (the probing itself runs
+against the real servers in tests/integration/test_server_probe.py)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+
+import pytest
+
+from fhir_images import IncompatibleServer, InvalidSetting, Settings
+from fhir_images.fhir.probe import ProbeCache, ServerReport, profile_from_report
+from fhir_images.fhir.servers import JsonPatchLabels, MetaOperations, ReplaceByUpdate
+from fhir_images.fhir.subscriptions import BackportTopic, NoSubscriptions, RestHook
+
+SAFE = ServerReport(
+    base_url="http://fhir.test/",
+    software="Some FHIR",
+    software_version="1.0",
+    fhir_version="4.0.1",
+    probed_at="2026-11-25T10:00:00+00:00",
+    create_and_read=True,
+    labels_kept_on_create=True,
+    meta_operations=False,
+    put_labels="replace",
+    json_patch_labels=True,
+    transaction=True,
+    conditional_create=True,
+    security_search=True,
+    subscriptions=("backport-topic",),
+    audit_event_create=False,
+    total_by_default=False,
+)
+CAPS = {
+    "resourceType": "CapabilityStatement",
+    "fhirVersion": "4.0.1",
+    "software": {"name": "Some FHIR", "version": "1.0"},
+}
+
+
+def test_strategies_follow_what_the_server_did():
+    p = profile_from_report(SAFE)
+    assert isinstance(p.labels, JsonPatchLabels) and isinstance(p.subscriptions, BackportTopic)
+    assert p.binary_write.inline and p.binary_read.operation is None
+    assert not p.audit_on_server and p.search_total == {"_total": "accurate"}
+    meta = profile_from_report(
+        replace(
+            SAFE,
+            meta_operations=True,
+            put_labels="merge",
+            put_replace_header=True,
+            binary_operations=True,
+            subscriptions=("rest-hook",),
+            audit_event_create=True,
+        )
+    )
+    assert isinstance(meta.labels, MetaOperations) and meta.labels.replace_header
+    assert meta.binary_write.operation and meta.binary_read.operation
+    assert isinstance(meta.subscriptions, RestHook) and meta.audit_on_server
+    put = profile_from_report(replace(SAFE, json_patch_labels=False, subscriptions=()))
+    assert isinstance(put.labels, ReplaceByUpdate)
+    assert isinstance(put.subscriptions, NoSubscriptions)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"labels_kept_on_create": False},
+        {"labels_kept_on_create": None},
+        {"json_patch_labels": False, "put_labels": "merge"},
+        {"json_patch_labels": None, "put_labels": "unknown"},
+    ],
+)
+def test_no_way_to_set_labels_means_nothing_is_stored(change):
+    report = replace(SAFE, **change)
+    with pytest.raises(IncompatibleServer, match="labels"):
+        profile_from_report(report)
+    assert "labels-unsupported" in [n for n, _ in report.risks()]
+
+
+@pytest.mark.parametrize(
+    "change, risk",
+    [
+        ({"security_search": False}, "no-security-search"),
+        ({"security_search": None}, "no-security-search"),
+        ({"transaction": False}, "no-atomic-transactions"),
+        ({"conditional_create": None}, "no-atomic-transactions"),
+    ],
+)
+def test_risks_fail_closed_on_what_was_not_found_out(change, risk):
+    assert [n for n, _ in replace(SAFE, **change).risks()] == [risk]
+    assert SAFE.risks() == []
+
+
+def test_only_the_security_search_risk_can_be_accepted():
+    assert Settings.from_env({"FHIR_IMAGES_ACCEPT_RISK": "no-security-search"}).accept_risks == {
+        "no-security-search"
+    }
+    for other in ("labels-unsupported", "no-atomic-transactions", "everything"):
+        with pytest.raises(InvalidSetting, match="cannot be accepted"):
+            Settings.from_env({"FHIR_IMAGES_ACCEPT_RISK": other})
+
+
+def test_the_cache_keeps_a_report_while_the_server_is_the_same(tmp_path):
+    cache = ProbeCache(tmp_path / "cache")
+    cache.put(SAFE)
+    [file] = (tmp_path / "cache").iterdir()
+    assert oct(file.stat().st_mode & 0o777) == "0o600"
+    assert cache.get(SAFE.base_url, CAPS) == SAFE
+    upgraded = {**CAPS, "software": {"name": "Some FHIR", "version": "1.1"}}
+    assert cache.get(SAFE.base_url, upgraded) is None
+    assert cache.get("http://other.test/", CAPS) is None
+    data = json.loads(file.read_text())
+    data["schema"] = "an older set of checks"
+    file.write_text(json.dumps(data))
+    assert cache.get(SAFE.base_url, CAPS) is None
+    file.write_text("not json")
+    assert cache.get(SAFE.base_url, CAPS) is None
