@@ -48,12 +48,13 @@ from ._codes import SID_HOOK_TASK
 from ._exceptions import FhirImagesError, ResourceNotFound
 from ._inputs import reference_parts
 from .fhir import FhirClient, ImageView, Labels, Repository, apply_labels, label_image
+from .fhir.subscriptions import HOOK_SECRET_HEADER
 from .fhir.subscriptions import install_subscriptions as subscribe
 from .policy import Assessment, Policy, get_policy
 
 log = logging.getLogger("fhir_images.hook")
 
-SECRET_HEADER = "X-Fhir-Images-Hook-Secret"
+SECRET_HEADER = HOOK_SECRET_HEADER
 _DRAIN_CHUNK = 1 << 16
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from ._common import client_for, policy_option, server_option, settings
@@ -33,7 +35,7 @@ def hook_serve(
     policy_name: str | None,
 ) -> None:
     """Run the labelling service (GET /health; the server calls PUT /hook/{type}/{id})."""
-    from .._hook import HookService, run_service
+    HookService, run_service = _service()
 
     secret = settings(ctx).require_hook_secret()
     service = HookService(
@@ -57,11 +59,22 @@ def hook_serve(
 @click.pass_context
 def hook_install(ctx: click.Context, server: str | None, endpoint: str, timeout: float) -> None:
     """Create the Subscriptions (idempotent) and wait until the server reports them active."""
-    from .._hook import install_subscriptions
+    from ..fhir.subscriptions import install_subscriptions
 
     secret = settings(ctx).require_hook_secret()
     refs = install_subscriptions(client_for(ctx, server), endpoint, secret, timeout=timeout)
     click.echo("active: " + ", ".join(refs))
+
+
+def _service() -> Any:
+    """The service's classes; a hint, not a traceback, when its extra is not installed."""
+    try:
+        from .._hook import HookService, run_service
+    except ImportError:
+        raise click.UsageError(
+            "the hook service needs its extra: pip install 'fhir-images[server]'"
+        ) from None
+    return HookService, run_service
 
 
 def register(main: click.Group) -> None:

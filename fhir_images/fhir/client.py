@@ -50,6 +50,7 @@ from .._exceptions import (
     ServerUnavailable,
     VersionConflict,
 )
+from .auth import Auth, BasicAuth, BearerToken
 from .jsonbinary import BinaryJson
 from .servers import PROFILES, ServerProfile, software_hint
 from .version import FhirVersion, get_version
@@ -61,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("fhir_images.transport")
 
 FHIR_JSON = "application/fhir+json"
+#: seconds, or (connect, read) seconds
+Timeout = float | tuple[float, float]
 _CHUNK = 1 << 20
 
 
@@ -184,8 +187,9 @@ class FhirClient:
         *,
         token: str | None = None,
         basic: tuple[str, str] | None = None,
-        timeout: tuple[float, float] = (10.0, 120.0),
-        verify: bool | str = True,
+        auth: Auth | None = None,
+        timeout: Timeout = (10.0, 120.0),
+        verify: bool | str | None = None,
         retry: RetryPolicy | None = None,
         profile: ServerProfile | str | None = None,
         pool_size: int = 8,
@@ -200,13 +204,27 @@ class FhirClient:
             raise ValueError("the FHIR base URL must start with http:// or https://")
         self.base_url = base_url.rstrip("/") + "/"
         self.timeout = timeout
+        # TLS verification is on unless the caller says otherwise; an injected session keeps
+        # its own setting unless ``verify`` is given
         self.verify = verify
         self.retry = retry or RetryPolicy()
-        self._token = token
-        self._basic = basic
+        if sum(x is not None for x in (token, basic, auth)) > 1:
+            raise ValueError("give one of token, basic and auth")
+        self.auth: Auth | None = (
+            auth
+            if auth is not None
+            else BearerToken(token)
+            if token
+            else BasicAuth(*basic)
+            if basic
+            else None
+        )
         self._pool_size = pool_size
         self._session_factory = session_factory
         self._local = threading.local()
+        self._sessions: list[requests.Session] = []
+        self._sessions_lock = threading.Lock()
+        self._closed = False
         self._capabilities: dict[str, Any] | None = None
         self._version: FhirVersion | None = None
         if fhir_version is not None:  # otherwise the CapabilityStatement's, on first use
@@ -254,21 +272,42 @@ class FhirClient:
 
     @property
     def session(self) -> requests.Session:
+        """This thread's Session. One the caller's ``session_factory`` made is used as it is
+        (its headers, adapters, TLS settings and auth are never changed); otherwise a Session
+        with a connection pool sized for the workers and TLS verification on."""
+        if self._closed:
+            raise RuntimeError("the FhirClient is closed")
         s: requests.Session | None = getattr(self._local, "session", None)
         if s is None:
-            s = self._session_factory() if self._session_factory else requests.Session()
-            adapter = HTTPAdapter(pool_connections=1, pool_maxsize=self._pool_size, max_retries=0)
-            s.mount("http://", adapter)
-            s.mount("https://", adapter)
-            s.verify = self.verify
-            if self._token:
-                s.headers["Authorization"] = f"Bearer {self._token}"
-            elif self._basic:
-                s.auth = self._basic
-            s.headers["Accept"] = FHIR_JSON
-            s.headers["User-Agent"] = "fhir-images"
+            if self._session_factory is not None:
+                s = self._session_factory()
+            else:
+                s = requests.Session()
+                adapter = HTTPAdapter(
+                    pool_connections=1, pool_maxsize=self._pool_size, max_retries=0
+                )
+                s.mount("http://", adapter)
+                s.mount("https://", adapter)
+                s.verify = True if self.verify is None else self.verify
+                s.headers["User-Agent"] = "fhir-images"
+            with self._sessions_lock:
+                self._sessions.append(s)
             self._local.session = s
         return s
+
+    def close(self) -> None:
+        """Close every Session this client opened (in any thread); the client is then unusable."""
+        with self._sessions_lock:
+            sessions, self._sessions = self._sessions, []
+            self._closed = True
+        for s in sessions:
+            s.close()
+
+    def __enter__(self) -> FhirClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def url(self, path: str) -> str:
         if path.startswith(("http://", "https://")):
@@ -290,34 +329,52 @@ class FhirClient:
         params: dict[str, str] | None = None,
         stream: bool = False,
         ok: tuple[int, ...] = (),
+        timeout: Timeout | None = None,
     ) -> requests.Response:
-        """Send with retries as described in the module docstring; raise ServerError on failure."""
+        """Send with retries as described in the module docstring; raise ServerError on failure.
+        ``timeout`` (connect, read) overrides the client's for this call."""
         if idempotent is None:
             idempotent = method in ("GET", "HEAD", "PUT", "DELETE", "OPTIONS")
         url = self.url(path)
+        session = self.session
         hdrs = dict(self.profile.extra_headers) if self._profile else {}
+        if "Accept" not in session.headers or session.headers["Accept"] == "*/*":
+            hdrs["Accept"] = FHIR_JSON
         hdrs.update(headers or {})
         if json_body is not None:
             hdrs.setdefault("Content-Type", FHIR_JSON)
         started = time.monotonic()
         attempt = 0
+        renewed = False
         while True:
+            if self.auth is not None:
+                hdrs.update(self.auth.headers())
             body: Any = None
             if json_body is not None:
                 body = json.dumps(json_body).encode()
             elif data_factory is not None:
                 body = data_factory()
             try:
-                response = self.session.request(
+                response = session.request(
                     method,
                     url,
                     data=body,
                     headers=hdrs,
                     params=params,
-                    timeout=self.timeout,
+                    timeout=timeout or self.timeout,
                     stream=stream,
+                    verify=self.verify,
                 )
                 error: ServerError | None = None
+                if (
+                    response.status_code == 401
+                    and not renewed
+                    and self.auth is not None
+                    and self.auth.renew()
+                ):
+                    renewed = True  # once: a fresh token, then the 401 stands
+                    response.close()
+                    continue
                 if response.status_code >= 400 and response.status_code not in ok:
                     error = error_for(response, idempotent=idempotent, base=self.base_url)
             except requests.exceptions.ConnectionError as exc:
@@ -446,27 +503,35 @@ class FhirClient:
 
     # --------------------------------------------------------------- resources
 
-    def read(self, ref: str) -> dict[str, Any]:
-        data: dict[str, Any] = self._json(self.request("GET", ref))
+    def read(self, ref: str, *, timeout: Timeout | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = self._json(self.request("GET", ref, timeout=timeout))
         return data
 
-    def vread(self, ref: str, version: str) -> dict[str, Any]:
-        data: dict[str, Any] = self._json(self.request("GET", f"{ref}/_history/{version}"))
+    def vread(self, ref: str, version: str, *, timeout: Timeout | None = None) -> dict[str, Any]:
+        data: dict[str, Any] = self._json(
+            self.request("GET", f"{ref}/_history/{version}", timeout=timeout)
+        )
         return data
 
-    def create(self, resource: dict[str, Any]) -> dict[str, Any]:
+    def create(self, resource: dict[str, Any], *, timeout: Timeout | None = None) -> dict[str, Any]:
         response = self.request(
             "POST",
             resource["resourceType"],
             json_body=resource,
             idempotent=False,
             headers={"Prefer": "return=representation"},
+            timeout=timeout,
         )
         data: dict[str, Any] = self._json(response)
         return data
 
     def update(
-        self, resource: dict[str, Any], *, if_match: str | None = None, replace_labels: bool = False
+        self,
+        resource: dict[str, Any],
+        *,
+        if_match: str | None = None,
+        replace_labels: bool = False,
+        timeout: Timeout | None = None,
     ) -> dict[str, Any]:
         """PUT a resource. ``if_match`` is the version id read (a stale one raises
         VersionConflict). ``replace_labels`` makes the server take meta.security as sent."""
@@ -477,18 +542,23 @@ class FhirClient:
             headers.update(self.profile.labels.replace_header)
         ref = f"{resource['resourceType']}/{resource['id']}"
         data: dict[str, Any] = self._json(
-            self.request("PUT", ref, json_body=resource, headers=headers)
+            self.request("PUT", ref, json_body=resource, headers=headers, timeout=timeout)
         )
         return data
 
-    def delete(self, ref: str) -> None:
-        self.request("DELETE", ref, ok=(404, 410))
+    def delete(self, ref: str, *, timeout: Timeout | None = None) -> None:
+        self.request("DELETE", ref, ok=(404, 410), timeout=timeout)
 
     def search(
-        self, resource_type: str, params: dict[str, str] | None = None, *, max_pages: int = 1000
+        self,
+        resource_type: str,
+        params: dict[str, str] | None = None,
+        *,
+        max_pages: int = 1000,
+        timeout: Timeout | None = None,
     ) -> Iterator[dict[str, Any]]:
         """Yield every matching resource (mode 'match'), following ``next`` links."""
-        bundle = self._json(self.request("GET", resource_type, params=params))
+        bundle = self._json(self.request("GET", resource_type, params=params, timeout=timeout))
         for _ in range(max_pages):
             for entry in bundle.get("entry", []):
                 if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
@@ -499,10 +569,14 @@ class FhirClient:
             )
             if not nxt:
                 return
-            bundle = self._json(self.request("GET", nxt))
+            bundle = self._json(self.request("GET", nxt, timeout=timeout))
 
     def transaction(
-        self, bundle: dict[str, Any], *, idempotent: bool | None = None
+        self,
+        bundle: dict[str, Any],
+        *,
+        idempotent: bool | None = None,
+        timeout: Timeout | None = None,
     ) -> dict[str, Any]:
         """POST a transaction (or batch) Bundle. It is retried on 502/504 only when every entry
         is a conditional create, GET, PUT or DELETE (so a repeat cannot duplicate anything)."""
@@ -516,7 +590,7 @@ class FhirClient:
                 for e in bundle.get("entry", [])
             )
         data: dict[str, Any] = self._json(
-            self.request("POST", "", json_body=bundle, idempotent=idempotent)
+            self.request("POST", "", json_body=bundle, idempotent=idempotent, timeout=timeout)
         )
         if data.get("resourceType") != "Bundle":
             raise BadResponse("the transaction answer is not a Bundle")

@@ -25,6 +25,8 @@ from .._exceptions import FhirImagesError, IncompatibleServer
 if TYPE_CHECKING:
     from .client import FhirClient
 
+#: The header that carries the hook service's shared secret on every notification.
+HOOK_SECRET_HEADER = "X-Fhir-Images-Hook-Secret"
 TOPIC_URL = "https://fhir-images.org/fhir/SubscriptionTopic/image-and-consent-changes"
 REASON = "fhir-images labels images and consents that arrive by other routes"
 
@@ -165,7 +167,7 @@ def install_subscriptions(
     endpoint: str,
     secret: str,
     *,
-    header_name: str,
+    header_name: str = HOOK_SECRET_HEADER,
     resource_types: tuple[str, ...] | None = None,
     timeout: float = 60.0,
 ) -> list[str]:

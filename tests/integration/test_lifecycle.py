@@ -536,6 +536,7 @@ def test_expired_adult_image_is_destroyed_with_its_resources_and_audited(client,
         a
         for _, a in recorded_audits(client)
         if a.get("action") == "D"
+        and any((e.get("what") or {}).get("reference") == people["adult"] for e in a["entity"])
         and any(
             (e.get("what") or {}).get("identifier", {}).get("value") == image_hash
             for e in a.get("entity", [])
