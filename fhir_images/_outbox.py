@@ -225,11 +225,13 @@ class Outbox:
                 d = self.root / sub
                 d.mkdir(mode=0o700, parents=True, exist_ok=True)
                 os.chmod(d, 0o700)
-            self._clear_abandoned_work()
-            self.work = self.root / ".tmp" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-            self.work.mkdir(mode=0o700)
-            fd = os.open(self.work / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            # under the outbox lock: nobody clears work between its creation and its lock
+            with self.lock():
+                self._clear_abandoned_work()
+                self.work = self.root / ".tmp" / f"w-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+                self.work.mkdir(mode=0o700)
+                fd = os.open(self.work / ".lock", os.O_WRONLY | os.O_CREAT, 0o600)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
             raise OutboxError(
                 f"cannot use the outbox folder: {exc.strerror or type(exc).__name__}"
