@@ -29,15 +29,14 @@ from fhir_images import (
     RetentionSchedule,
     decide,
     earliest_destruction,
-    intake,
     load_structured,
-    map_submission,
     parse_consent,
     parse_context,
 )
-from fhir_images._intake import claimed_type_from_name
+from fhir_images._intake import claimed_type_from_name, intake
 from fhir_images._lifecycle import disclosure_audit as audit_disclosure
 from fhir_images.fhir.r4 import R4
+from fhir_images.fhir.r4.mapping import map_submission
 
 HERE = Path(__file__).resolve().parent
 OUT = HERE / "resources"

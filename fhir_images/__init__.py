@@ -1,22 +1,24 @@
-"""fhir-images: clinical images and recordings into FHIR R4, with consent and security labels.
+"""fhir-images: clinical images and recordings into FHIR, with consent rules and security labels.
 
-The public API::
+The public API is what this module exports (``__all__``); everything else is internal and may
+change without notice. A sketch::
 
-    from fhir_images import Outbox, ClinicalContext, ConsentRecord, ingest
+    from fhir_images import FhirClient, Outbox, ingest, parse_consent, parse_context, push
 
-    ctx = ClinicalContext(patient="Patient/123", birth_date="1980-02-01", made_by="patient",
-                          purpose="Rash on forearm, review of response to treatment", ...)
-    result = ingest(Path("rash.jpg"), ctx, consent, outbox=Outbox("outbox"))
+    ctx = parse_context({"patient": "Patient/123", "birth_date": "1980-02-01", ...})
+    result = ingest(Path("rash.jpg"), ctx, parse_consent({...}), outbox=Outbox("outbox"))
     result.decision.outcome  # store / hold / refuse, with reasons and labels
+    with FhirClient("https://fhir.example.org/fhir", auth=...) as client:
+        [delivered] = push(client, Outbox("outbox"))
 
-Errors are described in :mod:`fhir_images._exceptions`.
+Every result is a pydantic model (``model_dump()`` / ``model_validate()``). Every error derives
+from :class:`FhirImagesError`; :mod:`fhir_images.aio` has the same operations for asyncio.
 """
 
-from ._approvals import approve, pending_approvals, refuse_approval
+from ._approvals import Approval, approve, pending_approvals, refuse_approval
+from ._codes import Confidentiality, Label
 from ._context import (
-    IMPLICIT_CONSENT_KINDS,
     ClinicalContext,
-    Coded,
     ConsentGiver,
     ConsentRecord,
     Explained,
@@ -54,17 +56,9 @@ from ._exceptions import (
     UnsupportedMediaType,
     VersionConflict,
 )
-from ._ingest import (
-    Case,
-    IngestResult,
-    ingest,
-    load_case,
-    parse_consent,
-    parse_context,
-    recheck,
-)
+from ._ingest import IngestResult, ingest, load_case, parse_consent, parse_context, recheck
 from ._inputs import load_structured
-from ._intake import ImageFacts, IntakeResult, Limits, intake, sniff
+from ._intake import ImageFacts, Limits
 from ._lifecycle import (
     AnonymisedCopy,
     ConsentChange,
@@ -78,23 +72,14 @@ from ._lifecycle import (
     read_record,
     withdraw_consent,
 )
-from ._outbox import Entry, Outbox
+from ._outbox import Entry, Outbox, State
 from ._settings import Settings
 from ._version import __version__
-from .fhir import (
-    PROFILES,
-    FhirClient,
-    RetryPolicy,
-    ServerProfile,
-    apply_labels,
-    label_image,
-    plan_label_change,
-    register_server,
-)
-from .fhir.r4.mapping import MappedSubmission, map_submission
-from .fhir.views import ApprovalView as Approval
+from .fhir import FhirClient, RetryPolicy, ServerProfile, register_server
+from .fhir.audit import FileAudit, RepositoryAudit
+from .fhir.auth import Auth, BasicAuth, BearerToken, SmartBackendServices
+from .fhir.probe import ServerReport
 from .policy import (
-    POLICIES,
     ConsentState,
     Decision,
     DisclosureDecision,
@@ -102,8 +87,10 @@ from .policy import (
     ImageRecord,
     Outcome,
     Policy,
+    Purpose,
     Reason,
     RetentionSchedule,
+    Role,
     SecurityLabels,
     Verdict,
     decide,
@@ -115,19 +102,18 @@ from .policy import (
 )
 
 __all__ = [
-    "IMPLICIT_CONSENT_KINDS",
-    "POLICIES",
-    "PROFILES",
     "ActionRefused",
     "AnonymisedCopy",
     "Approval",
     "AuditError",
+    "Auth",
     "AuthenticationFailed",
     "BadInput",
     "BadResponse",
-    "Case",
+    "BasicAuth",
+    "BearerToken",
     "ClinicalContext",
-    "Coded",
+    "Confidentiality",
     "ConsentChange",
     "ConsentGiver",
     "ConsentRecord",
@@ -145,21 +131,21 @@ __all__ = [
     "Explained",
     "FhirClient",
     "FhirImagesError",
+    "FileAudit",
     "ImageFacts",
     "ImageKind",
     "ImageRecord",
     "IncompatibleServer",
     "IngestResult",
     "InputTooLarge",
-    "IntakeResult",
     "InvalidContext",
     "InvalidRequest",
     "InvalidSetting",
+    "Label",
     "LabelError",
     "LabelVerificationFailed",
     "Limits",
     "Maker",
-    "MappedSubmission",
     "Outbox",
     "OutboxError",
     "Outcome",
@@ -167,24 +153,29 @@ __all__ = [
     "Permissions",
     "Policy",
     "PolicyNotFound",
+    "Purpose",
     "RateLimited",
     "Reason",
     "Relationship",
+    "RepositoryAudit",
     "ResourceNotFound",
     "RetentionSchedule",
     "RetryPolicy",
+    "Role",
     "SecurityLabels",
     "ServerError",
     "ServerProfile",
+    "ServerReport",
     "ServerUnavailable",
     "Settings",
+    "SmartBackendServices",
+    "State",
     "UnsafeServer",
     "UnsupportedMediaType",
     "Verdict",
     "VersionConflict",
     "__version__",
     "anonymise",
-    "apply_labels",
     "approve",
     "decide",
     "decide_disclosure",
@@ -193,17 +184,13 @@ __all__ = [
     "earliest_destruction",
     "get_policy",
     "ingest",
-    "intake",
-    "label_image",
     "load_case",
     "load_structured",
-    "map_submission",
     "narrow_consent",
     "parse_consent",
     "parse_context",
     "patient_records",
     "pending_approvals",
-    "plan_label_change",
     "push",
     "read_record",
     "recheck",
@@ -212,6 +199,5 @@ __all__ = [
     "register_schedule",
     "register_server",
     "retry_failed",
-    "sniff",
     "withdraw_consent",
 ]

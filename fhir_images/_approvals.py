@@ -19,6 +19,7 @@ approval_refusal`).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterable
 from datetime import UTC, datetime
@@ -26,6 +27,7 @@ from typing import Any
 
 from . import _codes as c
 from ._exceptions import ActionRefused
+from ._result import Result
 from .fhir import ApprovalView, FhirClient, Repository
 from .fhir.common import is_reference
 from .policy import DisclosureRequest, ImageRecord
@@ -89,6 +91,25 @@ def _approval(records: Repository, task_ref: str) -> Any:
     return approval, task
 
 
+class Approval(Result):
+    """An approval of one disclosure as the server records it (an R4 Task): what it covers
+    (image, purpose, requester, recipient), who approved it and until when."""
+
+    ref: str
+    status: str
+    media: str
+    purpose: str | None = None
+    requester: str | None = None
+    recipient: str | None = None
+    approver: str | None = None
+    approved_at: datetime | None = None
+    valid_until: datetime | None = None
+
+    @classmethod
+    def of(cls, view: ApprovalView) -> Approval:
+        return cls(**dataclasses.asdict(view))
+
+
 def approve(
     client: FhirClient,
     task_ref: str,
@@ -96,7 +117,7 @@ def approve(
     by: str,
     valid_days: int = 30,
     now: datetime | None = None,
-) -> ApprovalView:
+) -> Approval:
     """Approve a requested disclosure. ``by`` must be a clinician who is not the requester or
     the recipient; the approval is valid for ``valid_days`` and for one release."""
     _clinician(by, "an approver is a clinician")
@@ -118,12 +139,12 @@ def approve(
     )
     approved = records.version.approval(updated)
     assert approved is not None
-    return approved
+    return Approval.of(approved)
 
 
 def refuse_approval(
     client: FhirClient, task_ref: str, *, by: str, reason: str, now: datetime | None = None
-) -> ApprovalView:
+) -> Approval:
     """Refuse a requested disclosure (the Task is rejected, with the reason)."""
     _clinician(by, "refusing needs a clinician")
     if not reason.strip():
@@ -139,12 +160,14 @@ def refuse_approval(
     )
     refused = records.version.approval(updated)
     assert refused is not None
-    return refused
+    return Approval.of(refused)
 
 
-def pending_approvals(client: FhirClient, patient: str | None = None) -> list[ApprovalView]:
+def pending_approvals(client: FhirClient, patient: str | None = None) -> list[Approval]:
     """Approvals waiting for a clinician (of one patient, or all)."""
-    return Repository(client).approvals(patient=patient, status="requested")
+    return [
+        Approval.of(a) for a in Repository(client).approvals(patient=patient, status="requested")
+    ]
 
 
 def use_approval_entry(

@@ -47,9 +47,10 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Literal
+
+from pydantic import Field
 
 from . import _codes as c
 from ._exceptions import (
@@ -61,6 +62,7 @@ from ._exceptions import (
     UnsafeServer,
 )
 from ._outbox import DeliveryError, Entry, Outbox
+from ._result import Result
 from .fhir import FhirClient, Labels, Repository, label_image
 from .fhir.keys import record_key
 from .fhir.views import ImageView
@@ -68,24 +70,26 @@ from .fhir.views import ImageView
 log = logging.getLogger("fhir_images.delivery")
 
 
-@dataclass
-class DeliveryResult:
+class DeliveryResult(Result):
+    """What happened to one outbox entry: the server ids of what it became, the labels the
+    server holds on the image (read back), and, when it was not delivered, why."""
+
     entry_id: str
     delivered: bool
     media: str | None = None
     consent: str | None = None
     binary: str | None = None
     binary_reused: bool = False
-    labels: list[dict[str, str]] = field(default_factory=list)
-    state: str = "ready"
+    labels: list[dict[str, str]] = Field(default_factory=list)
+    state: Literal["ready", "held", "failed", "sent"] = "ready"
     error: str | None = None
     error_type: str | None = None
     status: int | None = None
     retry_safe: bool | None = None
-    notes: list[str] = field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        return self.model_dump(mode="json")
 
 
 def _now() -> datetime:
@@ -161,7 +165,7 @@ class Deliverer:
     # ---------------------------------------------------------------------- one entry
 
     def deliver(self, entry: Entry) -> DeliveryResult:
-        result = DeliveryResult(entry.id, delivered=False)
+        result = DeliveryResult(entry_id=entry.id, delivered=False)
         with self.outbox.claim(entry.id) as mine:
             if not mine:
                 result.notes.append("being delivered by another push at the same time")
@@ -420,7 +424,7 @@ def push(
         results = []
         for e in todo:
             r = DeliveryResult(
-                e.id,
+                entry_id=e.id,
                 delivered=False,
                 error=str(exc),
                 error_type=type(exc).__name__,

@@ -12,13 +12,16 @@ import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
+
+from pydantic import PrivateAttr
 
 from ._context import ClinicalContext, ConsentRecord
 from ._exceptions import InvalidContext, OutboxError
 from ._inputs import load_structured
 from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
 from ._outbox import Entry, EntryMeta, Outbox
+from ._result import Result
 from .fhir.keys import consent_key, image_key
 from .fhir.r4.mapping import MappedSubmission
 from .fhir.version import get_version
@@ -27,13 +30,54 @@ from .policy import Decision, Outcome, Policy, decide
 log = logging.getLogger("fhir_images.ingest")
 
 
-@dataclass(frozen=True)
-class IngestResult:
+class IngestResult(Result):
+    """What ingest decided and did: the decision (outcome, reasons, labels), what intake
+    learned about the file, and the outbox entry it became (id, state, folder), or the entry
+    or delivery it duplicates. Serialisable; ``entry`` and ``mapped`` are the live objects of
+    the run that made it (``entry`` is looked up again in the outbox after a round trip)."""
+
     decision: Decision
     facts: ImageFacts
-    entry: Entry | None
-    mapped: MappedSubmission | None = None
+    entry_id: str | None = None
+    entry_state: Literal["ready", "held", "failed"] | None = None
+    entry_path: Path | None = None
     duplicate_of: str | None = None
+    _entry: Entry | None = PrivateAttr(default=None)
+    _mapped: MappedSubmission | None = PrivateAttr(default=None)
+
+    @classmethod
+    def of(
+        cls,
+        decision: Decision,
+        facts: ImageFacts,
+        entry: Entry | None,
+        mapped: MappedSubmission | None = None,
+        *,
+        duplicate_of: str | None = None,
+    ) -> IngestResult:
+        result = cls(
+            decision=decision,
+            facts=facts,
+            entry_id=entry.id if entry else None,
+            entry_state=entry.state if entry else None,
+            entry_path=entry.path if entry else None,
+            duplicate_of=duplicate_of,
+        )
+        result._entry, result._mapped = entry, mapped
+        return result
+
+    @property
+    def entry(self) -> Entry | None:
+        """The outbox entry (as it was when ingest returned)."""
+        if self._entry is None and self.entry_id and self.entry_path is not None:
+            root = self.entry_path.parent.parent
+            self._entry = Outbox(root).get(self.entry_id)
+        return self._entry
+
+    @property
+    def mapped(self) -> MappedSubmission | None:
+        """The FHIR resources made for the image (only in the run that stored it)."""
+        return self._mapped
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable result (the CLI's ``--json``)."""
@@ -48,7 +92,7 @@ class IngestResult:
             "size": self.facts.size,
             "sha256": self.facts.sha256_hex,
             "metadata_removed": list(self.facts.metadata_removed),
-            "outbox_entry": str(self.entry.path) if self.entry else None,
+            "outbox_entry": str(self.entry_path) if self.entry_path else None,
             "duplicate_of": self.duplicate_of,
         }
 
@@ -191,19 +235,19 @@ def ingest(
     facts = result.facts
     try:
         if decision.outcome is Outcome.REFUSE:
-            return IngestResult(decision, facts, None)
+            return IngestResult.of(decision, facts, None)
         meta = _meta(context, consent, facts, decision)
         files = _files(context, consent)
         with outbox.lock():
             existing = outbox.find(image_key=meta.image_key, consent_key=meta.consent_key)
             if existing is not None:
-                return IngestResult(decision, facts, existing, duplicate_of=existing.id)
+                return IngestResult.of(decision, facts, existing, duplicate_of=existing.id)
             sent = outbox.sent_receipt(image_key=meta.image_key, consent_key=meta.consent_key)
             if sent is not None and decision.outcome is Outcome.STORE:
-                return IngestResult(decision, facts, None, duplicate_of=sent)
+                return IngestResult.of(decision, facts, None, duplicate_of=sent)
             if decision.outcome is Outcome.HOLD:
                 entry = outbox.write("held", meta=meta, files=files, content_from=result.path)
-                return IngestResult(decision, facts, entry)
+                return IngestResult.of(decision, facts, entry)
             mapped = get_version(meta.fhir_version).map_submission(
                 context, consent, facts, decision
             )
@@ -215,7 +259,7 @@ def ingest(
                 content_from=result.path,
                 entry_id=mapped.submission_id,
             )
-        return IngestResult(decision, facts, entry, mapped)
+        return IngestResult.of(decision, facts, entry, mapped)
     finally:
         result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
 
@@ -252,10 +296,10 @@ def recheck(
         }
     )
     if decision.outcome is not Outcome.STORE:
-        return IngestResult(decision, facts, outbox.rewrite(entry, meta=meta, files=files))
+        return IngestResult.of(decision, facts, outbox.rewrite(entry, meta=meta, files=files))
     mapped = get_version(meta.fhir_version).map_submission(
         ctx, consent, facts, decision, submission_id=entry.id
     )
     files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
     new = outbox.transition(entry, "ready", meta=meta, files=files)
-    return IngestResult(decision, facts, new, mapped)
+    return IngestResult.of(decision, facts, new, mapped)

@@ -15,15 +15,24 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass, field, replace
+from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from pydantic import Field
 
 from . import _codes as c
 from ._approvals import approvals_for, request_approval, use_approval_entry
-from ._exceptions import ActionRefused, FhirImagesError, ResourceNotFound, ServerError
+from ._exceptions import (
+    ActionRefused,
+    BadResponse,
+    FhirImagesError,
+    ResourceNotFound,
+    ServerError,
+)
+from ._result import Result
 from .fhir import FhirClient, ImageView, Repository, label_image
 from .fhir.audit import AuditTrail, audit_trail
 from .fhir.common import created, is_reference, iso
@@ -108,13 +117,20 @@ def patient_records(client: FhirClient, patient: str) -> list[ImageRecord]:
 # ------------------------------------------------------------------------------ disclosure
 
 
-@dataclass
-class DisclosureResult:
+class DisclosureResult(Result):
+    """What a disclosure decided and did: a decision per image, the rows of what was withheld
+    (with the approval requested, if any), the audits, and where the release went: into files
+    (``bundle_file``, ``withheld_file``), to a stream the caller gave, or here (``release``)."""
+
+    patient: str
+    purpose: str
     decisions: list[DisclosureDecision]
-    bundle: Path | None
-    withheld: Path | None
-    audit_events: list[str] = field(default_factory=list)
-    approval_requests: dict[str, str] = field(default_factory=dict)
+    withheld: list[dict[str, Any]] = Field(default_factory=list)
+    audit_events: list[str] = Field(default_factory=list)
+    approval_requests: dict[str, str] = Field(default_factory=dict)
+    release: dict[str, Any] | None = None
+    bundle_file: Path | None = None
+    withheld_file: Path | None = None
 
     @property
     def released(self) -> list[DisclosureDecision]:
@@ -158,25 +174,33 @@ def disclose(
     client: FhirClient,
     patient: str,
     req: DisclosureRequest,
-    out_dir: Path,
+    out_dir: Path | None = None,
     *,
+    sink: IO[bytes] | None = None,
     policy: str | Policy = "default",
     now: datetime | None = None,
     audit: AuditTrail | None = None,
 ) -> DisclosureResult:
-    """Decide, audit, then write ``release-bundle.json`` and ``withheld.json`` into ``out_dir``.
+    """Decide, audit, then release: the release Bundle goes to ``out_dir``
+    (``release-bundle.json`` and ``withheld.json``, both 0600), or is written to ``sink`` (a
+    binary stream: an HTTP response, a socket), or, with neither, is returned in the result.
 
-    An image that needs approval is released only against an approval on the server
+    The requester and recipient must be on the server before anything happens. An image that
+    needs approval is released only against an approval on the server
     (:mod:`fhir_images._approvals`); without one, an approval is requested and the image
     waits. Every released image is audited (naming the approver where there is one) before
-    anything is written, in one transaction that also marks each approval used.
+    anything goes out.
 
     The release Bundle (type collection) carries the high-water mark and only handling
     obligations (no sensitivity codes, which would reveal private facts); each released image
-    is followed by its Binary with the bytes, both with the highest labels of the two.
+    is followed by its Binary with the bytes, both with the highest labels of the two. The
+    bytes are checked against the image's SHA-256 as they stream: a mismatch stops the release
+    (and is recorded in the audit trail).
     """
     if not is_reference(patient) or not patient.startswith("Patient/"):
         raise ActionRefused("the patient is named by a reference, like Patient/123")
+    if out_dir is not None and sink is not None:
+        raise ActionRefused("give the release one destination: a folder or a stream")
     get_policy(policy)  # the disclosure rules are shared by every pack here
     client.capabilities()
     trail = audit or audit_trail(client)
@@ -198,30 +222,48 @@ def disclose(
             requests_made[d.media] = request_approval(
                 client, by_ref[d.media], req, patient, d.reasons, now=at
             )
-
-    audits: list[str] = []
-    if released:
-        audits = _audit_release(client, trail, released, req, patient)
-
-    _private_dir(out_dir)
-    bundle_path = out_dir / "release-bundle.json"
-    _write_release(
-        client, records, bundle_path, [r for r, _ in released], high_water_mark(decisions)
-    )
     withheld = []
     for d in decisions:
         if d.verdict is not Verdict.RELEASE:
             row = d.as_dict()
             row["approval_request"] = requests_made.get(d.media)
             withheld.append(row)
-    withheld_path = out_dir / "withheld.json"
-    _write_private(
-        withheld_path,
-        json.dumps(
-            {"patient": patient, "purpose": req.purpose, "images": withheld}, indent=2
-        ).encode(),
+
+    audits: list[str] = []
+    events: list[dict[str, Any]] = []
+    if released:
+        audits, events = _audit_release(client, trail, released, req, patient)
+    result = DisclosureResult(
+        patient=patient,
+        purpose=req.purpose,
+        decisions=decisions,
+        withheld=withheld,
+        audit_events=audits,
+        approval_requests=requests_made,
     )
-    return DisclosureResult(decisions, bundle_path, withheld_path, audits, requests_made)
+    chunks = _release_chunks(client, records, [r for r, _ in released], high_water_mark(decisions))
+    try:
+        if out_dir is not None:
+            _private_dir(out_dir)
+            result.bundle_file = out_dir / "release-bundle.json"
+            _write_chunks(result.bundle_file, chunks)
+            result.withheld_file = out_dir / "withheld.json"
+            _write_private(
+                result.withheld_file,
+                json.dumps(
+                    {"patient": patient, "purpose": req.purpose, "images": withheld}, indent=2
+                ).encode(),
+            )
+        elif sink is not None:
+            for chunk in chunks:
+                sink.write(chunk)
+        else:
+            result.release = json.loads(b"".join(chunks))
+    except FhirImagesError:
+        if events and not trail.atomic:
+            _record_failure(client, trail, events, "the release was not completed")
+        raise
+    return result
 
 
 def _audit_release(
@@ -230,10 +272,10 @@ def _audit_release(
     released: list[tuple[ImageRecord, DisclosureDecision]],
     req: DisclosureRequest,
     patient: str,
-) -> list[str]:
+) -> tuple[list[str], list[dict[str, Any]]]:
     """Audit every released image and mark each approval used: in one transaction on a server
     that takes AuditEvents; else audits first (all or none), then the approvals, and a record
-    of the failure if that second step fails."""
+    of the failure if that second step fails. Returns the audits' references and the events."""
     events = [
         disclosure_audit(
             record,
@@ -262,7 +304,7 @@ def _audit_release(
             {"resourceType": "Bundle", "type": "transaction", "entry": entries},
             idempotent=False,
         )
-        return created(response, "AuditEvent")
+        return created(response, "AuditEvent"), events
     refs = trail.record(events)
     uses = [
         use_approval_entry(client, approval, ref)
@@ -283,7 +325,7 @@ def _audit_release(
                 "the release was not made: an approval could not be marked used",
             )
             raise
-    return refs
+    return refs, events
 
 
 def _record_failure(
@@ -296,9 +338,11 @@ def _record_failure(
         log.error("could not record that an audited act failed (%s)", type(exc).__name__)
 
 
-def _write_release(
-    client: FhirClient, records: Repository, path: Path, released: list[ImageRecord], hwm: str
-) -> None:
+def _release_chunks(
+    client: FhirClient, records: Repository, released: list[ImageRecord], hwm: str
+) -> Iterator[bytes]:
+    """The release Bundle as JSON, piece by piece: each image's bytes are streamed from the
+    server, base64-encoded as they come, and checked against the image's SHA-256."""
     caveats = {
         (s, code)
         for r in released
@@ -311,48 +355,67 @@ def _write_release(
             *({"system": s, "code": code} for s, code in sorted(caveats)),
         ]
     }
-    head = {"resourceType": "Bundle", "type": "collection", "timestamp": iso(datetime.now(UTC))}
-    head["meta"] = meta  # type: ignore[assignment]
+    head: dict[str, Any] = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "timestamp": iso(datetime.now(UTC)),
+        "meta": meta,
+    }
+    yield (json.dumps(head)[:-1] + ', "entry": [').encode()
+    first = True
+    for r in released:
+        image = json.loads(json.dumps(r.image.raw))
+        labels = {"security": releasable_labels(r).codings()}
+        image["meta"] = labels
+        yield (
+            ("" if first else ",")
+            + json.dumps({"fullUrl": f"{client.base_url}{r.ref}", "resource": image})
+        ).encode()
+        first = False
+        binary = records.binary_of(r.image)
+        if binary is None:
+            continue
+        ctype = r.image.content_type or "application/octet-stream"
+        yield (
+            ',{"fullUrl": '
+            + json.dumps(f"{client.base_url}{binary}")
+            + ', "resource": {"resourceType": "Binary", "id": '
+            + json.dumps(binary.split("/", 1)[1])
+            + ', "contentType": '
+            + json.dumps(ctype)
+            + ', "securityContext": '
+            + json.dumps({"reference": r.ref})
+            + ', "meta": '
+            + json.dumps(labels)
+            + ', "data": "'
+        ).encode()
+        digest = hashlib.sha256()
+        pending = b""
+        for chunk in client.iter_binary(binary, ctype):
+            digest.update(chunk)
+            pending += chunk
+            cut = len(pending) - len(pending) % 3  # no base64 padding mid-way
+            yield base64.b64encode(pending[:cut])
+            pending = pending[cut:]
+        if r.image.sha256 and digest.hexdigest() != r.image.sha256:
+            raise BadResponse(
+                f"the bytes of {binary} are not the image's (SHA-256 differs): release stopped"
+            )
+        yield base64.b64encode(pending) + b'"}}'
+    yield b"]}"
+
+
+def _write_chunks(path: Path, chunks: Iterable[bytes]) -> None:
+    """Write to a private temporary file, then put it in place: never half a release."""
     tmp = path.with_name(f".{path.name}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as out:
-        text = json.dumps(head)
-        out.write(text[:-1] + ', "entry": [')
-        first = True
-        for r in released:
-            image = json.loads(json.dumps(r.image.raw))
-            labels = {"security": releasable_labels(r).codings()}
-            image["meta"] = labels
-            out.write(
-                ("" if first else ",")
-                + json.dumps({"fullUrl": f"{client.base_url}{r.ref}", "resource": image})
-            )
-            first = False
-            binary = records.binary_of(r.image)
-            if binary is not None:
-                ctype = r.image.content_type or "application/octet-stream"
-                out.write(
-                    ',{"fullUrl": '
-                    + json.dumps(f"{client.base_url}{binary}")
-                    + ', "resource": {"resourceType": "Binary", "id": '
-                    + json.dumps(binary.split("/", 1)[1])
-                    + ', "contentType": '
-                    + json.dumps(ctype)
-                    + ', "securityContext": '
-                    + json.dumps({"reference": r.ref})
-                    + ', "meta": '
-                    + json.dumps(labels)
-                    + ', "data": "'
-                )
-                pending = b""
-                for chunk in client.iter_binary(binary, ctype):
-                    pending += chunk
-                    cut = len(pending) - len(pending) % 3  # no base64 padding mid-way
-                    out.write(base64.b64encode(pending[:cut]).decode())
-                    pending = pending[cut:]
-                out.write(base64.b64encode(pending).decode())
-                out.write('"}}')
-        out.write("]}")
+    try:
+        with os.fdopen(fd, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
     os.replace(tmp, path)
 
 
@@ -368,14 +431,13 @@ _PERMISSION_PURPOSE = {
 NARROWABLE = ("second_opinion", "teaching", "research")
 
 
-@dataclass
-class ConsentChange:
+class ConsentChange(Result):
     """What a consent change did: the Consents changed, the images whose labels were raised,
     and the Consents that needed no change (already inactive, already denying)."""
 
-    changed: list[str] = field(default_factory=list)
-    images: list[str] = field(default_factory=list)
-    unchanged: list[str] = field(default_factory=list)
+    changed: list[str] = Field(default_factory=list)
+    images: list[str] = Field(default_factory=list)
+    unchanged: list[str] = Field(default_factory=list)
 
     @property
     def nothing_changed(self) -> bool:
@@ -463,8 +525,9 @@ def narrow_consent(
 # ----------------------------------------------------------------------------- destruction
 
 
-@dataclass
-class DestructionResult:
+class DestructionResult(Result):
+    """The image destroyed, everything deleted with it, and the audit of it."""
+
     media: str
     deleted: list[str]
     audit_event: str
@@ -546,14 +609,15 @@ def destroy(
     if trail.atomic:
         audits = created(response, "AuditEvent")
         recorded = audits[-1] if audits else ""
-    return DestructionResult(media_ref, doomed, recorded)
+    return DestructionResult(media=media_ref, deleted=doomed, audit_event=recorded)
 
 
 # --------------------------------------------------------------------------- anonymisation
 
 
-@dataclass
-class AnonymisedCopy:
+class AnonymisedCopy(Result):
+    """The anonymised picture (PNG) and its Media (JSON), both files private to the user."""
+
     image: Path
     media: Path
 
@@ -616,4 +680,4 @@ def anonymise(
     _write_private(image_path, data)
     media_path = out_dir / f"anonymised-{name}.json"
     _write_private(media_path, json.dumps(copy, indent=2).encode())
-    return AnonymisedCopy(image_path, media_path)
+    return AnonymisedCopy(image=image_path, media=media_path)

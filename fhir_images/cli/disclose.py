@@ -88,8 +88,8 @@ def disclose_cmd(
             json.dumps(
                 {
                     "decisions": rows,
-                    "bundle": str(result.bundle),
-                    "withheld": str(result.withheld),
+                    "bundle": str(result.bundle_file),
+                    "withheld": str(result.withheld_file),
                     "audit_events": result.audit_events,
                     "approval_requests": result.approval_requests,
                 },
@@ -110,7 +110,7 @@ def disclose_cmd(
             )
         Console().print(table)
         click.echo(
-            f"release bundle: {result.bundle}\nwithheld list: {result.withheld}\n"
+            f"release bundle: {result.bundle_file}\nwithheld list: {result.withheld_file}\n"
             f"audit events: {len(result.audit_events)}"
         )
         for media, task in result.approval_requests.items():

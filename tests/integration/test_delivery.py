@@ -12,18 +12,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fhir_images import (
-    FhirClient,
-    LabelError,
-    Outbox,
-    VersionConflict,
-    apply_labels,
-    ingest,
-    push,
-    synthetic,
-)
+from fhir_images import FhirClient, LabelError, Outbox, VersionConflict, ingest, push, synthetic
 from fhir_images import _codes as c
 from fhir_images.cli import main
+from fhir_images.fhir import apply_labels
 
 from ..factories import child_context, make_consent, make_context, parent_consent
 

@@ -22,7 +22,6 @@ from fhir_images import (
     UnsafeServer,
     Verdict,
     anonymise,
-    apply_labels,
     destroy,
     disclose,
     ingest,
@@ -33,6 +32,7 @@ from fhir_images import (
 )
 from fhir_images import _codes as c
 from fhir_images.cli import main
+from fhir_images.fhir import apply_labels
 from fhir_images.fhir.audit import FileAudit, audit_trail
 
 from ..factories import child_context, make_consent, make_context, parent_consent
@@ -151,7 +151,7 @@ def test_second_opinion_released_with_audit_and_v_image_withheld(client, tmp_pat
     result = disclose(client, people["adult"], request, tmp_path / "out")
     [d] = result.decisions
     assert d.verdict is Verdict.RELEASE
-    bundle = json.loads(result.bundle.read_text())
+    bundle = json.loads(result.bundle_file.read_text())
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
     assert types == ["Media", "Binary"]
     assert bundle["meta"]["security"][0] == {"system": c.V3_CONFIDENTIALITY, "code": "N"}
@@ -165,8 +165,8 @@ def test_second_opinion_released_with_audit_and_v_image_withheld(client, tmp_pat
     result = disclose(client, people["child"], request, tmp_path / "out2")
     [d] = result.decisions
     assert d.verdict is Verdict.WITHHOLD, "a V image must not go to R clearance"
-    assert json.loads(result.bundle.read_text())["entry"] == []
-    withheld = json.loads(result.withheld.read_text())["images"]
+    assert json.loads(result.bundle_file.read_text())["entry"] == []
+    withheld = json.loads(result.withheld_file.read_text())["images"]
     assert withheld[0]["media"] == child.media and "clearance" in withheld[0]["reasons"][0]
     assert audits_for(client, child.media) == [], "nothing disclosed, nothing audited"
 
@@ -333,7 +333,7 @@ def test_a_media_pointing_at_another_images_bytes_is_refused(client, tmp_path, p
         assert d.verdict is Verdict.WITHHOLD, d
         assert d.confidentiality == "V"
         assert any("another resource" in r for r in d.reasons)
-        bundle = json.loads(result.bundle.read_text())
+        bundle = json.loads(result.bundle_file.read_text())
         assert all(e["resource"]["resourceType"] != "Binary" for e in bundle["entry"])
     labels = {s["code"] for s in client.binary_meta(child.binary)["meta"]["security"]}
     assert "V" in labels and "N" not in labels, "nothing relabelled the child's Binary"
@@ -345,7 +345,7 @@ def test_release_files_are_owner_only_in_an_existing_folder(client, tmp_path, pe
     out.mkdir(mode=0o755)
     request = DisclosureRequest(purpose="TREAT", requester="Practitioner/gp1", role="clinician")
     result = disclose(client, people["adult"], request, out)
-    for path in (result.bundle, result.withheld):
+    for path in (result.bundle_file, result.withheld_file):
         assert oct(path.stat().st_mode & 0o777) == "0o600", path.name
 
 

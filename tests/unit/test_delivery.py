@@ -415,7 +415,7 @@ def test_delta_repairs_a_server_that_left_two_codes():
 
 @responses.activate
 def test_labels_by_update_on_a_server_without_meta_operations(outbox):
-    from fhir_images import apply_labels
+    from fhir_images.fhir import apply_labels
 
     client = FhirClient(BASE, profile="azure")
     for _ in range(2):  # the labels, then the resource to update at its current version
@@ -441,7 +441,8 @@ def test_labels_by_update_on_a_server_without_meta_operations(outbox):
 
 @responses.activate
 def test_server_that_silently_drops_a_label_is_caught():
-    from fhir_images import LabelVerificationFailed, apply_labels
+    from fhir_images import LabelVerificationFailed
+    from fhir_images.fhir import apply_labels
 
     client = FhirClient(BASE, profile="generic")
     responses.get(f"{BASE}/Media/1/$meta", json=meta_parameters([N]))

@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 
 from fhir_images import _codes as c
-from fhir_images import decide, intake, map_submission, synthetic
+from fhir_images import decide, synthetic
+from fhir_images._intake import intake
+from fhir_images.fhir.r4.mapping import map_submission
 
 from ..factories import make_consent, make_context
 

@@ -14,9 +14,9 @@ from fhir_images import (
     InvalidSetting,
     Limits,
     UnsupportedMediaType,
-    intake,
     synthetic,
 )
+from fhir_images._intake import intake
 
 GPS_IFD, ORIENTATION = 0x8825, 0x0112
 

@@ -7,7 +7,9 @@ import pytest
 from fhir.resources.R4B.bundle import Bundle
 
 from fhir_images import _codes as c
-from fhir_images import decide, intake, map_submission, synthetic
+from fhir_images import decide, synthetic
+from fhir_images._intake import intake
+from fhir_images.fhir.r4.mapping import map_submission
 
 from ..factories import child_context, make_consent, make_context, parent_consent
 

@@ -4,13 +4,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhir_images import (
-    ConsentState,
-    InvalidContext,
-    Outcome,
-    PolicyNotFound,
-    decide,
-)
+from fhir_images import ConsentState, InvalidContext, Outcome, PolicyNotFound, decide
 from fhir_images._codes import V3_CONFIDENTIALITY, Confidentiality
 
 from ..factories import child_context, make_consent, make_context, parent_consent

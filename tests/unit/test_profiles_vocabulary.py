@@ -11,16 +11,9 @@ from typing import Any
 
 import pytest
 
-from fhir_images import (
-    IMPLICIT_CONSENT_KINDS,
-    ClinicalContext,
-    ConsentRecord,
-    ImageKind,
-    Maker,
-    _lifecycle,
-    decide,
-)
+from fhir_images import ClinicalContext, ConsentRecord, ImageKind, Maker, _lifecycle, decide
 from fhir_images import _codes as c
+from fhir_images._context import IMPLICIT_CONSENT_KINDS
 
 from ..factories import CAPTURED
 
