@@ -19,6 +19,7 @@ from ._approvals import Approval, approve, pending_approvals, refuse_approval
 from ._codes import Confidentiality, Label
 from ._context import (
     ClinicalContext,
+    Coded,
     ConsentGiver,
     ConsentRecord,
     Explained,
@@ -56,7 +57,7 @@ from ._exceptions import (
     UnsupportedMediaType,
     VersionConflict,
 )
-from ._ingest import IngestResult, ingest, load_case, parse_consent, parse_context, recheck
+from ._ingest import Case, IngestResult, ingest, load_case, parse_consent, parse_context, recheck
 from ._inputs import load_structured
 from ._intake import ImageFacts, Limits
 from ._lifecycle import (
@@ -72,11 +73,11 @@ from ._lifecycle import (
     read_record,
     withdraw_consent,
 )
-from ._outbox import Entry, Outbox, State
+from ._outbox import DeliveryError, DeliveryState, Entry, EntryMeta, Outbox, State
 from ._settings import Settings
 from ._version import __version__
 from .fhir import FhirClient, RetryPolicy, ServerProfile, register_server
-from .fhir.audit import FileAudit, RepositoryAudit
+from .fhir.audit import AuditTrail, FileAudit, RepositoryAudit
 from .fhir.auth import Auth, BasicAuth, BearerToken, SmartBackendServices
 from .fhir.probe import ServerReport
 from .policy import (
@@ -106,13 +107,16 @@ __all__ = [
     "AnonymisedCopy",
     "Approval",
     "AuditError",
+    "AuditTrail",
     "Auth",
     "AuthenticationFailed",
     "BadInput",
     "BadResponse",
     "BasicAuth",
     "BearerToken",
+    "Case",
     "ClinicalContext",
+    "Coded",
     "Confidentiality",
     "ConsentChange",
     "ConsentGiver",
@@ -121,12 +125,15 @@ __all__ = [
     "ContentTypeMismatch",
     "CorruptMedia",
     "Decision",
+    "DeliveryError",
     "DeliveryResult",
+    "DeliveryState",
     "DestructionResult",
     "DisclosureDecision",
     "DisclosureRequest",
     "DisclosureResult",
     "Entry",
+    "EntryMeta",
     "EntryNotFound",
     "Explained",
     "FhirClient",

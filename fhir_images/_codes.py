@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 CANONICAL_BASE = "https://fhir-images.org/fhir"
 
@@ -59,6 +60,26 @@ class Confidentiality(IntEnum):
     N = 3
     R = 4
     V = 5
+
+    @classmethod
+    def __get_pydantic_core_schema__(cls, source: Any, handler: Any) -> Any:
+        """In results: the code (``"R"``) in JSON, read back from the code or the member."""
+        from pydantic_core import core_schema
+
+        return core_schema.no_info_plain_validator_function(
+            cls._parse,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda level: level.name, when_used="json"
+            ),
+        )
+
+    @classmethod
+    def _parse(cls, value: object) -> Confidentiality:
+        if isinstance(value, cls):
+            return value
+        if isinstance(value, str) and value in cls.__members__:
+            return cls[value]
+        raise ValueError("a confidentiality code is one of U, L, M, N, R, V")
 
 
 @dataclass(frozen=True, order=True)

@@ -59,6 +59,9 @@ class Maker(StrEnum):
 
 
 class ImageKind(StrEnum):
+    """What the image is; X-rays, ultrasound, endoscopy and pathology slides have implicit
+    consent as part of the investigation, the others need it recorded."""
+
     PHOTO = "photo"
     VIDEO = "video"
     AUDIO = "audio"
@@ -161,6 +164,8 @@ class ClinicalContext(InputModel):
 
 
 class ConsentGiver(StrEnum):
+    """Who gave consent."""
+
     PATIENT = "patient"  # an adult, or a competent young person for themselves
     PARENT = "parent"  # someone who says they have parental responsibility
     RELATIVE_OR_CARER = "relative_or_carer"

@@ -23,7 +23,6 @@ from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
 from ._outbox import Entry, EntryMeta, Outbox
 from ._result import Result
 from .fhir.keys import consent_key, image_key
-from .fhir.r4.mapping import MappedSubmission
 from .fhir.version import get_version
 from .policy import Decision, Outcome, Policy, decide
 
@@ -33,8 +32,8 @@ log = logging.getLogger("fhir_images.ingest")
 class IngestResult(Result):
     """What ingest decided and did: the decision (outcome, reasons, labels), what intake
     learned about the file, and the outbox entry it became (id, state, folder), or the entry
-    or delivery it duplicates. Serialisable; ``entry`` and ``mapped`` are the live objects of
-    the run that made it (``entry`` is looked up again in the outbox after a round trip)."""
+    or delivery it duplicates. Serialisable; ``entry`` is the live outbox entry (looked up
+    again in the outbox after a round trip)."""
 
     decision: Decision
     facts: ImageFacts
@@ -43,7 +42,6 @@ class IngestResult(Result):
     entry_path: Path | None = None
     duplicate_of: str | None = None
     _entry: Entry | None = PrivateAttr(default=None)
-    _mapped: MappedSubmission | None = PrivateAttr(default=None)
 
     @classmethod
     def of(
@@ -51,7 +49,6 @@ class IngestResult(Result):
         decision: Decision,
         facts: ImageFacts,
         entry: Entry | None,
-        mapped: MappedSubmission | None = None,
         *,
         duplicate_of: str | None = None,
     ) -> IngestResult:
@@ -63,7 +60,7 @@ class IngestResult(Result):
             entry_path=entry.path if entry else None,
             duplicate_of=duplicate_of,
         )
-        result._entry, result._mapped = entry, mapped
+        result._entry = entry
         return result
 
     @property
@@ -73,11 +70,6 @@ class IngestResult(Result):
             root = self.entry_path.parent.parent
             self._entry = Outbox(root).get(self.entry_id)
         return self._entry
-
-    @property
-    def mapped(self) -> MappedSubmission | None:
-        """The FHIR resources made for the image (only in the run that stored it)."""
-        return self._mapped
 
     def summary(self) -> dict[str, Any]:
         """The machine-readable result (the CLI's ``--json``)."""
@@ -259,7 +251,7 @@ def ingest(
                 content_from=result.path,
                 entry_id=mapped.submission_id,
             )
-        return IngestResult.of(decision, facts, entry, mapped)
+        return IngestResult.of(decision, facts, entry)
     finally:
         result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
 
@@ -302,4 +294,4 @@ def recheck(
     )
     files["bundle.json"] = json.dumps(mapped.bundle_json(), indent=2).encode()
     new = outbox.transition(entry, "ready", meta=meta, files=files)
-    return IngestResult.of(decision, facts, new, mapped)
+    return IngestResult.of(decision, facts, new)

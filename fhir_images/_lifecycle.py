@@ -432,10 +432,12 @@ NARROWABLE = ("second_opinion", "teaching", "research")
 
 
 class ConsentChange(Result):
-    """What a consent change did: the Consents changed, the images whose labels were raised,
-    and the Consents that needed no change (already inactive, already denying)."""
+    """What a consent change did: the Consents changed, the Provenance recording each change,
+    the images whose labels were raised, and the Consents that needed no change (already
+    inactive, already denying)."""
 
     changed: list[str] = Field(default_factory=list)
+    provenance: list[str] = Field(default_factory=list)
     images: list[str] = Field(default_factory=list)
     unchanged: list[str] = Field(default_factory=list)
 
@@ -473,9 +475,10 @@ def withdraw_consent(client: FhirClient, ref: str, *, by: str, reason: str) -> C
             updated = records.update(
                 records.version.withdrawn(consent, datetime.now(UTC)), consent.version_id
             )
-            records.record_consent_change(
+            recorded = records.record_consent_change(
                 records.version.consent(updated), by=by, reason=reason, activity="withdrawn"
             )
+            result.provenance.append(recorded)
             result.changed.append(consent.ref)
         if result.changed:
             label_image(client, media, [c.NOREUSE.as_coding(), c.NORDSCLCDS.as_coding()])
@@ -509,12 +512,13 @@ def narrow_consent(
                 result.unchanged.append(consent.ref)
                 continue
             updated = records.update(changed, consent.version_id)
-            records.record_consent_change(
+            recorded = records.record_consent_change(
                 records.version.consent(updated),
                 by=by,
                 reason=reason,
                 activity="narrowed: " + ", ".join(sorted(purposes)),
             )
+            result.provenance.append(recorded)
             result.changed.append(consent.ref)
         if result.changed and c.COC in purposes:
             label_image(client, media, [c.NORDSCLCDS.as_coding()])

@@ -46,6 +46,8 @@ from ._exceptions import EntryNotFound, OutboxError
 log = logging.getLogger("fhir_images.outbox")
 
 State = Literal["ready", "held", "failed"]
+"""Where an outbox entry is: ``ready`` to send, ``held`` until what is missing is recorded, or
+``failed`` (needs a person). Sent entries leave the outbox and leave a receipt."""
 STATES: tuple[State, ...] = ("ready", "held", "failed")
 ENTRY_SCHEMA = 2
 

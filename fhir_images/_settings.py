@@ -34,6 +34,9 @@ DEFAULT_OUTBOX = Path("fhir-images-outbox")
 
 @dataclass(frozen=True)
 class Settings:
+    """What the command line reads from the environment (the table above), for a caller that
+    wants the same: ``Settings.from_env()``."""
+
     base_url: str | None = None
     token: str | None = field(default=None, repr=False)
     username: str | None = None

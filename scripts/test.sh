@@ -5,7 +5,8 @@
 #   2. builds and starts the project's two FHIR servers on 127.0.0.1: HAPI FHIR (servers/hapi,
 #      from Maven Central) and Helios FHIR Server (servers/hfs, from crates.io with cargo, or
 #      from a checksummed ready binary named by HFS_PREBUILT);
-#   3. runs ruff, mypy and pytest: unit tests, then every integration test against each server;
+#   3. runs ruff, mypy, the API reference build (warnings are errors) and pytest: unit tests,
+#      then every integration test against each server;
 #   4. stops the servers it started, whatever happened, and exits non-zero on any failure.
 # Extra arguments go to pytest, e.g.  scripts/test.sh -k consent
 set -euo pipefail
@@ -24,10 +25,11 @@ fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
 
-step "Lint and types"
+step "Lint, types and the API reference"
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/mypy
+.venv/bin/mkdocs build --strict --quiet
 
 stop_servers() {
     servers/hfs/hfs.sh stop || true

@@ -9,6 +9,9 @@
 * :mod:`.keys`: deterministic record keys.
 
 Nothing outside this package reads or writes FHIR field names.
+
+Its ``__all__`` is the extension API: what a new server profile or FHIR version is built from,
+and the views a policy reads. The integrator API is :mod:`fhir_images`.
 """
 
 from __future__ import annotations
@@ -16,7 +19,8 @@ from __future__ import annotations
 from .client import FhirClient, RetryPolicy
 from .labels import apply_labels, label_image, plan_label_change
 from .repository import Repository
-from .servers import PROFILES, ServerProfile, register_server
+from .servers import PROFILES, BinaryRead, BinaryWrite, LabelUpdate, ServerProfile, register_server
+from .subscriptions import SubscriptionStyle
 from .version import FhirVersion, get_version, register_version
 from .views import (
     ApprovalView,
@@ -31,16 +35,20 @@ from .views import (
 __all__ = [
     "PROFILES",
     "ApprovalView",
+    "BinaryRead",
     "BinaryView",
+    "BinaryWrite",
     "ConsentView",
     "FhirClient",
     "FhirVersion",
     "ImageView",
+    "LabelUpdate",
     "Labels",
     "PatientView",
     "Repository",
     "RetryPolicy",
     "ServerProfile",
+    "SubscriptionStyle",
     "TaskView",
     "apply_labels",
     "get_version",

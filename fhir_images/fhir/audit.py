@@ -37,6 +37,8 @@ if TYPE_CHECKING:
 
 
 class AuditTrail(Protocol):
+    """Where AuditEvents go: the data server, an audit repository, or a file."""
+
     @property
     def atomic(self) -> bool:
         """Whether audits go into the data server's own transaction with the act."""
@@ -142,5 +144,6 @@ def audit_trail(client: FhirClient) -> AuditTrail:
         return ServerAudit(client)
     raise UnsafeServer(
         "this server does not accept AuditEvents from clients, and no audit trail is set: "
-        "set FHIR_IMAGES_AUDIT to an audit repository's FHIR base URL or to file:/path"
+        "give FhirClient(audit=...) (on the command line, FHIR_IMAGES_AUDIT) an audit "
+        "repository's FHIR base URL or file:/path"
     )

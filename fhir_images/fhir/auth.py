@@ -30,6 +30,8 @@ ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 
 
 class Auth(Protocol):
+    """How requests to the FHIR server are authenticated."""
+
     def headers(self) -> dict[str, str]:
         """The headers that authenticate one request."""
         ...
@@ -41,6 +43,8 @@ class Auth(Protocol):
 
 @dataclass(frozen=True)
 class BearerToken:
+    """A fixed bearer token (it is never renewed)."""
+
     token: str = field(repr=False)
 
     def headers(self) -> dict[str, str]:
@@ -52,6 +56,8 @@ class BearerToken:
 
 @dataclass(frozen=True)
 class BasicAuth:
+    """HTTP Basic authentication."""
+
     username: str
     password: str = field(repr=False)
 

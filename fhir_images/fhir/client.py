@@ -69,6 +69,9 @@ _CHUNK = 1 << 20
 
 @dataclass(frozen=True)
 class RetryPolicy:
+    """How transient failures are retried (429 and 503 always; 502, 504, time-outs and lost
+    connections only where repeating is safe): attempts, backoff and a total time limit."""
+
     attempts: int = 5
     backoff_base: float = 0.25
     backoff_max: float = 8.0
@@ -228,8 +231,6 @@ class FhirClient:
         self._capabilities: dict[str, Any] | None = None
         self._version: FhirVersion | None = None
         if fhir_version is not None:  # otherwise the CapabilityStatement's, on first use
-            from . import r4  # noqa: F401  (registers FHIR R4)
-
             self._version = get_version(fhir_version)
         self._profile: ServerProfile | None = (
             PROFILES[profile] if isinstance(profile, str) else profile
@@ -435,8 +436,6 @@ class FhirClient:
         cs = self._json(self.request("GET", "metadata"))
         if not isinstance(cs, dict) or cs.get("resourceType") != "CapabilityStatement":
             raise IncompatibleServer("the server's /metadata is not a CapabilityStatement")
-        from . import r4  # noqa: F401  (registers FHIR R4)
-
         version = get_version(str(cs.get("fhirVersion", "")))
         rest = next((r for r in cs.get("rest", []) if r.get("mode") == "server"), None)
         if rest is None:

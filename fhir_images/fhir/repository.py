@@ -145,9 +145,9 @@ class Repository:
 
     def record_consent_change(
         self, consent: ConsentView, *, by: str | None, reason: str, activity: str
-    ) -> None:
+    ) -> str:
         """A Provenance for one change of one Consent (its version), written once however
-        often it is retried."""
+        often it is retried; its reference."""
         from .. import _codes as c
 
         cid = consent.ref.split("/", 1)[1]
@@ -155,7 +155,7 @@ class Repository:
         provenance = self.version.consent_change_provenance(
             consent, by=by, reason=reason, activity=activity, record=record
         )
-        self.create_once(provenance, f"_tag={c.SID_RECORD}|{record}")
+        return self.create_once(provenance, f"_tag={c.SID_RECORD}|{record}")
 
     def try_consents_for_image(self, image: str) -> tuple[list[ConsentView], str | None]:
         """The image's Consents, or the error class that stopped reading them."""

@@ -8,6 +8,7 @@ provides them, registered with :func:`register_version`; nothing outside the FHI
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Iterable
 from datetime import datetime
 from pathlib import Path
@@ -178,6 +179,15 @@ class FhirVersion(Protocol):
 
 _VERSIONS: dict[str, FhirVersion] = {}
 
+#: The versions that come with fhir-images: each module registers itself when imported.
+_BUILT_IN = ("fhir_images.fhir.r4",)
+
+
+def _built_ins() -> dict[str, FhirVersion]:
+    for module in _BUILT_IN:
+        importlib.import_module(module)
+    return _VERSIONS
+
 
 def register_version(fhir_version: str, version: FhirVersion) -> None:
     """Make a FHIR version module available for servers that speak ``fhir_version`` (a prefix of
@@ -187,7 +197,7 @@ def register_version(fhir_version: str, version: FhirVersion) -> None:
 
 def get_version(fhir_version: str) -> FhirVersion:
     """The module for a server's fhirVersion; IncompatibleServer when there is none."""
-    for prefix, version in _VERSIONS.items():
+    for prefix, version in _built_ins().items():
         if fhir_version.startswith(prefix + ".") or fhir_version == prefix:
             return version
     raise IncompatibleServer(
@@ -197,4 +207,4 @@ def get_version(fhir_version: str) -> FhirVersion:
 
 
 def supported_versions() -> list[str]:
-    return sorted(_VERSIONS)
+    return sorted(_built_ins())

@@ -32,7 +32,10 @@ from ..fhir.views import ApprovalView, BinaryView, ConsentView, ImageView, Label
 Purpose = Literal[
     "TREAT", "COC", "TRAIN", "HRESCH", "PATRQT", "FAMRQT", "PWATRNY", "HLEGAL", "ETREAT", "BTG"
 ]
+"""Why the record is asked for (HL7 v3 PurposeOfUse): care, continuity of care, teaching,
+research, the patient's or family's request, a legal request, emergency care, break-glass."""
 Role = Literal["clinician", "patient", "family", "legal", "researcher", "teacher"]
+"""Who is asking, in what capacity."""
 
 #: Purposes the consent's provisions govern, and the provision purpose each one is read from
 _CONSENT_PURPOSE = {
@@ -48,6 +51,9 @@ _EMERGENCY = {"ETREAT", "BTG"}
 
 
 class Verdict(StrEnum):
+    """For one image and one request: release it, release it after a clinician's approval, or
+    withhold it."""
+
     RELEASE = "release"
     APPROVE = "approve"
     WITHHOLD = "withhold"
@@ -161,6 +167,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class DisclosureDecision:
+    """The verdict for one image, its reasons, its confidentiality, and the approval used."""
+
     media: str
     verdict: Verdict
     reasons: tuple[str, ...]

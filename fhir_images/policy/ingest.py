@@ -33,6 +33,9 @@ _SEVERITY = {Outcome.STORE: 0, Outcome.HOLD: 1, Outcome.REFUSE: 2}
 
 
 class ConsentState(StrEnum):
+    """The consent an image has: implicit (an X-ray, ultrasound, endoscopy...), recorded, or
+    missing."""
+
     IMPLICIT = "implicit"
     RECORDED = "recorded"
     MISSING = "missing"
@@ -58,6 +61,9 @@ class Reason:
 
 @dataclass(frozen=True)
 class SecurityLabels:
+    """The HL7 security labels of an image: one confidentiality code, the sensitivity, the
+    handling caveats and the provenance of the image."""
+
     confidentiality: Confidentiality
     sensitivity: tuple[Label, ...] = ()
     caveats: tuple[Label, ...] = ()
@@ -73,6 +79,10 @@ class SecurityLabels:
 
 @dataclass(frozen=True)
 class Decision:
+    """What the rules decided for an image: the outcome, every reason (with its rule and a
+    text for the clinician), the labels, the consent it rests on, the policy pack and the
+    patient's age band."""
+
     outcome: Outcome
     reasons: tuple[Reason, ...]
     labels: SecurityLabels

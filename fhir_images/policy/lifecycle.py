@@ -29,6 +29,9 @@ def register_schedule(name: str, path: Path) -> None:
 
 @dataclass(frozen=True)
 class RetentionSchedule:
+    """How long each type of record is kept before it may be destroyed (the Records
+    Management Code of Practice for England by default)."""
+
     name: str
     title: str
     record_types: dict[str, Any]

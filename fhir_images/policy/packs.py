@@ -42,6 +42,9 @@ from .reasons import Outcome
 
 @dataclass(frozen=True)
 class Policy:
+    """A policy pack: the checks a new image goes through, how its labels are chosen, and the
+    checks of a record already on a server."""
+
     name: str
     description: str
     checks: tuple[Check, ...]
@@ -99,6 +102,8 @@ def register_policy(policy: Policy) -> None:
 
 
 def get_policy(name: str | Policy) -> Policy:
+    """The policy pack of that name (``default``, ``strict``, or one registered);
+    PolicyNotFound otherwise."""
     if isinstance(name, Policy):
         return name
     try:

@@ -12,6 +12,8 @@ from enum import StrEnum
 
 
 class Outcome(StrEnum):
+    """What happens to an image: stored, held until what is missing is recorded, or refused."""
+
     STORE = "store"
     HOLD = "hold"
     REFUSE = "refuse"

@@ -377,6 +377,9 @@ def test_withdrawn_consent_stops_disclosure_and_adds_labels(client, tmp_path, pe
     assert change.changed == [image.consent]
     withdrawn = client.read(image.consent)
     assert withdrawn["status"] == "inactive" and withdrawn["provision"]["period"]["end"]
+    [recorded] = change.provenance
+    provenance = client.read(recorded)
+    assert any(t["reference"].startswith(image.consent) for t in provenance["target"])
     codes = {s["code"] for s in client.read(image.media)["meta"]["security"]}
     assert {"NOREUSE", "NORDSCLCDS"} <= codes
     binary = {s["code"] for s in client.binary_meta(image.binary)["meta"]["security"]}
