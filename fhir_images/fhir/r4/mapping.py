@@ -14,7 +14,6 @@ act are stored once however often, and from however many outboxes, they are sent
 from __future__ import annotations
 
 import base64
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -31,6 +30,12 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, Outcome, SecurityLabels
+from ..building import concept as _coded
+from ..building import conditional_entry as _entry
+from ..building import identifiers as _identifiers
+from ..building import image_notes
+from ..building import new_meta as _meta
+from ..building import random_id as _random_id
 from ..keys import binary_id, consent_key, image_key, record_key
 
 _MODALITY = {
@@ -70,27 +75,6 @@ class MappedSubmission:
         return self.bundle.model_dump(mode="json", exclude_none=True)
 
 
-def _meta(labels: list[c.Label], submission_id: str, record: str | None = None) -> dict[str, Any]:
-    tags = [{"system": c.SID_SUBMISSION, "code": submission_id}]
-    if record is not None:
-        tags.insert(0, {"system": c.SID_RECORD, "code": record})
-    return {"security": [label.as_coding() for label in labels], "tag": tags}
-
-
-def _coded(coded: Any) -> dict[str, Any]:
-    coding = {
-        k: v
-        for k, v in (("system", coded.system), ("code", coded.code), ("display", coded.display))
-        if v
-    }
-    out: dict[str, Any] = {}
-    if coded.code:
-        out["coding"] = [coding]
-    if coded.display:
-        out["text"] = coded.display
-    return out
-
-
 def _iso(dt: datetime) -> str:
     return dt.astimezone(UTC).isoformat().replace("+00:00", "Z")
 
@@ -108,20 +92,7 @@ def build_media(
     """The Media; ``now`` (the ``issued`` instant) defaults to the current time."""
     labels = decision.labels
     notes = [f"Clinical relevance and purpose: {ctx.purpose}"]
-    if ctx.remote:
-        notes.append("Made or received during a remote consultation.")
-    if ctx.best_interests:
-        notes.append(f"Best interests of the child: {ctx.best_interests}")
-    if facts.metadata_removed:
-        notes.append("Removed before storage: " + ", ".join(facts.metadata_removed) + ".")
-    if facts.converted_from:
-        notes.append(f"Stored as {facts.media_type}, converted from {facts.converted_from}.")
-    consent_note = {
-        "implicit": "Consent implicit in the consent to the investigation (GMC).",
-        "recorded": "Consent recorded: see the linked Consent.",
-        "missing": "No consent recorded.",
-    }[decision.consent.value]
-    notes.append(consent_note)
+    notes += image_notes(ctx, facts, decision.consent.value)
     now = now or datetime.now(UTC)
     data: dict[str, Any] = {
         "resourceType": "Media",
@@ -266,13 +237,6 @@ def build_consent(
     return Consent.model_validate(data)
 
 
-def _identifiers(submission_id: str, record: str | None) -> list[dict[str, str]]:
-    ids = [{"system": c.SID_SUBMISSION, "value": submission_id}]
-    if record is not None:
-        ids.insert(0, {"system": c.SID_RECORD, "value": record})
-    return ids
-
-
 def build_provenance(
     ctx: ClinicalContext,
     labels: SecurityLabels,
@@ -349,22 +313,6 @@ def build_binary(
             "securityContext": {"reference": media_ref},
         }
     )
-
-
-def _random_id() -> str:
-    return str(uuid.uuid4())
-
-
-def _entry(full_url: str, resource: Any, if_none_exist: str) -> dict[str, Any]:
-    return {
-        "fullUrl": full_url,
-        "resource": resource.model_dump(mode="json", exclude_none=True),
-        "request": {
-            "method": "POST",
-            "url": resource.get_resource_type(),
-            "ifNoneExist": if_none_exist,
-        },
-    }
 
 
 def map_submission(
