@@ -63,7 +63,7 @@ from ._exceptions import (
 )
 from ._outbox import DeliveryError, Entry, Outbox
 from ._result import Result
-from .fhir import FhirClient, Labels, Repository, label_image
+from .fhir import FhirClient, Labels, Repository, get_version, label_image
 from .fhir.keys import record_key
 from .fhir.views import ImageView
 
@@ -198,6 +198,10 @@ class Deliverer:
     def _deliver(self, entry: Entry, result: DeliveryResult) -> None:
         client, records = self.client, self.records
         client.capabilities()
+        if get_version(entry.meta.fhir_version) is not client.version:
+            entry = self._remap(entry, result)
+            if entry.state != "ready":
+                return
         submission = client.version.submission(entry.read_json("bundle.json"))
         wanted = submission.wanted_labels
         patient, sha256 = entry.meta.patient, entry.meta.sha256
@@ -269,6 +273,20 @@ class Deliverer:
             self.outbox.mark_sent(self.outbox.get(entry.id), receipt)
         result.delivered = True
         result.state = "sent"
+
+    def _remap(self, entry: Entry, result: DeliveryResult) -> Entry:
+        """An entry mapped for another FHIR version is mapped again for this server's (not
+        sent in the other version's shapes, which the server would reject or misread)."""
+        from ._ingest import remap
+
+        before = get_version(entry.meta.fhir_version).name
+        with self._lock:
+            entry = remap(self.outbox, entry, self.client.version.release)
+        result.notes.append(f"mapped again for FHIR {self.client.version.name} (was {before})")
+        if entry.state != "ready":
+            result.state = entry.state
+            result.notes.append("held: the rules, run again, no longer store it")
+        return entry
 
     def _reusable_binary(self, image: ImageView, image_key: str) -> tuple[str, bool]:
         """The Binary of an image already on the server, if it is that image's and only its,

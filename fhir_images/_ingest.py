@@ -256,6 +256,31 @@ def ingest(
         result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
 
 
+def remap(outbox: Outbox, entry: Entry, fhir_version: str) -> Entry:
+    """Map a ready entry again for another FHIR version (its server's), from what the entry
+    keeps: the context, the consent and the facts of the image. The rules run again with the
+    entry's policy pack (a child may have grown up since): an image they no longer store is
+    held, never sent and never dropped. The record keys and the Binary's id do not depend on the
+    version, so an image mapped twice is still stored once."""
+    ctx = parse_context(entry.read_json("context.json"))
+    consent = parse_consent(entry.read_json("consent.json")) if entry.has("consent.json") else None
+    decision = decide(ctx, consent, policy=entry.meta.decision["policy"])
+    facts = facts_from_json(entry.meta.facts)
+    meta = entry.meta.model_copy(
+        update={"decision": _decision_json(decision), "fhir_version": fhir_version}
+    )
+    if decision.outcome is not Outcome.STORE:
+        log.warning("entry %s: the rules no longer store it; held", entry.id)
+        return outbox.transition(entry, "held", meta=meta, files={})
+    mapped = get_version(fhir_version).map_submission(
+        ctx, consent, facts, decision, submission_id=entry.id
+    )
+    # the bundle first: a crash before entry.json is written leaves an entry that is mapped
+    # again on the next attempt, never one whose bundle and version disagree the other way
+    files = {"bundle.json": json.dumps(mapped.bundle_json(), indent=2).encode()}
+    return outbox.rewrite(entry, meta=meta, files=files)
+
+
 def recheck(
     outbox: Outbox,
     entry_id: str,

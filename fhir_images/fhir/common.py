@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from .._inputs import reference_parts
+from .views import Labels
 
 
 def iso(dt: datetime) -> str:
@@ -62,3 +63,29 @@ def created(response: dict[str, Any], resource_type: str) -> list[str]:
         if ref.startswith(f"{resource_type}/"):
             out.append(ref)
     return out
+
+
+# ------------------------------------------------------------ reading any version's JSON
+
+
+def ref_of(value: Any) -> str | None:
+    if isinstance(value, dict) and isinstance(value.get("reference"), str):
+        return str(value["reference"])
+    return None
+
+
+def labels_of(resource: dict[str, Any]) -> Labels:
+    meta = resource.get("meta")
+    return Labels.of(meta.get("security", []) if isinstance(meta, dict) else [])
+
+
+def version_of(resource: dict[str, Any]) -> str | None:
+    meta = resource.get("meta")
+    version = meta.get("versionId") if isinstance(meta, dict) else None
+    return str(version) if version is not None else None
+
+
+def codings(concept: Any) -> list[dict[str, Any]]:
+    if not isinstance(concept, dict):
+        return []
+    return [x for x in concept.get("coding", []) if isinstance(x, dict)]

@@ -68,6 +68,8 @@ class FhirVersion(Protocol):
     @property
     def name(self) -> str: ...
     @property
+    def release(self) -> str: ...
+    @property
     def image_type(self) -> str: ...
 
     def map_submission(self, *args: Any, **kwargs: Any) -> Any: ...
@@ -180,7 +182,7 @@ class FhirVersion(Protocol):
 _VERSIONS: dict[str, FhirVersion] = {}
 
 #: The versions that come with fhir-images: each module registers itself when imported.
-_BUILT_IN = ("fhir_images.fhir.r4",)
+_BUILT_IN = ("fhir_images.fhir.r4", "fhir_images.fhir.r5")
 
 
 def _built_ins() -> dict[str, FhirVersion]:
@@ -197,7 +199,7 @@ def register_version(fhir_version: str, version: FhirVersion) -> None:
 
 def get_version(fhir_version: str) -> FhirVersion:
     """The module for a server's fhirVersion; IncompatibleServer when there is none."""
-    for prefix, version in _built_ins().items():
+    for prefix, version in list(_built_ins().items()):
         if fhir_version.startswith(prefix + ".") or fhir_version == prefix:
             return version
     raise IncompatibleServer(

@@ -68,14 +68,15 @@ def test_capability_check_accepts_r4_and_a_forced_profile_skips_the_probe(client
 @pytest.mark.parametrize(
     "cs, message",
     [
-        (capability(version="5.0.0"), "FHIR 5.0.0"),
+        (capability(version="5.0.0"), "DocumentReference"),  # R5 has no Media
+        (capability(version="4.3.0"), "FHIR 4.3.0"),
         (capability(version="3.0.2"), "FHIR 3.0.2"),
         (capability(types=["Patient", "Binary", "Provenance"]), "Consent, Media"),
         (capability(transaction=False), "transaction"),
         ({"resourceType": "Patient"}, "CapabilityStatement"),
     ],
 )
-def test_capability_check_refuses_what_is_not_r4(client, cs, message):
+def test_capability_check_refuses_what_it_cannot_use(client, cs, message):
     responses.get(f"{BASE}/metadata", json=cs)
     with pytest.raises(IncompatibleServer, match=message):
         client.capabilities()

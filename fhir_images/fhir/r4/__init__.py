@@ -18,6 +18,7 @@ class _R4:
     """The R4 implementation of :class:`fhir_images.fhir.version.FhirVersion`."""
 
     name = "R4"
+    release = "4.0"  # the prefix of the fhirVersion it serves
     image_type = "Media"
 
     image = staticmethod(read.image)

@@ -7,13 +7,16 @@ from typing import Any
 
 from ... import _codes as c
 from ..._context import ImageKind
+from ..common import codings as _codings
+from ..common import labels_of as _labels
 from ..common import parse_instant
+from ..common import ref_of as _ref
+from ..common import version_of as _version
 from ..views import (
     ApprovalView,
     BinaryView,
     ConsentView,
     ImageView,
-    Labels,
     PatientView,
     TaskView,
 )
@@ -35,29 +38,6 @@ def _date(value: Any) -> date | None:
         return date.fromisoformat(value[:10])
     except ValueError:
         return None
-
-
-def _ref(value: Any) -> str | None:
-    if isinstance(value, dict) and isinstance(value.get("reference"), str):
-        return str(value["reference"])
-    return None
-
-
-def _labels(resource: dict[str, Any]) -> Labels:
-    meta = resource.get("meta")
-    return Labels.of(meta.get("security", []) if isinstance(meta, dict) else [])
-
-
-def _version(resource: dict[str, Any]) -> str | None:
-    meta = resource.get("meta")
-    version = meta.get("versionId") if isinstance(meta, dict) else None
-    return str(version) if version is not None else None
-
-
-def _codings(concept: Any) -> list[dict[str, Any]]:
-    if not isinstance(concept, dict):
-        return []
-    return [x for x in concept.get("coding", []) if isinstance(x, dict)]
 
 
 def image_kind(media: dict[str, Any]) -> ImageKind:

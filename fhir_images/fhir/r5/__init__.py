@@ -1,0 +1,98 @@
+"""FHIR R5 (5.0.0): images as DocumentReference, with R5 Consent and Provenance.
+
+What differs from R4 is here and only here: the mapping of a new image (:mod:`.mapping`), the
+reading of images and Consents (:mod:`.read`), consent changes (:mod:`.records`) and the
+searches. Binaries, Patients and Tasks read as in R4. :data:`R5` is the version object.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import version as _version
+from ..r4 import read as r4_read
+from . import mapping, read, records
+from .submission import Submission
+
+
+class _R5:
+    """The R5 implementation of :class:`fhir_images.fhir.version.FhirVersion`."""
+
+    name = "R5"
+    release = "5.0"  # the prefix of the fhirVersion it serves
+    image_type = "DocumentReference"
+
+    image = staticmethod(read.image)
+    binary = staticmethod(r4_read.binary)
+    consent = staticmethod(read.consent)
+    patient = staticmethod(r4_read.patient)
+    task = staticmethod(r4_read.task)
+
+    @staticmethod
+    def approval(resource: dict[str, Any]) -> None:
+        return None  # approvals are not yet recorded on R5: none is ever found
+
+    map_submission = staticmethod(mapping.map_submission)
+
+    @staticmethod
+    def submission(bundle: dict[str, Any]) -> Submission:
+        return Submission(bundle)
+
+    @staticmethod
+    def images_of_patient(patient: str) -> tuple[str, dict[str, str]]:
+        return "DocumentReference", {"subject": patient, "_count": "100", "_sort": "-date"}
+
+    @staticmethod
+    def image_by_hash(sha256: str, patient: str) -> tuple[str, dict[str, str]]:
+        from ... import _codes as c
+
+        return "DocumentReference", {
+            "identifier": f"{c.SID_SHA256}|{sha256}",
+            "subject": patient,
+            "_count": "1",
+        }
+
+    @staticmethod
+    def consents_of_image(image: str) -> tuple[str, dict[str, str]]:
+        return "Consent", {"data": image, "_count": "100"}
+
+    @staticmethod
+    def provenances_of(target: str) -> tuple[str, dict[str, str]]:
+        return "Provenance", {"target": target, "_count": "100"}
+
+    @staticmethod
+    def tasks_about(image: str) -> tuple[str, dict[str, str]]:
+        return "Task", {"focus": image, "_count": "100"}
+
+    @staticmethod
+    def approvals(
+        *, image: str | None, patient: str | None, status: str
+    ) -> tuple[str, dict[str, str]]:
+        records.not_yet("approval of a disclosure")()
+
+    disclosure_audit = staticmethod(records.not_yet("disclosure"))
+    destruction_audit = staticmethod(records.not_yet("destruction"))
+    anonymisation_audit = staticmethod(records.not_yet("an anonymised copy"))
+    audit_failed = staticmethod(records.not_yet("an audit of a failure"))
+    anonymised_copy = staticmethod(records.not_yet("an anonymised copy"))
+    approval_task = staticmethod(records.not_yet("approval of a disclosure"))
+    approved = staticmethod(records.not_yet("approval of a disclosure"))
+    refused = staticmethod(records.not_yet("approval of a disclosure"))
+    used = staticmethod(records.not_yet("approval of a disclosure"))
+    review_task = staticmethod(records.not_yet("the server hook"))
+    completed = staticmethod(records.not_yet("the server hook"))
+    subscription = staticmethod(records.not_yet("the server hook"))
+    subscription_topic = staticmethod(records.not_yet("the server hook"))
+    topic_url_of = staticmethod(records.not_yet("the server hook"))
+    notification_focus = staticmethod(records.not_yet("the server hook"))
+    notification_type = staticmethod(records.not_yet("the server hook"))
+    consent_change_provenance = staticmethod(records.consent_change_provenance)
+    withdrawn = staticmethod(records.withdrawn)
+    superseded = staticmethod(records.superseded)
+    narrowed = staticmethod(records.narrowed)
+
+
+R5 = _R5()
+_version.register_version("5.0", R5)
+
+__all__ = ["R5", "Submission"]

@@ -1,0 +1,184 @@
+"""FHIR R5: the same record as R4 in R5's shapes (DocumentReference, R5 Consent), read back
+into the same views, and R4 entries mapped again for an R5 server."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from fhir.resources.bundle import Bundle
+
+from fhir_images import Outbox, decide, ingest, synthetic
+from fhir_images import _codes as c
+from fhir_images._ingest import remap
+from fhir_images._intake import intake
+from fhir_images.fhir.r4.mapping import map_submission as map_r4
+from fhir_images.fhir.r5 import R5
+from fhir_images.fhir.r5.mapping import map_submission as map_r5
+from fhir_images.fhir.version import get_version
+
+from ..factories import child_context, make_consent, make_context, parent_consent
+
+
+def _mapped(ctx, consent, workdir, mapper=map_r5):
+    facts = intake(synthetic.jpeg(gps=True), workdir=workdir).facts
+    return mapper(ctx, consent, facts, decide(ctx, consent)), facts
+
+
+def _entries(mapped):
+    return {e["resource"]["resourceType"]: e for e in mapped.bundle_json()["entry"]}
+
+
+def _stored(entry, rid):
+    """The resource as a server would return it: an id, the placeholders resolved."""
+    return {**entry["resource"], "id": rid}
+
+
+def test_the_version_comes_from_the_servers_fhir_version():
+    assert get_version("5.0.0") is R5 and R5.image_type == "DocumentReference"
+    assert get_version("4.0.1").image_type == "Media"
+
+
+def test_an_r5_bundle_is_a_valid_transaction_with_the_same_keys_as_r4(workdir):
+    ctx, consent = make_context(), make_consent()
+    r5, facts = _mapped(ctx, consent, workdir)
+    r4, _ = _mapped(ctx, consent, workdir, map_r4)
+    Bundle.model_validate(r5.bundle_json())
+    entries = _entries(r5)
+    assert set(entries) == {"Encounter", "Binary", "DocumentReference", "Consent", "Provenance"}
+    assert r5.image_key == r4.image_key and r5.consent_key == r4.consent_key
+    assert entries["Binary"]["request"] == _entries(r4)["Binary"]["request"]
+    doc_req = entries["DocumentReference"]["request"]["ifNoneExist"]
+    assert f"{c.SID_SHA256}|{facts.sha256_hex}" in doc_req and "subject=Patient/p1" in doc_req
+
+
+def test_the_image_carries_its_labels_twice_and_its_bytes_name_it(workdir):
+    mapped, facts = _mapped(child_context(intimate=True), parent_consent(), workdir)
+    entries = _entries(mapped)
+    doc, binary = entries["DocumentReference"], entries["Binary"]
+    security = doc["resource"]["meta"]["security"]
+    assert binary["resource"]["meta"]["security"] == security
+    assert binary["resource"]["securityContext"] == {"reference": doc["fullUrl"]}
+    [label] = doc["resource"]["securityLabel"]
+    conf = [s for s in security if s["system"] == c.V3_CONFIDENTIALITY]
+    assert label["coding"] == conf and conf[0]["code"] == "V"
+    attachment = doc["resource"]["content"][0]["attachment"]
+    assert attachment["url"] == f"Binary/{binary['resource']['id']}"
+    assert attachment["width"] == facts.width and attachment["height"] == facts.height
+    assert attachment["hash"] == facts.sha1_b64
+
+
+def test_the_image_reads_back_into_the_same_view_as_r4(workdir):
+    ctx = make_context(body_site={"code": "14975008", "display": "Forearm"})
+    r5, facts = _mapped(ctx, make_consent(), workdir)
+    r4, _ = _mapped(ctx, make_consent(), workdir, map_r4)
+    v5 = R5.image(_stored(_entries(r5)["DocumentReference"], "d1"))
+    v4 = get_version("4.0").image(_stored(_entries(r4)["Media"], "m1"))
+    assert v5.ref == "DocumentReference/d1"
+    for field in ("labels", "subject", "content_url", "content_type", "content_hash",
+                  "content_size", "kind", "purpose", "operator", "sha256", "created"):  # fmt: skip
+        assert getattr(v5, field) == getattr(v4, field), field
+    assert v5.content_size == facts.size
+
+
+def test_the_consent_permits_what_was_permitted_and_nothing_else(workdir):
+    consent = make_consent(permissions={"view": True, "store": True, "second_opinion": True})
+    mapped, _ = _mapped(make_context(), consent, workdir)
+    raw = _stored(_entries(mapped)["Consent"], "c1")
+    # the placeholder a server would resolve
+    for p in raw["provision"]:
+        p["data"][0]["reference"]["reference"] = "DocumentReference/d1"
+    view = R5.consent(raw)
+    assert raw["decision"] == "deny" and view.base_rule == "deny"
+    assert view.images == ("DocumentReference/d1",)
+    assert view.provision_for(c.TREAT).kind == "permit"
+    assert view.provision_for(c.COC).kind == "permit"
+    assert view.provision_for(c.TRAIN).kind == "deny"
+    assert view.provision_for(c.HRESCH).kind == "deny"
+    assert view.date_time == consent.date.astimezone(UTC)
+    assert view.performers == ("Patient/p1",)
+
+
+def test_consent_changes_in_r5(workdir):
+    consent = make_consent(
+        permissions={"view": True, "store": True, "second_opinion": True, "teaching": True}
+    )
+    mapped, _ = _mapped(make_context(), consent, workdir)
+    view = R5.consent(_stored(_entries(mapped)["Consent"], "c1"))
+    narrowed = R5.narrowed(view, [c.COC, c.TRAIN])
+    assert narrowed is not None
+    again = R5.consent(narrowed)
+    assert again.provision_for(c.COC).kind == "deny"
+    assert again.provision_for(c.TRAIN).kind == "deny"
+    assert again.provision_for(c.TREAT).kind == "permit"
+    assert R5.narrowed(again, [c.COC]) is None, "nothing left to narrow"
+    at = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+    gone = R5.consent(R5.withdrawn(view, at))
+    assert gone.status == "inactive" and gone.ended == at
+    assert R5.superseded(view)["status"] == "inactive"
+
+
+def test_narrowing_a_permit_based_consent_adds_a_deny():
+    raw = {"resourceType": "Consent", "id": "c2", "status": "active", "decision": "permit"}
+    view = R5.consent(raw)
+    assert view.provision_for(c.COC).kind == "permit"
+    narrowed = R5.consent(R5.narrowed(view, [c.COC]))
+    assert narrowed.provision_for(c.COC).kind == "deny"
+    assert narrowed.provision_for(c.TREAT).kind == "permit"
+
+
+def test_a_consent_without_a_decision_denies():
+    view = R5.consent({"resourceType": "Consent", "id": "c3", "status": "active"})
+    assert view.provision_for(c.TREAT).kind == "deny"
+
+
+def test_the_submission_points_a_reused_binary_and_dates_the_consent(workdir):
+    mapped, _ = _mapped(make_context(), make_consent(), workdir)
+    sub = R5.submission(mapped.bundle_json())
+    sub.reuse_binary("Binary/other")
+    kinds = [e["resource"]["resourceType"] for e in sub.json()["entry"]]
+    assert "Binary" not in kinds
+    doc = next(
+        e for e in sub.json()["entry"] if e["resource"]["resourceType"] == "DocumentReference"
+    )
+    assert doc["resource"]["content"][0]["attachment"]["url"] == "Binary/other"
+    assert sub.consent_date == make_consent().date.astimezone(UTC)
+
+
+def test_what_r5_does_not_yet_write_is_refused_not_half_done():
+    from fhir_images import ActionRefused
+
+    with pytest.raises(ActionRefused, match="not yet available on FHIR R5"):
+        R5.disclosure_audit()
+    with pytest.raises(ActionRefused, match="not yet available on FHIR R5"):
+        R5.approvals(image=None, patient=None, status="requested")
+
+
+def test_an_r4_entry_is_mapped_again_for_r5(tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    result = ingest(synthetic.jpeg(seed=5), make_context(), make_consent(), outbox=outbox)
+    entry = result.entry
+    assert entry is not None and entry.meta.fhir_version == "4.0"
+    again = remap(outbox, entry, "5.0")
+    assert again.state == "ready" and again.meta.fhir_version == "5.0"
+    bundle = json.loads((again.path / "bundle.json").read_text())
+    kinds = {e["resource"]["resourceType"] for e in bundle["entry"]}
+    assert "DocumentReference" in kinds and "Media" not in kinds
+    tags = {t["code"] for e in bundle["entry"] for t in e["resource"]["meta"].get("tag", [])}
+    assert entry.id in tags, "the same submission"
+    assert outbox.get(entry.id).meta.fhir_version == "5.0"
+
+
+def test_an_entry_the_rules_no_longer_store_is_held_not_sent(tmp_path):
+    outbox = Outbox(tmp_path / "outbox")
+    result = ingest(synthetic.jpeg(seed=6), make_context(), make_consent(), outbox=outbox)
+    entry = result.entry
+    assert entry is not None
+    # the consent on file changed since (as if edited): storage no longer permitted
+    consent = json.loads((entry.path / "consent.json").read_text())
+    consent["permissions"]["store"] = False
+    (entry.path / "consent.json").write_text(json.dumps(consent))
+    again = remap(outbox, entry, "5.0")
+    assert again.state == "held"
+    assert outbox.get(entry.id).state == "held"
