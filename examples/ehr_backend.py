@@ -218,7 +218,7 @@ def _check(
     [first] = opinion.decisions
     assert first.media == delivered.media and first.verdict is Verdict.RELEASE, first
     kinds = {e["resource"]["resourceType"] for e in release.get("entry", [])}
-    assert {"Media", "Binary"} <= kinds, kinds
+    assert {(delivered.media or "").split("/")[0], "Binary"} <= kinds, kinds
     assert delivered.media in change.images and change.provenance, change
     [second] = after.decisions
     assert second.verdict is Verdict.WITHHOLD, second

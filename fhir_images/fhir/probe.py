@@ -39,7 +39,13 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .._exceptions import IncompatibleServer, RateLimited, ServerError, ServerUnavailable
+from .._exceptions import (
+    ActionRefused,
+    IncompatibleServer,
+    RateLimited,
+    ServerError,
+    ServerUnavailable,
+)
 from .servers import (
     BinaryRead,
     BinaryWrite,
@@ -706,6 +712,9 @@ def _subscriptions(run: _Run, wait: float) -> list[str]:
                 refs = style.install(run.client, endpoint, header, ("Basic",), narrow=narrow)
             except ServerError as exc:
                 run.notes.append(f"{style.name} subscription: {type(exc).__name__}")
+                continue
+            except ActionRefused as exc:  # this FHIR version cannot write that subscription
+                run.notes.append(f"{style.name} subscription: {exc}")
                 continue
             run.created += refs
             subs = [r for r in refs if r.startswith("Subscription/")]

@@ -28,9 +28,7 @@ class _R5:
     patient = staticmethod(r4_read.patient)
     task = staticmethod(r4_read.task)
 
-    @staticmethod
-    def approval(resource: dict[str, Any]) -> None:
-        return None  # approvals are not yet recorded on R5: none is ever found
+    approval = staticmethod(read.approval)
 
     map_submission = staticmethod(mapping.map_submission)
 
@@ -68,19 +66,25 @@ class _R5:
     def approvals(
         *, image: str | None, patient: str | None, status: str
     ) -> tuple[str, dict[str, str]]:
-        records.not_yet("approval of a disclosure")()
+        code = records.APPROVAL_CODE
+        params = {"code": f"{code['system']}|{code['code']}", "status": status, "_count": "100"}
+        if image:
+            params["focus"] = image
+        if patient:
+            params["subject"] = patient
+        return "Task", params
 
-    disclosure_audit = staticmethod(records.not_yet("disclosure"))
-    destruction_audit = staticmethod(records.not_yet("destruction"))
-    anonymisation_audit = staticmethod(records.not_yet("an anonymised copy"))
-    audit_failed = staticmethod(records.not_yet("an audit of a failure"))
-    anonymised_copy = staticmethod(records.not_yet("an anonymised copy"))
-    approval_task = staticmethod(records.not_yet("approval of a disclosure"))
-    approved = staticmethod(records.not_yet("approval of a disclosure"))
-    refused = staticmethod(records.not_yet("approval of a disclosure"))
-    used = staticmethod(records.not_yet("approval of a disclosure"))
-    review_task = staticmethod(records.not_yet("the server hook"))
-    completed = staticmethod(records.not_yet("the server hook"))
+    disclosure_audit = staticmethod(records.disclosure_audit)
+    destruction_audit = staticmethod(records.destruction_audit)
+    anonymisation_audit = staticmethod(records.anonymisation_audit)
+    audit_failed = staticmethod(records.audit_failed)
+    anonymised_copy = staticmethod(records.anonymised_copy)
+    approval_task = staticmethod(records.approval_task)
+    approved = staticmethod(records.approved)
+    refused = staticmethod(records.refused)
+    used = staticmethod(records.used)
+    review_task = staticmethod(records.review_task)
+    completed = staticmethod(records.completed)
     subscription = staticmethod(records.not_yet("the server hook"))
     subscription_topic = staticmethod(records.not_yet("the server hook"))
     topic_url_of = staticmethod(records.not_yet("the server hook"))

@@ -1,16 +1,19 @@
-"""What fhir-images writes on an R5 server after the image: consent changes and the
+"""What fhir-images writes on an R5 server after the image: AuditEvents (IHE BALP's events in
+R5's shape), Tasks (approvals, reviews), the anonymised copy, consent changes and the
 Provenance that records each. Every builder is checked against the R5 model of its resource.
 
-Disclosure audits, approvals (Tasks), review Tasks and subscriptions are not yet written in
-R5 shapes: they raise :class:`~fhir_images.ActionRefused`, naming what is not available, before
-anything is read or written."""
+R4 -> R5 for AuditEvent, as the R5 mapping gives it: ``type`` -> ``category``, ``subtype`` ->
+``code``, ``purposeOfEvent`` -> ``authorization``, ``outcome`` -> ``outcome.code`` (with
+``outcomeDesc`` -> ``outcome.detail``), ``source.type`` Codings -> CodeableConcepts, entity
+``role`` Coding -> CodeableConcept, and an entity's ``type``/``description`` (gone in R5) ->
+``detail``. Tasks: ``reasonCode`` -> ``reason`` (CodeableReference)."""
 
 from __future__ import annotations
 
 import copy
 import functools
 from collections.abc import Callable, Iterable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, NoReturn, ParamSpec, TypeVar
 
 from fhir.resources import get_fhir_model_class
@@ -19,9 +22,15 @@ from ... import _codes as c
 from ..._codes import Confidentiality
 from ..._exceptions import ActionRefused
 from ..common import iso, who
-from ..views import ConsentView
+from ..views import ConsentView, ImageView, Labels, TaskView
 
 SOURCE_NAME = "fhir-images"
+APPROVAL_CODE = {
+    "system": c.LOCAL_TASK,
+    "code": "approve-disclosure",
+    "display": "Approve the disclosure of an image",
+}
+_OUTCOME = "http://terminology.hl7.org/CodeSystem/audit-event-outcome"
 
 P = ParamSpec("P")
 R = TypeVar("R", bound=dict[str, Any] | None)
@@ -45,6 +54,385 @@ def not_yet(what: str) -> Callable[..., NoReturn]:
         raise ActionRefused(f"{what} is not yet available on FHIR R5 servers")
 
     return refuse
+
+
+def _now(at: datetime | None) -> str:
+    return iso(at or datetime.now(UTC))
+
+
+def _conf(level: Confidentiality) -> dict[str, str]:
+    return c.conf(level).as_coding()
+
+
+def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
+    coding = {"system": system, "code": code, **({"display": display} if display else {})}
+    return {"coding": [coding]}
+
+
+def _detail(text: str) -> dict[str, Any]:
+    return {"type": {"text": "description"}, "valueString": text}
+
+
+_PATIENT_ROLE = {"role": _concept(c.OBJECT_ROLE, "1", "Patient")}
+_IMAGE_ROLE = {"role": _concept(c.OBJECT_ROLE, "4", "Domain Resource")}
+_SOURCE_AGENT = {
+    "type": _concept(c.DICOM, "110153", "Source Role ID"),
+    "who": {"display": SOURCE_NAME},
+    "requestor": False,
+}
+_SOURCE = {
+    "observer": {"display": SOURCE_NAME},
+    "type": [
+        _concept(
+            "http://terminology.hl7.org/CodeSystem/security-source-type", "4", "Application Server"
+        )
+    ],
+}
+_EXPORT = _concept(*c.DCM_EXPORT)
+
+
+def _success() -> dict[str, Any]:
+    return {"code": {"system": _OUTCOME, "code": "0", "display": "Success"}}
+
+
+# ------------------------------------------------------------------------------ AuditEvents
+
+
+@checked
+def disclosure_audit(
+    image: ImageView,
+    labels: Labels,
+    confidentiality: Confidentiality,
+    *,
+    purpose: str,
+    requester: str,
+    receiver: str,
+    patient: str,
+    approver: str | None = None,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """An AuditEvent for one released image (IHE BALP's disclosure at the source, in R5)."""
+    agents: list[dict[str, Any]] = [
+        dict(_SOURCE_AGENT),
+        {
+            "type": _concept(c.DICOM, "110152", "Destination Role ID"),
+            "who": who(receiver),
+            "requestor": False,
+        },
+        {"who": who(requester), "requestor": True},
+    ]
+    if approver is not None:
+        agents.append(
+            {"type": _concept(*c.BALP_AUTHORIZER), "who": who(approver), "requestor": False}
+        )
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(confidentiality)]},
+        "category": [_EXPORT],
+        "code": _concept(c.ISO_LIFECYCLE, "disclose", "Disclose Record Lifecycle Event"),
+        "action": "R",
+        "recorded": _now(now),
+        "outcome": _success(),
+        "authorization": [_concept(c.V3_ACT_REASON, purpose)],
+        "patient": {"reference": patient},
+        "agent": agents,
+        "source": _SOURCE,
+        "entity": [
+            {"what": {"reference": patient}, **_PATIENT_ROLE},
+            {
+                "what": {"reference": image.ref},
+                **_IMAGE_ROLE,
+                "securityLabel": [{"coding": [x]} for x in labels.codings()],
+            },
+        ],
+    }
+
+
+@checked
+def destruction_audit(
+    image: ImageView,
+    *,
+    by: str,
+    reason: str,
+    retention: str,
+    destroyed_with: list[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent for destroying an image (G13); the image is named by identifier."""
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(image.labels.confidentiality)]},
+        "category": [
+            _concept("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "Restful")
+        ],
+        "code": {
+            "coding": [
+                {"system": "http://hl7.org/fhir/restful-interaction", "code": "delete"},
+                {
+                    "system": c.ISO_LIFECYCLE,
+                    "code": "destroy",
+                    "display": "Destroy/Delete Record Lifecycle Event",
+                },
+            ]
+        },
+        "action": "D",
+        "recorded": _now(now),
+        "outcome": _success(),
+        "authorization": [
+            {**_concept(c.V3_ACT_REASON, c.RECORDMGT, "records management"), "text": reason}
+        ],
+        "agent": [{"who": who(by), "requestor": True}],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": [
+            {
+                "what": {
+                    "identifier": {"system": c.SID_SHA256, "value": image.sha256},
+                    "display": f"{image.ref} (destroyed)",
+                },
+                "detail": [
+                    _detail(
+                        f"Destroyed with {', '.join(destroyed_with) or 'nothing else'}. "
+                        f"Reason: {reason}. Retention: {retention}."
+                    )
+                ],
+            },
+        ],
+    }
+    if image.subject:
+        event["patient"] = {"reference": image.subject}
+        event["entity"].insert(0, {"what": {"reference": image.subject}, **_PATIENT_ROLE})
+    return event
+
+
+@checked
+def anonymisation_audit(
+    image: ImageView,
+    confidentiality: Confidentiality,
+    *,
+    purpose: str,
+    by: str,
+    copy_sha256: str,
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    """The AuditEvent of an anonymised copy made for a secondary use (ISO 21089 de-identify)."""
+    entities: list[dict[str, Any]] = []
+    if image.subject:
+        entities.append({"what": {"reference": image.subject}, **_PATIENT_ROLE})
+    entities += [
+        {"what": {"reference": image.ref}, **_IMAGE_ROLE},
+        {
+            "what": {"identifier": {"system": c.SID_SHA256, "value": copy_sha256}},
+            "detail": [_detail("the anonymised copy")],
+        },
+    ]
+    return {
+        "resourceType": "AuditEvent",
+        "meta": {"security": [_conf(confidentiality)]},
+        "category": [_EXPORT],
+        "code": _concept(
+            c.ISO_LIFECYCLE, "deidentify", "De-Identify (Anononymize) Record Lifecycle Event"
+        ),
+        "action": "E",
+        "recorded": _now(now),
+        "outcome": _success(),
+        "authorization": [_concept(c.V3_ACT_REASON, purpose)],
+        "agent": [dict(_SOURCE_AGENT), {"who": who(by), "requestor": True}],
+        "source": {"observer": {"display": SOURCE_NAME}},
+        "entity": entities,
+    }
+
+
+@checked
+def audit_failed(
+    audit: dict[str, Any], description: str, now: datetime | None = None
+) -> dict[str, Any]:
+    """A second AuditEvent saying the act ``audit`` recorded did not complete (serious
+    failure), for an audit trail that could not share a transaction with the act."""
+    failed = copy.deepcopy(audit)
+    failed.pop("id", None)
+    failed["recorded"] = _now(now)
+    failed["outcome"] = {
+        "code": {"system": _OUTCOME, "code": "8", "display": "Serious failure"},
+        "detail": [{"text": description}],
+    }
+    return failed
+
+
+@checked
+def anonymised_copy(
+    image: ImageView, *, purpose: str, file_name: str, size: int, sha1_b64: str
+) -> dict[str, Any]:
+    """The DocumentReference of an anonymised copy: no subject, identifiers, dates or free
+    text, labelled for human review (the picture itself may still identify the patient)."""
+    copy_: dict[str, Any] = {
+        "resourceType": "DocumentReference",
+        "meta": {
+            "security": [
+                {"system": c.V3_CONFIDENTIALITY, "code": "L"},
+                c.ANONYED.as_coding(),
+                c.NORELINK.as_coding(),
+                c.HUAPRV.as_coding(),
+            ]
+        },
+        "status": "current",
+        "description": f"Anonymised copy for {purpose}: metadata, identifiers, dates and free "
+        "text removed. The picture itself may still identify the patient; review it before use.",
+        "securityLabel": [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "L"}]}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "image/png",
+                    "url": file_name,
+                    "size": str(size),
+                    "hash": sha1_b64,
+                    "title": f"Anonymised copy for {purpose}",
+                }
+            }
+        ],
+    }
+    for key in ("modality", "category"):
+        concepts = image.raw.get(key)
+        if isinstance(concepts, list):
+            copy_[key] = [
+                {
+                    "coding": [
+                        {k: v for k, v in cd.items() if k in ("system", "code")}
+                        for cd in (cc.get("coding") or [])
+                        if isinstance(cd, dict)
+                    ]
+                }
+                for cc in concepts
+                if isinstance(cc, dict)
+            ]
+    sites = image.raw.get("bodySite")
+    if isinstance(sites, list):
+        copy_["bodySite"] = [
+            {
+                "concept": {
+                    "coding": [
+                        {k: v for k, v in cd.items() if k in ("system", "code")}
+                        for cd in ((s.get("concept") or {}).get("coding") or [])
+                        if isinstance(cd, dict)
+                    ]
+                }
+            }
+            for s in sites
+            if isinstance(s, dict)
+        ]
+    return copy_
+
+
+# -------------------------------------------------------------------------------- approvals
+
+
+@checked
+def approval_task(
+    image_ref: str,
+    confidentiality: Confidentiality,
+    *,
+    key: str,
+    patient: str,
+    purpose: str,
+    requester: str,
+    receiver: str,
+    reasons: Iterable[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    return {
+        "resourceType": "Task",
+        "meta": {"security": [_conf(confidentiality)]},
+        "identifier": [{"system": c.SID_APPROVAL, "value": key}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"coding": [APPROVAL_CODE]},
+        "description": "A disclosure of an image needs a clinician's approval: "
+        + "; ".join(reasons),
+        "focus": {"reference": image_ref},
+        "for": {"reference": patient},
+        "authoredOn": _now(now),
+        "requester": {"reference": requester},
+        "reason": [{"concept": _concept(c.V3_ACT_REASON, purpose)}],
+        "restriction": {"recipient": [{"reference": receiver}]},
+    }
+
+
+@checked
+def approved(task: TaskView, *, by: str, valid_days: int, at: datetime) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "accepted"
+    raw["owner"] = {"reference": by}
+    raw["lastModified"] = iso(at)
+    raw["executionPeriod"] = {"start": iso(at)}
+    raw.setdefault("restriction", {})["period"] = {
+        "start": iso(at),
+        "end": iso(at + timedelta(days=valid_days)),
+    }
+    return raw
+
+
+@checked
+def refused(task: TaskView, *, by: str, reason: str, at: datetime) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "rejected"
+    raw["owner"] = {"reference": by}
+    raw["statusReason"] = {"concept": {"text": reason}}
+    raw["lastModified"] = iso(at)
+    return raw
+
+
+@checked
+def used(task: TaskView, audit_url: str) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "completed"
+    raw["output"] = [
+        {
+            "type": {"text": "the release that used this approval"},
+            "valueReference": {"reference": audit_url},
+        }
+    ]
+    return raw
+
+
+def is_approval(task: dict[str, Any]) -> bool:
+    return any(
+        cd.get("system") == APPROVAL_CODE["system"] and cd.get("code") == APPROVAL_CODE["code"]
+        for cd in (task.get("code") or {}).get("coding", [])
+    )
+
+
+# ------------------------------------------------------------------------------ the hook
+
+
+@checked
+def review_task(
+    image: ImageView, confidentiality: Confidentiality, description: str, now: datetime | None
+) -> dict[str, Any]:
+    task: dict[str, Any] = {
+        "resourceType": "Task",
+        "meta": {"security": [_conf(confidentiality)]},
+        "identifier": [{"system": c.SID_HOOK_TASK, "value": image.ref}],
+        "status": "requested",
+        "intent": "order",
+        "priority": "urgent",
+        "code": {"text": "Review an image's consent and purpose"},
+        "description": description,
+        "focus": {"reference": image.ref},
+        "authoredOn": _now(now),
+    }
+    if image.subject:
+        task["for"] = {"reference": image.subject}
+    return task
+
+
+@checked
+def completed(task: TaskView) -> dict[str, Any]:
+    raw = copy.deepcopy(task.raw)
+    raw["status"] = "completed"
+    return raw
+
+
+# ------------------------------------------------------------------------- consent changes
 
 
 @checked
