@@ -12,6 +12,7 @@ really differ, the test asks the report, not the server's name.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from collections.abc import Callable, Iterator
@@ -23,6 +24,9 @@ import requests
 
 from fhir_images import FhirClient, Outbox
 from fhir_images.fhir.probe import ServerReport
+from fhir_images.fhir.version import FhirVersion, get_version
+
+SEED = Path(__file__).resolve().parents[1] / "examples" / "fhir" / "seed-bundle.json"
 
 # one probe per server for the whole run, subprocesses included
 os.environ.setdefault("FHIR_IMAGES_CACHE_DIR", tempfile.mkdtemp(prefix="fhir-images-probes-"))
@@ -101,6 +105,31 @@ def server_report(fhir_base_url: str) -> ServerReport:
     """What the probe found this server does (the source of server-specific expectations)."""
     cache = Path(os.environ["FHIR_IMAGES_CACHE_DIR"])
     return FhirClient(fhir_base_url, cache_dir=cache).report()
+
+
+@pytest.fixture(scope="session")
+def fhir_version(server_report: ServerReport) -> FhirVersion:
+    """The FHIR version module the server's CapabilityStatement selects (R4 or R5)."""
+    return get_version(server_report.fhir_version)
+
+
+@pytest.fixture(scope="session")
+def image_type(fhir_version: FhirVersion) -> str:
+    """Media (R4) or DocumentReference (R5)."""
+    return fhir_version.image_type
+
+
+def seed_bundle(version: FhirVersion) -> dict[str, Any]:
+    """The example people and encounter as a transaction, in the server's FHIR version (an
+    Encounter's class and status changed shape in R5)."""
+    bundle: dict[str, Any] = json.loads(SEED.read_text())
+    if version.name == "R5":
+        for entry in bundle["entry"]:
+            resource = entry["resource"]
+            if resource["resourceType"] == "Encounter":
+                resource["class"] = [{"coding": [resource["class"]]}]
+                resource["status"] = "completed"
+    return bundle
 
 
 @pytest.fixture(scope="session")

@@ -17,6 +17,7 @@ from fhir_images import _codes as c
 from fhir_images.cli import main
 from fhir_images.fhir import apply_labels
 
+from ..conftest import seed_bundle
 from ..factories import child_context, make_consent, make_context, parent_consent
 
 pytestmark = pytest.mark.integration
@@ -26,10 +27,9 @@ CONF = c.V3_CONFIDENTIALITY
 
 
 @pytest.fixture(scope="module")
-def client(connect: Callable[..., FhirClient]) -> FhirClient:
+def client(connect: Callable[..., FhirClient], fhir_version) -> FhirClient:
     client = connect()
-    seed = json.loads((EXAMPLES / "fhir" / "seed-bundle.json").read_text())
-    client.transaction(seed)
+    client.transaction(seed_bundle(fhir_version))
     return client
 
 
@@ -99,7 +99,7 @@ def test_each_stored_example_is_delivered_and_reads_back(client, case, tmp_path)
     got = {(s["system"], s["code"]) for s in media["meta"]["security"]}
     assert want <= got
     assert [s for s in got if s[0] == CONF] == [s for s in want if s[0] == CONF]
-    assert media["content"]["url"] == delivered["binary"]
+    assert client.version.image(media).content_url == delivered["binary"]
     binary = client.read(delivered["binary"])
     assert (CONF, next(s for s in want if s[0] == CONF)[1]) in {
         (s["system"], s["code"]) for s in binary["meta"]["security"]
@@ -107,19 +107,21 @@ def test_each_stored_example_is_delivered_and_reads_back(client, case, tmp_path)
     if expected["consent"] == "implicit":
         assert delivered["consent"] is None
     else:
-        consent = client.read(delivered["consent"])
-        assert consent["provision"]["data"][0]["reference"]["reference"] == delivered["media"]
-    assert Outbox(outbox).receipts()[0]["resources"]["Media"] == delivered["media"]
+        consent = client.version.consent(client.read(delivered["consent"]))
+        assert consent.images == (delivered["media"],)
+    image_type = delivered["media"].split("/")[0]
+    assert Outbox(outbox).receipts()[0]["resources"][image_type] == delivered["media"]
     assert list(Outbox(outbox).entries("ready")) == []
 
 
 def _record_counts(client: FhirClient, patient: str, entry_meta) -> dict[str, int]:
+    """How many of each record of one image are on the server (the image under "image")."""
     key, ckey = entry_meta.image_key, entry_meta.consent_key
     return {
         "Binary": _count(client, "Binary", {"_tag": f"{c.SID_RECORD}|{key}.binary"}),
-        "Media": _count(
+        "image": _count(
             client,
-            "Media",
+            client.version.image_type,
             {"identifier": f"{c.SID_SHA256}|{entry_meta.sha256}", "subject": patient},
         ),
         "Consent": _count(
@@ -147,7 +149,7 @@ def test_delivering_the_same_entry_twice_stores_one_of_each(client, patient, tmp
     assert second.binary == first.binary
     assert _record_counts(client, patient, entry.meta) == {
         "Binary": 1,
-        "Media": 1,
+        "image": 1,
         "Consent": 1,
         "Provenance": 1,
         "Encounter": 1,
@@ -168,13 +170,14 @@ def test_three_rounds_of_ingest_and_push_store_one_of_each(client, patient, tmp_
     assert len({(m.image_key, m.consent_key) for m in metas}) == 1
     assert _record_counts(client, patient, metas[0]) == {
         "Binary": 1,
-        "Media": 1,
+        "image": 1,
         "Consent": 1,
         "Provenance": 1,
         "Encounter": 1,
     }
-    media = next(client.search("Media", {"subject": patient}))
-    assert len(list(client.search("Consent", {"data": f"Media/{media['id']}"}))) == 1
+    image_type = client.version.image_type
+    media = next(client.search(image_type, {"subject": patient}))
+    assert len(list(client.search("Consent", {"data": f"{image_type}/{media['id']}"}))) == 1
 
 
 def test_the_binary_carries_the_media_labels_and_names_it(client, tmp_path):
@@ -290,15 +293,16 @@ def test_search_by_security_label(client, patient, tmp_path):
     ingest(synthetic.jpeg(seed=10), _ctx(patient), make_consent(), outbox=outbox)
     ingest(synthetic.jpeg(seed=11), _ctx(patient, intimate=True), make_consent(), outbox=outbox)
     assert all(r.delivered for r in push(client, outbox, workers=2))
-    restricted = list(client.search("Media", {"subject": patient, "_security": f"{CONF}|R"}))
-    normal = list(client.search("Media", {"subject": patient, "_security": f"{CONF}|N"}))
+    image_type = client.version.image_type
+    restricted = list(client.search(image_type, {"subject": patient, "_security": f"{CONF}|R"}))
+    normal = list(client.search(image_type, {"subject": patient, "_security": f"{CONF}|N"}))
     assert len(restricted) == 1 and "intimate" in _codes(restricted[0])
     assert len(normal) == 1 and "intimate" not in _codes(normal[0])
     result = CliRunner().invoke(
         main, ["show", "--json", "--server", client.base_url, "--patient", patient, "--label", "R"]
     )
     rows = json.loads(result.output)
-    assert [r["media"] for r in rows] == [f"Media/{restricted[0]['id']}"]
+    assert [r["media"] for r in rows] == [f"{image_type}/{restricted[0]['id']}"]
     assert rows[0]["consent"].startswith("active")
 
 
@@ -333,13 +337,10 @@ def test_concurrent_update_loses_with_a_conflict(client, patient, tmp_path):
     ref = _delivered_media(client, patient, tmp_path)
     media = client.read(ref)
     version = media["meta"]["versionId"]
-    first = {**media, "note": [*media.get("note", []), {"text": "first editor"}]}
-    client.update(first, if_match=version)
-    second = {**media, "note": [*media.get("note", []), {"text": "second editor"}]}
+    client.update({**media, "language": "en-GB"}, if_match=version)
     with pytest.raises(VersionConflict):
-        client.update(second, if_match=version)
-    notes = [n["text"] for n in client.read(ref)["note"]]
-    assert "first editor" in notes and "second editor" not in notes
+        client.update({**media, "language": "cy-GB"}, if_match=version)
+    assert client.read(ref)["language"] == "en-GB", "the first editor's change stands"
 
 
 def test_bulk_delivery_with_a_worker_pool(client, patient, tmp_path):
@@ -349,7 +350,7 @@ def test_bulk_delivery_with_a_worker_pool(client, patient, tmp_path):
     results = push(client, outbox, workers=4)
     assert len(results) == 12 and all(r.delivered for r in results)
     assert len({r.media for r in results}) == 12
-    assert _count(client, "Media", {"subject": patient}) == 12
+    assert _count(client, client.version.image_type, {"subject": patient}) == 12
 
 
 def test_large_recording_streams_to_the_server(client, patient, tmp_path):
@@ -372,5 +373,5 @@ def test_parent_consent_delivered_with_its_performer(client, tmp_path):
     [result] = push(client, outbox)
     assert result.delivered, result.error
     res = client.read(result.consent)
-    assert res["performer"] == [{"reference": "RelatedPerson/ex-mother-1"}]
+    assert client.version.consent(res).performers == ("RelatedPerson/ex-mother-1",)
     assert {"V", "intimate"} <= _codes(res)

@@ -110,20 +110,21 @@ def assert_accounted_for(client: FhirClient, outbox: Outbox, metas: list, since:
     receipts = {r["id"]: r for r in outbox.receipts()}
     assert len(receipts) == len(metas), "no entry lost"
     media_ids: set[str] = set()
+    image_type = client.version.image_type
     for meta in metas:
         key, ckey = meta.image_key, meta.consent_key
         counts = {
             "Binary": _count(client, "Binary", {"_tag": f"{c.SID_RECORD}|{key}.binary"}),
-            "Media": _count(
+            "image": _count(
                 client,
-                "Media",
+                image_type,
                 {"identifier": f"{c.SID_SHA256}|{meta.sha256}", "subject": meta.patient},
             ),
             "Provenance": _count(
                 client, "Provenance", {"_tag": f"{c.SID_RECORD}|{key}.provenance.{ckey}"}
             ),
         }
-        expected = {"Binary": 1, "Media": 1, "Provenance": 1}
+        expected = {"Binary": 1, "image": 1, "Provenance": 1}
         if ckey != "implicit":
             counts["Consent"] = _count(
                 client, "Consent", {"identifier": f"{c.SID_RECORD}|{key}.consent.{ckey}"}
@@ -131,11 +132,13 @@ def assert_accounted_for(client: FhirClient, outbox: Outbox, metas: list, since:
             expected["Consent"] = 1
         assert counts == expected, meta.id
         [media] = client.search(
-            "Media", {"identifier": f"{c.SID_SHA256}|{meta.sha256}", "subject": meta.patient}
+            image_type, {"identifier": f"{c.SID_SHA256}|{meta.sha256}", "subject": meta.patient}
         )
-        media_ids.add(f"Media/{media['id']}")
-        binary = client.binary_meta(media["content"]["url"])
-        assert binary["securityContext"] == {"reference": f"Media/{media['id']}"}
+        image = client.version.image(media)
+        media_ids.add(image.ref)
+        assert image.content_url is not None
+        binary = client.binary_meta(image.content_url)
+        assert binary["securityContext"] == {"reference": image.ref}
         assert _keys(binary["meta"]["security"]) == _keys(media["meta"]["security"]), meta.id
     # no orphan: every Binary these pushes wrote (by its record tag) belongs to one of these
     # Media (other tests' Binaries written in the same seconds are not this test's business)

@@ -36,6 +36,7 @@ from fhir_images.fhir import apply_labels
 from fhir_images.fhir.audit import FileAudit, audit_trail
 
 from ..factories import child_context, make_consent, make_context, parent_consent
+from ..shapes import audit_purposes, audit_subtypes, audit_type, image_resource, permit_consent
 
 pytestmark = pytest.mark.integration
 
@@ -153,12 +154,12 @@ def test_second_opinion_released_with_audit_and_v_image_withheld(client, tmp_pat
     assert d.verdict is Verdict.RELEASE
     bundle = json.loads(result.bundle_file.read_text())
     types = [e["resource"]["resourceType"] for e in bundle["entry"]]
-    assert types == ["Media", "Binary"]
+    assert types == [client.version.image_type, "Binary"]
     assert bundle["meta"]["security"][0] == {"system": c.V3_CONFIDENTIALITY, "code": "N"}
     [(ref, audit)] = audits_for(client, normal.media, with_refs=True)
-    assert audit["type"]["code"] == "110106"
-    assert audit["subtype"][0]["code"] == "disclose"
-    assert audit["purposeOfEvent"][0]["coding"][0]["code"] == "COC"
+    assert audit_type(audit) == "110106"
+    assert audit_subtypes(audit) == ["disclose"]
+    assert audit_purposes(audit)[0]["coding"][0]["code"] == "COC"
     assert result.audit_events == [ref]
 
     child = child_image(client, tmp_path, people, 22)
@@ -297,39 +298,21 @@ def test_a_media_pointing_at_another_images_bytes_is_refused(client, tmp_path, p
     """A Media created directly on the server, for another patient, labelled N, pointing at a
     V child's Binary: the bytes' own labels and securityContext decide."""
     child = child_image(client, tmp_path, people, 44)
+    image_type = client.version.image_type
     forged = client.create(
-        {
-            "resourceType": "Media",
-            "meta": {"security": [{"system": c.V3_CONFIDENTIALITY, "code": "N"}]},
-            "status": "completed",
-            "subject": {"reference": people["adult"]},
-            "content": {"contentType": "image/jpeg", "url": child.binary},
-            "note": [{"text": "consent implicit"}],
-        }
+        image_resource(
+            image_type, subject=people["adult"], binary_url=child.binary, confidentiality="N"
+        )
     )
-    client.create(
-        {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
-            "patient": {"reference": people["adult"]},
-            "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
-            "provision": {
-                "type": "permit",
-                "data": [
-                    {"meaning": "instance", "reference": {"reference": f"Media/{forged['id']}"}}
-                ],
-            },
-        }
-    )
+    forged_ref = f"{image_type}/{forged['id']}"
+    client.create(permit_consent(image_type, patient=people["adult"], image_ref=forged_ref))
     for purpose, role, requester in (
         ("TREAT", "clinician", "Practitioner/gp1"),
         ("PATRQT", "patient", people["adult"]),
     ):
         request = DisclosureRequest(purpose=purpose, requester=requester, role=role, clearance="N")
         result = disclose(client, people["adult"], request, tmp_path / purpose)
-        [d] = [x for x in result.decisions if x.media == f"Media/{forged['id']}"]
+        [d] = [x for x in result.decisions if x.media == forged_ref]
         assert d.verdict is Verdict.WITHHOLD, d
         assert d.confidentiality == "V"
         assert any("another resource" in r for r in d.reasons)
@@ -375,8 +358,8 @@ def test_withdrawn_consent_stops_disclosure_and_adds_labels(client, tmp_path, pe
         reason="Patient asked for the photo not to be shared",
     )
     assert change.changed == [image.consent]
-    withdrawn = client.read(image.consent)
-    assert withdrawn["status"] == "inactive" and withdrawn["provision"]["period"]["end"]
+    withdrawn = client.version.consent(client.read(image.consent))
+    assert withdrawn.status == "inactive" and withdrawn.ended is not None
     [recorded] = change.provenance
     provenance = client.read(recorded)
     assert any(t["reference"].startswith(image.consent) for t in provenance["target"])
@@ -388,7 +371,7 @@ def test_withdrawn_consent_stops_disclosure_and_adds_labels(client, tmp_path, pe
     [d] = disclose(client, people["adult"], request, tmp_path / "out").decisions
     assert d.verdict is Verdict.WITHHOLD and "inactive" in d.reasons[0]
     cid = image.consent.split("/")[1]
-    version = withdrawn["meta"]["versionId"]
+    version = withdrawn.version_id
     [change_record] = client.search(
         "Provenance", {"_tag": f"{c.SID_RECORD}|consent-change.{cid}.{version}"}
     )
@@ -546,7 +529,7 @@ def test_expired_adult_image_is_destroyed_with_its_resources_and_audited(client,
         )
     ]
     assert len(events) == 1
-    assert events[0]["purposeOfEvent"][0]["text"] == "Retention period over"
+    assert audit_purposes(events[0])[0]["text"] == "Retention period over"
     assert events[0]["agent"][0]["who"] == {"reference": "Practitioner/gp1"}
 
 
@@ -592,10 +575,8 @@ def test_anonymised_copy_only_when_consented(client, tmp_path, people):
     assert "subject" not in media and "identifier" not in media
     codes = {s["code"] for s in media["meta"]["security"]}
     assert {"L", "ANONYED", "NORELINK", "HUAPRV"} <= codes
-    [audit] = [
-        a for a in audits_for(client, image.media) if a["subtype"][0]["code"] == "deidentify"
-    ]
-    assert audit["purposeOfEvent"][0]["coding"][0]["code"] == "TRAIN"
+    [audit] = [a for a in audits_for(client, image.media) if audit_subtypes(a) == ["deidentify"]]
+    assert audit_purposes(audit)[0]["coding"][0]["code"] == "TRAIN"
     assert audit["agent"][-1]["who"] == {"reference": "Practitioner/gp1"}
     assert oct(copy.image.stat().st_mode & 0o777) == "0o600"
     with pytest.raises(ActionRefused, match="HRESCH"):
