@@ -1,16 +1,20 @@
 #!/usr/bin/env bash
-# Build, start and stop the local HAPI FHIR JPA (R4) test server without Docker.
+# Build, start and stop the local HAPI FHIR JPA test server (FHIR R4 or R5) without Docker.
 #
 #   hapi.sh build            build target/fhir-images-hapi.jar if missing or out of date
 #   hapi.sh start [--fresh]  build if needed, start in the background, wait for /fhir/metadata
 #   hapi.sh stop             stop the server started by 'start' (only the recorded pid)
-#   hapi.sh status           say whether it runs, and where
+#   hapi.sh status           say whether it runs, where, and which FHIR version
 #   hapi.sh url              print the FHIR base URL
 #
 # Environment:
+#   HAPI_FHIR_VERSION   FHIR version 'start' serves: R4 (default) or R5; the same jar serves both.
+#                       A database belongs to the version that created it: 'start' refuses
+#                       another version on it unless --fresh (the marker is h2/fhir-version).
+#                       Servers of both versions can run at once on different ports/data dirs.
 #   HAPI_PORT           port on 127.0.0.1 (default 8080; when unset, status/stop/url use
 #                       the port of the server running from HAPI_DATA_DIR, if any)
-#   HAPI_DATA_DIR       H2 database, log and pid file (default: <this dir>/.data;
+#   HAPI_DATA_DIR       H2 database, log, pid, port and version files (default: <this dir>/.data;
 #                       a relative value is taken relative to the current directory)
 #   HAPI_START_TIMEOUT  seconds 'start' waits for the server to answer (default 300)
 #   HAPI_FRESH=1        same as 'start --fresh': wipe the H2 database before starting
@@ -27,6 +31,10 @@ DB_DIR="$DATA_DIR/h2"
 LOG_FILE="$DATA_DIR/hapi.log"
 PID_FILE="$DATA_DIR/hapi.pid"
 PORT_FILE="$DATA_DIR/hapi.port"
+# FHIR version of the running server (like the port file, removed when it stops) ...
+VERSION_FILE="$DATA_DIR/hapi.fhir-version"
+# ... and of the database, kept next to it for as long as the database lives.
+DB_VERSION_FILE="$DB_DIR/fhir-version"
 
 log() { echo "hapi.sh: $*" >&2; }
 die() { log "ERROR: $*"; exit 1; }
@@ -80,6 +88,22 @@ if [[ -z "$PORT" ]]; then
 fi
 [[ "$PORT" =~ ^[0-9]+$ ]] || die "HAPI_PORT must be a port number, got '$PORT'"
 BASE_URL="http://127.0.0.1:$PORT/fhir"
+
+FHIR_VERSION="$(printf '%s' "${HAPI_FHIR_VERSION:-R4}" | tr '[:lower:]' '[:upper:]')"
+case "$FHIR_VERSION" in
+	R4 | R5) ;;
+	*) die "HAPI_FHIR_VERSION must be R4 or R5, got '${HAPI_FHIR_VERSION}'" ;;
+esac
+
+# The FHIR version the database in DB_DIR was created for; empty when there is no database.
+# Databases from before the marker existed were all R4.
+database_fhir_version() {
+	if [[ -s "$DB_VERSION_FILE" ]]; then
+		tr -d '[:space:]' <"$DB_VERSION_FILE"
+	elif compgen -G "$DB_DIR/*.db" >/dev/null; then
+		echo R4
+	fi
+}
 
 needs_build() {
 	[[ ! -f "$JAR" ]] && return 0
@@ -155,7 +179,13 @@ cmd_start() {
 	if port_in_use; then
 		die "port $PORT on 127.0.0.1 is already in use by another process; stop it or set HAPI_PORT"
 	fi
-	rm -f "$PID_FILE" "$PORT_FILE"
+	local db_version=""
+	[[ "$fresh" == 1 ]] || db_version="$(database_fhir_version)"
+	if [[ -n "$db_version" && "$db_version" != "$FHIR_VERSION" ]]; then
+		die "the database in $DB_DIR was created for FHIR $db_version, not $FHIR_VERSION;" \
+			"start with HAPI_FHIR_VERSION=$db_version, use another HAPI_DATA_DIR, or wipe it with --fresh"
+	fi
+	rm -f "$PID_FILE" "$PORT_FILE" "$VERSION_FILE"
 
 	cmd_build
 
@@ -164,6 +194,8 @@ cmd_start() {
 		log "--fresh: wiping the H2 database in $DB_DIR"
 		rm -rf "$DB_DIR"
 	fi
+	mkdir -p "$DB_DIR"
+	echo "$FHIR_VERSION" >"$DB_VERSION_FILE"
 	[[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
 
 	local started=$SECONDS
@@ -172,17 +204,19 @@ cmd_start() {
 		--server.address=127.0.0.1 \
 		--server.port="$PORT" \
 		--hapi.data-dir="$DATA_DIR" \
+		--hapi.fhir-version="$FHIR_VERSION" \
 		>"$LOG_FILE" 2>&1 </dev/null &
 	pid=$!
 	echo "$pid" >"$PID_FILE"
 	echo "$PORT" >"$PORT_FILE"
-	log "starting HAPI FHIR server (pid $pid, port $PORT, data $DATA_DIR, log $LOG_FILE)"
+	echo "$FHIR_VERSION" >"$VERSION_FILE"
+	log "starting HAPI FHIR $FHIR_VERSION server (pid $pid, port $PORT, data $DATA_DIR, log $LOG_FILE)"
 
 	while true; do
 		if ! kill -0 "$pid" 2>/dev/null; then
 			local rc=0
 			wait "$pid" 2>/dev/null || rc=$?
-			rm -f "$PID_FILE" "$PORT_FILE"
+			rm -f "$PID_FILE" "$PORT_FILE" "$VERSION_FILE"
 			print_log_tail
 			die "HAPI server process exited (code $rc) before answering $BASE_URL/metadata"
 		fi
@@ -193,12 +227,12 @@ cmd_start() {
 			print_log_tail
 			log "stopping pid $pid"
 			stop_pid "$pid" 5
-			rm -f "$PID_FILE" "$PORT_FILE"
+			rm -f "$PID_FILE" "$PORT_FILE" "$VERSION_FILE"
 			die "HAPI server did not answer $BASE_URL/metadata within ${START_TIMEOUT}s"
 		fi
 		sleep 1
 	done
-	log "HAPI FHIR server is up after $((SECONDS - started))s (pid $pid)"
+	log "HAPI FHIR $FHIR_VERSION server is up after $((SECONDS - started))s (pid $pid)"
 	echo "$BASE_URL"
 }
 
@@ -207,7 +241,7 @@ cmd_stop() {
 	if ! pid="$(running_pid)"; then
 		if [[ -f "$PID_FILE" ]]; then
 			log "stale pid file removed; HAPI server was not running"
-			rm -f "$PID_FILE" "$PORT_FILE"
+			rm -f "$PID_FILE" "$PORT_FILE" "$VERSION_FILE"
 		else
 			log "HAPI server is not running (no pid file in $DATA_DIR)"
 		fi
@@ -218,19 +252,21 @@ cmd_stop() {
 	if kill -0 "$pid" 2>/dev/null; then
 		die "pid $pid is still alive"
 	fi
-	rm -f "$PID_FILE" "$PORT_FILE"
+	rm -f "$PID_FILE" "$PORT_FILE" "$VERSION_FILE"
 	log "stopped"
 }
 
 cmd_status() {
 	local pid
 	if pid="$(running_pid)"; then
-		local code
+		local code version
 		code="$(http_status "$BASE_URL/metadata")"
+		version="$(cat "$VERSION_FILE" 2>/dev/null || true)"
+		version="FHIR ${version:-R4}"
 		if [[ "$code" == 200 ]]; then
-			echo "running (pid $pid): $BASE_URL"
+			echo "running (pid $pid, $version): $BASE_URL"
 		else
-			echo "starting or unhealthy (pid $pid, metadata answered $code): $BASE_URL"
+			echo "starting or unhealthy (pid $pid, $version, metadata answered $code): $BASE_URL"
 		fi
 		return 0
 	fi

@@ -37,7 +37,7 @@ import javax.sql.DataSource;
 public class FhirServerConfig {
 
 	static final String IMPLEMENTATION_DESCRIPTION =
-			"fhir-images HAPI FHIR JPA R4 test server (label-only changes trigger subscriptions)";
+			"fhir-images HAPI FHIR JPA test server (label-only changes trigger subscriptions)";
 
 	@Bean
 	public JpaStorageSettings jpaStorageSettings() {
@@ -118,7 +118,7 @@ public class FhirServerConfig {
 			BinaryStorageInterceptor<?> binaryStorageInterceptor,
 			IInterceptorService jpaInterceptorService) {
 		RestfulServer server = new RestfulServer(fhirContext);
-		// CRUD, search, $meta/$meta-add/$meta-delete, $validate for every R4 resource type.
+		// CRUD, search, $meta/$meta-add/$meta-delete, $validate for every resource type.
 		server.registerProviders(resourceProviders.createProviders());
 		// System level: transaction/batch Bundles, history, $meta, ...
 		server.registerProvider(systemProvider);

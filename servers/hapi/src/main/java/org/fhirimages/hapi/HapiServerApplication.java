@@ -4,7 +4,6 @@ import ca.uhn.fhir.batch2.jobs.config.Batch2JobsConfig;
 import ca.uhn.fhir.jpa.api.config.ThreadPoolFactoryConfig;
 import ca.uhn.fhir.jpa.batch2.JpaBatch2Config;
 import ca.uhn.fhir.jpa.config.HapiJpaConfig;
-import ca.uhn.fhir.jpa.config.r4.JpaR4Config;
 import ca.uhn.fhir.jpa.subscription.channel.config.SubscriptionChannelConfig;
 import ca.uhn.fhir.jpa.subscription.match.config.SubscriptionProcessorConfig;
 import ca.uhn.fhir.jpa.subscription.submit.config.SubscriptionSubmitterConfig;
@@ -15,7 +14,8 @@ import org.springframework.boot.autoconfigure.thymeleaf.ThymeleafAutoConfigurati
 import org.springframework.context.annotation.Import;
 
 /**
- * Entry point of the fhir-images HAPI FHIR JPA (R4) test server.
+ * Entry point of the fhir-images HAPI FHIR JPA test server, FHIR R4 or R5 (property
+ * {@code hapi.fhir-version}, see {@link FhirVersionImportSelector}).
  *
  * <p>The HAPI configuration classes imported here do the heavy lifting; {@link FhirServerConfig}
  * supplies the handful of beans HAPI expects the application to provide (settings, the JPA
@@ -28,9 +28,10 @@ import org.springframework.context.annotation.Import;
 	ThymeleafAutoConfiguration.class
 })
 @Import({
-	// FHIR R4 context, a DAO + resource provider per resource type, and (via JpaConfig) search,
-	// transactions, validation support chain, binary storage interceptor/provider, ...
-	JpaR4Config.class,
+	// JpaR4Config or JpaR5Config (+ SubscriptionTopicConfig): the FhirContext, a DAO + resource
+	// provider per resource type, and (via JpaConfig) search, transactions, validation support
+	// chain, binary storage interceptor/provider, ...
+	FhirVersionImportSelector.class,
 	// Defaults JpaConfig leaves to the application: paging provider, no-op fulltext search
 	// (hibernate search is off), stale-search cleanup, resource-count cache.
 	HapiJpaConfig.class,
