@@ -252,10 +252,17 @@ class HookService:
             self.stats.rejected += 1
             return _outcome("unauthorised", status_code=401)
         rtype, rid = request.path_params["rtype"], request.path_params["rid"]
-        if rtype not in ("Media", "Consent") or reference_parts(f"{rtype}/{rid}") is None:
+        client = self.labeller.client
+        try:
+            image_type = await asyncio.to_thread(lambda: client.version.image_type)
+        except FhirImagesError:
+            self.stats.rejected += 1
+            return _outcome("the FHIR server cannot be read now", status_code=503)
+        if rtype not in (image_type, "Consent") or reference_parts(f"{rtype}/{rid}") is None:
             self.stats.rejected += 1
             return _outcome(
-                "only Media and Consent notifications, with ids by FHIR's rules, are handled",
+                f"only {image_type} and Consent notifications, with ids by FHIR's rules, "
+                "are handled",
                 status_code=400,
             )
         if not await self._drain(request):
@@ -284,7 +291,11 @@ class HookService:
             self.stats.rejected += 1
             return _outcome("the notification is not a Bundle", status_code=400)
         client = self.labeller.client
-        version = await asyncio.to_thread(lambda: client.version)
+        try:
+            version = await asyncio.to_thread(lambda: client.version)
+        except FhirImagesError:
+            self.stats.rejected += 1
+            return _outcome("the FHIR server cannot be read now", status_code=503)
         kind = version.notification_type(bundle)
         if kind in ("handshake", "heartbeat"):
             return _outcome(f"{kind} received", status_code=200)
