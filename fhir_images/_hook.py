@@ -48,7 +48,7 @@ from ._codes import SID_HOOK_TASK
 from ._exceptions import FhirImagesError, ResourceNotFound
 from ._inputs import reference_parts
 from .fhir import FhirClient, ImageView, Labels, Repository, apply_labels, label_image
-from .fhir.subscriptions import HOOK_SECRET_HEADER
+from .fhir.subscriptions import HOOK_SECRET_HEADER, hook_path_token
 from .fhir.subscriptions import install_subscriptions as subscribe
 from .policy import Assessment, Policy, get_policy
 
@@ -196,12 +196,14 @@ class HookService:
         self.max_notification = max_notification
         self.max_events = max_events
         self.stats = HookStats()
+        self._path_token = hook_path_token(secret)
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
         self._pending: set[tuple[str, str]] = set()
         self._tasks: list[asyncio.Task[None]] = []
         self.app = Starlette(
             routes=[
                 Route("/health", self.health, methods=["GET"]),
+                Route("/hook/t/{token}", self.bare_notify, methods=["PUT", "POST"]),
                 Route("/hook/{rtype}/{rid}", self.notify, methods=["PUT", "POST"]),
                 Route("/hook", self.bare_notify, methods=["PUT", "POST"]),
             ],
@@ -230,6 +232,11 @@ class HookService:
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
     def _authorised(self, request: Request) -> bool:
+        """The shared secret in its header, or (for servers that send no headers of a
+        topic-based Subscription) the token derived from it in the path."""
+        token = request.path_params.get("token")
+        if token is not None:
+            return hmac.compare_digest(token.encode(), self._path_token.encode())
         given = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(given.encode(), self.secret.encode())
 
@@ -298,7 +305,7 @@ class HookService:
             return _outcome("the FHIR server cannot be read now", status_code=503)
         kind = version.notification_type(bundle)
         if kind in ("handshake", "heartbeat"):
-            return _outcome(f"{kind} received", status_code=200)
+            return _received(200)
         wanted = {version.image_type, "Consent"}
         found: list[tuple[str, str]] = []
         for ref in version.notification_focus(bundle)[: self.max_events]:
@@ -308,10 +315,10 @@ class HookService:
             if parts is not None and parts[0] in wanted and parts not in found:
                 found.append(parts)
         if not found:
-            return _outcome("no image or consent in the notification", status_code=200)
+            return _received(200)
         answers = [self._enqueue(rtype, rid) for rtype, rid in found]
         busy = [a for a in answers if a.status_code == 503]
-        return busy[0] if busy else _outcome("queued", status_code=202)
+        return busy[0] if busy else _received(202)
 
     async def _read(self, request: Request, limit: int) -> bytes | None:
         declared = request.headers.get("content-length", "")
@@ -450,6 +457,17 @@ def run_service(
         http=guarded_protocol(header_timeout),
         timeout_keep_alive=5,
         h11_max_incomplete_event_size=16 * 1024,
+    )
+
+
+def _received(status_code: int) -> Response:
+    """The answer to a topic-based notification that was taken: an empty Bundle. HAPI (R5)
+    sends a notification as a transaction and reads the answer as a Bundle: anything else
+    counts as a failed delivery, and it sends it again a dozen times."""
+    return JSONResponse(
+        {"resourceType": "Bundle", "type": "batch-response"},
+        status_code=status_code,
+        media_type="application/fhir+json",
     )
 
 

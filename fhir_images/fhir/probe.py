@@ -55,7 +55,7 @@ from .servers import (
     ReplaceByUpdate,
     ServerProfile,
 )
-from .subscriptions import BackportTopic, NoSubscriptions, RestHook, SubscriptionStyle
+from .subscriptions import NoSubscriptions, RestHook, SubscriptionStyle, TopicBased
 
 if TYPE_CHECKING:
     import requests
@@ -184,8 +184,8 @@ def profile_from_report(report: ServerReport, name: str | None = None) -> Server
     subscriptions: SubscriptionStyle
     if "rest-hook" in report.subscriptions:
         subscriptions = RestHook()
-    elif "backport-topic" in report.subscriptions:
-        subscriptions = BackportTopic()
+    elif {"topic-based", "backport-topic"} & set(report.subscriptions):
+        subscriptions = TopicBased()
     else:
         subscriptions = NoSubscriptions()
     ops = bool(report.binary_operations)
@@ -705,7 +705,7 @@ def _subscriptions(run: _Run, wait: float) -> list[str]:
     with _listener() as endpoint:
         trials: list[tuple[SubscriptionStyle, str]] = [
             (RestHook(), f"_tag={PROBE_TAG}|{run.code}"),
-            (BackportTopic(), run.code),
+            (TopicBased(), run.code),
         ]
         for style, narrow in trials:
             try:

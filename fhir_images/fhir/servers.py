@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .subscriptions import BackportTopic, RestHook, SubscriptionStyle
+from .subscriptions import RestHook, SubscriptionStyle, TopicBased
 
 if TYPE_CHECKING:
     from .client import FhirClient
@@ -197,7 +197,7 @@ PROFILES: dict[str, ServerProfile] = {
     "hfs": ServerProfile(
         "hfs",
         labels=JsonPatchLabels(),
-        subscriptions=BackportTopic(),
+        subscriptions=TopicBased(),
         audit_on_server=False,
         search_total={"_total": "accurate"},
     ),

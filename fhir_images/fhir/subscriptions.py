@@ -5,9 +5,12 @@ probing (:mod:`.probe`):
 
 * :class:`RestHook`: one classic rest-hook ``Subscription`` per resource type, its criteria a
   search; the server sends each changed resource (HAPI: ``PUT {endpoint}/{type}/{id}``).
-* :class:`BackportTopic`: the R4 Subscriptions Backport: one topic (carried as a ``Basic``) for
-  the resource types and one topic-based ``Subscription`` with id-only payloads; the server
-  POSTs a history Bundle naming what changed (HFS).
+* :class:`TopicBased`: one topic for the resource types and one topic-based ``Subscription``
+  with id-only payloads; the server POSTs a notification Bundle naming what changed. In R4 it
+  is the Subscriptions Backport (the topic a ``Basic``; HFS), in R5 the native
+  ``SubscriptionTopic`` (HAPI R5). An R5 server need not send a Subscription's parameters as
+  headers (HAPI 8.8 does not), so there the endpoint also carries a token derived from the
+  secret (:func:`hook_path_token`), which the hook accepts instead of the header.
 * :class:`NoSubscriptions`: the server acts on neither; installing the hook is refused.
 
 Either way the channel carries the hook's shared secret as a header, and the hook re-reads
@@ -16,6 +19,9 @@ what a notification names from the server: a notification's content is never tru
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
@@ -50,14 +56,24 @@ class SubscriptionStyle(Protocol):
         ...
 
 
+def hook_path_token(secret: str) -> str:
+    """The token a topic-based endpoint carries in its path, for servers that do not send a
+    Subscription's headers: derived from the hook's secret (which it does not reveal)."""
+    mac = hmac.new(secret.encode(), b"fhir-images hook endpoint", hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
 def _ensure(
     client: FhirClient, criteria: str, endpoint: str, header: str, *, topic: bool = False
 ) -> str:
-    """The Subscription to ``endpoint`` with these criteria: reused when it has the header and
-    is not off or in error, updated (If-Match) when it is, created when there is none."""
+    """The Subscription to ``endpoint`` with these criteria (a search, or a topic's URL): reused
+    when it has the header and is not off or in error, updated (If-Match) when it is, created
+    when there is none."""
     version = client.version
     existing = [
-        s for s in client.search("Subscription", {"url": endpoint}) if s.get("criteria") == criteria
+        s
+        for s in client.search("Subscription", {"url": endpoint})
+        if version.subscription_target(s) == criteria
     ]
     if not existing:
         sub = client.create(
@@ -66,7 +82,7 @@ def _ensure(
         return f"Subscription/{sub['id']}"
     sub = existing[0]
     usable = sub.get("status") in ("active", "requested")
-    if sub.get("channel", {}).get("header") != [header] or not usable:
+    if version.subscription_headers(sub) != [header] or not usable:
         wanted = version.subscription(
             criteria, endpoint, header, reason=REASON, topic=topic, sid=sub["id"]
         )
@@ -93,10 +109,10 @@ class RestHook:
 
 
 @dataclass(frozen=True)
-class BackportTopic:
-    """A topic (as a Basic) for the resource types and one topic-based Subscription."""
+class TopicBased:
+    """A topic for the resource types and one topic-based Subscription (id-only)."""
 
-    name: str = "backport-topic"
+    name: str = "topic-based"
 
     def install(
         self,
@@ -110,20 +126,18 @@ class BackportTopic:
         version = client.version
         url = f"{TOPIC_URL}-{narrow}" if narrow else TOPIC_URL
         url = f"{url}-{'-'.join(sorted(t.lower() for t in resource_types))}"
-        topics = [
-            b
-            for b in client.search(
-                "Basic", {"code": "http://hl7.org/fhir/fhir-types|SubscriptionTopic"}
-            )
-            if version.topic_url_of(b) == url
-        ]
+        rtype, params = version.topic_search(url)
+        topics = [t for t in client.search(rtype, params) if version.topic_url_of(t) == url]
         if topics:
             topic = topics[0]
         else:
             topic = client.create(
                 version.subscription_topic(url, resource_types, "Images and consents changed")
             )
-        return [f"Basic/{topic['id']}", _ensure(client, url, endpoint, header, topic=True)]
+        if version.name == "R5":
+            secret = header.split(":", 1)[1].strip()
+            endpoint = f"{endpoint.rstrip('/')}/t/{hook_path_token(secret)}"
+        return [f"{rtype}/{topic['id']}", _ensure(client, url, endpoint, header, topic=True)]
 
 
 @dataclass(frozen=True)

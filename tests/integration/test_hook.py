@@ -97,21 +97,46 @@ def create_binary(client: FhirClient) -> str:
     return f"Binary/{client.create(binary)['id']}"
 
 
-def create_media(client: FhirClient, subject: str, binary: str | None = None, **extra) -> str:
-    media = {
-        "resourceType": "Media",
-        "status": "completed",
-        "subject": {"reference": subject},
-        "operator": {"reference": "Practitioner/gp1"},
-        "reasonCode": [{"text": "Review of a skin lesion"}],
-        "content": {"contentType": "image/jpeg", "url": binary or create_binary(client)},
-        **extra,
-    }
-    return f"Media/{client.create(media)['id']}"
+def create_media(
+    client: FhirClient, subject: str, binary: str | None = None, *, kind: str | None = None, **extra
+) -> str:
+    """An image as another system writes it: a Media (R4) or a DocumentReference (R5) with a
+    purpose and an operator, no labels; ``kind`` a DICOM modality code."""
+    url = binary or create_binary(client)
+    modality = {"coding": [{"system": c.DICOM, "code": kind}]} if kind else None
+    if client.version.image_type == "Media":
+        image = {
+            "resourceType": "Media",
+            "status": "completed",
+            "subject": {"reference": subject},
+            "operator": {"reference": "Practitioner/gp1"},
+            "reasonCode": [{"text": "Review of a skin lesion"}],
+            "content": {"contentType": "image/jpeg", "url": url},
+            **({"modality": modality} if modality else {}),
+            **extra,
+        }
+    else:
+        image = {
+            "resourceType": "DocumentReference",
+            "status": "current",
+            "subject": {"reference": subject},
+            "author": [{"reference": "Practitioner/gp1"}],
+            "description": "Review of a skin lesion",
+            "content": [{"attachment": {"contentType": "image/jpeg", "url": url}}],
+            **({"modality": [modality]} if modality else {}),
+            **extra,
+        }
+    return f"{image['resourceType']}/{client.create(image)['id']}"
+
+
+def content_url(client: FhirClient, image_ref: str) -> str:
+    url = client.version.image(client.read(image_ref)).content_url
+    assert url is not None
+    return url
 
 
 def binary_of(client: FhirClient, media_ref: str) -> dict:
-    return client.binary_meta(client.read(media_ref)["content"]["url"])
+    return client.binary_meta(content_url(client, media_ref))
 
 
 def labels_of(client: FhirClient, ref: str) -> dict[str, set[str]]:
@@ -177,7 +202,7 @@ def test_bytes_the_hook_cannot_label_are_reported(hook, patients):
     client, _ = hook
     missing = create_media(client, patients["adult"], binary="Binary/not-there")
     other = create_media(client, patients["adult"])
-    shared = client.read(other)["content"]["url"]
+    shared = content_url(client, other)
     wait_labelled(client, other, extra="HUAPRV")  # the hook gave that Binary to `other`
     borrowed = create_media(client, patients["child"], binary=shared)
     for ref, why in ((missing, "could not be labelled"), (borrowed, "belong to another")):
@@ -192,9 +217,7 @@ def test_bytes_the_hook_cannot_label_are_reported(hook, patients):
 
 def test_xray_with_purpose_is_labelled_normal_without_a_task(hook, patients):
     client, _ = hook
-    ref = create_media(
-        client, patients["adult"], modality={"coding": [{"system": c.DICOM, "code": "DX"}]}
-    )
+    ref = create_media(client, patients["adult"], kind="DX")
     labels = wait_labelled(client, ref)
     assert labels[CONF] == {"N"} and labels[c.V3_OBSERVATION_VALUE] == {"DEVAST"}
     time.sleep(2)
@@ -205,24 +228,7 @@ def test_consent_recorded_later_closes_the_task_without_lowering_labels(hook, pa
     client, _ = hook
     ref = create_media(client, patients["adult"])
     wait_labelled(client, ref, extra="HUAPRV")
-    client.create(
-        {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
-            "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
-            "patient": {"reference": patients["adult"]},
-            "performer": [{"reference": patients["adult"]}],
-            "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
-            "provision": {
-                "type": "deny",
-                "data": [{"meaning": "instance", "reference": {"reference": ref}}],
-                "provision": [
-                    {"type": "permit", "purpose": [{"system": c.V3_ACT_REASON, "code": "TREAT"}]}
-                ],
-            },
-        }
-    )
+    client.create(care_consent(client, patients["adult"], ref))
     deadline = time.monotonic() + LABEL_TIMEOUT
     while time.monotonic() < deadline:
         [task] = tasks_for(client, ref)
@@ -231,6 +237,36 @@ def test_consent_recorded_later_closes_the_task_without_lowering_labels(hook, pa
         time.sleep(0.5)
     assert task["status"] == "completed"
     assert labels_of(client, ref)[CONF] == {"R"}, "labels are never lowered by the hook"
+
+
+def care_consent(client: FhirClient, patient: str, image_ref: str) -> dict:
+    """The patient's Consent to care use of one image, as another system records it."""
+    data = [{"meaning": "instance", "reference": {"reference": image_ref}}]
+    treat = [{"system": c.V3_ACT_REASON, "code": "TREAT"}]
+    if client.version.name == "R4":
+        return {
+            "resourceType": "Consent",
+            "status": "active",
+            "scope": {"coding": [{"system": c.CONSENT_SCOPE, "code": "patient-privacy"}]},
+            "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
+            "patient": {"reference": patient},
+            "performer": [{"reference": patient}],
+            "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
+            "provision": {
+                "type": "deny",
+                "data": data,
+                "provision": [{"type": "permit", "purpose": treat}],
+            },
+        }
+    return {
+        "resourceType": "Consent",
+        "status": "active",
+        "category": [{"coding": [{"system": c.LOINC, "code": "59284-0"}]}],
+        "subject": {"reference": patient},
+        "grantor": [{"reference": patient}],
+        "decision": "deny",
+        "provision": [{"purpose": treat, "data": data}],
+    }
 
 
 def test_unauthenticated_callers_are_refused(hook):

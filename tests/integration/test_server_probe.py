@@ -51,7 +51,7 @@ KNOWN: dict[str, dict[str, object]] = {
         "put_labels": "replace",
         "json_patch_labels": True,
         "stale_if_match_status": 412,
-        "subscriptions": ["backport-topic"],
+        "subscriptions": ["topic-based"],
         "validate_operation": True,
         "snapshot_operation": False,
         "total_by_default": False,
@@ -59,7 +59,7 @@ KNOWN: dict[str, dict[str, object]] = {
         "audit_event_create": False,
         "urn_in_attachment_url": False,
         "delete_missing_in_transaction": False,
-        "strategy": {"labels": "JsonPatchLabels", "subscriptions": "backport-topic"},
+        "strategy": {"labels": "JsonPatchLabels", "subscriptions": "topic-based"},
     },
 }
 

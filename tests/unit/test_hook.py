@@ -415,3 +415,43 @@ def test_topic_notifications_that_are_not_bundles_are_refused(quiet_service, bod
         r = client.post("/hook", headers={SECRET_HEADER: SECRET}, content=body)
         assert r.status_code == status
         assert client.post("/hook", content=json.dumps(backport("handshake"))).status_code == 401
+
+
+def r5_notification(kind: str, *focus: str) -> dict:
+    """An R5 notification as HAPI R5 sends it (id-only)."""
+    status = {
+        "resourceType": "SubscriptionStatus",
+        "status": "active",
+        "type": kind,
+        "notificationEvent": [{"focus": {"reference": ref}} for ref in focus],
+    }
+    return {
+        "resourceType": "Bundle",
+        "type": "subscription-notification",
+        "entry": [{"resource": status}] + [{"fullUrl": f"{ref}/_history/1"} for ref in focus],
+    }
+
+
+def test_r5_notifications_authenticate_by_the_path_token(monkeypatch):
+    """HAPI R5 sends no header of a Subscription: the endpoint's path carries a token derived
+    from the secret. A wrong token, the secret itself, or a token for another secret is
+    refused; the token route takes no other notification shape than the header route."""
+    import fhir_images._hook as hook
+    from fhir_images.fhir.subscriptions import hook_path_token
+
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.2) or [])
+    svc = HookService(FhirClient(BASE, profile="hapi", fhir_version="5.0"), SECRET, workers=1)
+    token = hook_path_token(SECRET)
+    assert SECRET not in token and len(token) >= 40
+    event = json.dumps(r5_notification("event-notification", "DocumentReference/d1"))
+    with TestClient(svc.app) as client:
+        for wrong in ("x" * len(token), SECRET, hook_path_token(SECRET + "-other")):
+            assert client.post(f"/hook/t/{wrong}", content=event).status_code == 401
+        assert client.get("/health").json()["queued"] == 0
+        shake = json.dumps(r5_notification("handshake"))
+        assert client.post(f"/hook/t/{token}", content=shake).status_code == 200
+        media = json.dumps(r5_notification("event-notification", "Media/m1"))
+        assert client.post(f"/hook/t/{token}", content=media).status_code == 200  # not R5's
+        assert svc.stats.processed == 0
+        assert client.post(f"/hook/t/{token}", content=event).status_code == 202
+        wait_for(client, "processed", 1)

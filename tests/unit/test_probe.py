@@ -11,7 +11,7 @@ import pytest
 from fhir_images import IncompatibleServer, InvalidSetting, Settings
 from fhir_images.fhir.probe import ProbeCache, ServerReport, profile_from_report
 from fhir_images.fhir.servers import JsonPatchLabels, MetaOperations, ReplaceByUpdate
-from fhir_images.fhir.subscriptions import BackportTopic, NoSubscriptions, RestHook
+from fhir_images.fhir.subscriptions import NoSubscriptions, RestHook, TopicBased
 
 SAFE = ServerReport(
     base_url="http://fhir.test/",
@@ -27,7 +27,7 @@ SAFE = ServerReport(
     transaction=True,
     conditional_create=True,
     security_search=True,
-    subscriptions=("backport-topic",),
+    subscriptions=("topic-based",),
     audit_event_create=False,
     total_by_default=False,
 )
@@ -40,7 +40,7 @@ CAPS = {
 
 def test_strategies_follow_what_the_server_did():
     p = profile_from_report(SAFE)
-    assert isinstance(p.labels, JsonPatchLabels) and isinstance(p.subscriptions, BackportTopic)
+    assert isinstance(p.labels, JsonPatchLabels) and isinstance(p.subscriptions, TopicBased)
     assert p.binary_write.inline and p.binary_read.operation is None
     assert not p.audit_on_server and p.search_total == {"_total": "accurate"}
     meta = profile_from_report(

@@ -146,11 +146,35 @@ def test_the_submission_points_a_reused_binary_and_dates_the_consent(workdir):
     assert sub.consent_date == make_consent().date.astimezone(UTC)
 
 
-def test_what_r5_does_not_yet_write_is_refused_not_half_done():
+def test_r5_subscriptions_are_topic_based_and_carry_the_header_as_a_parameter():
     from fhir_images import ActionRefused
 
-    with pytest.raises(ActionRefused, match="not yet available on FHIR R5"):
-        R5.subscription("DocumentReference?", "http://127.0.0.1:1/hook", "X: y", reason="r")
+    with pytest.raises(ActionRefused, match="only topic-based"):
+        R5.subscription("DocumentReference?", "http://127.0.0.1:1/hook", "X-S: y", reason="r")
+    sub = R5.subscription(
+        "https://t.example/topic", "http://127.0.0.1:1/hook/t/abc", "X-S: y", reason="r", topic=True
+    )
+    assert R5.subscription_target(sub) == "https://t.example/topic"
+    assert R5.subscription_headers(sub) == ["X-S: y"] and sub["content"] == "id-only"
+    topic = R5.subscription_topic("https://t.example/topic", ["DocumentReference"], "t")
+    assert R5.topic_url_of(topic) == "https://t.example/topic"
+    assert topic["resourceTrigger"][0]["resource"] == "DocumentReference"
+    note = {
+        "resourceType": "Bundle",
+        "type": "subscription-notification",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "SubscriptionStatus",
+                    "type": "event-notification",
+                    "notificationEvent": [{"focus": {"reference": "DocumentReference/7"}}],
+                }
+            },
+            {"fullUrl": "DocumentReference/7/_history/1"},
+        ],
+    }
+    assert R5.notification_type(note) == "event-notification"
+    assert R5.notification_focus(note) == ["DocumentReference/7"]
 
 
 def test_an_r4_entry_is_mapped_again_for_r5(tmp_path):

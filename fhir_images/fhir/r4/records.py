@@ -499,6 +499,22 @@ def topic_url_of(basic: dict[str, Any]) -> str | None:
     return None
 
 
+def topic_search(url: str) -> tuple[str, dict[str, str]]:
+    """Where topics are found (as Basics; which one is ``url`` is :func:`topic_url_of`'s)."""
+    return "Basic", {"code": "http://hl7.org/fhir/fhir-types|SubscriptionTopic"}
+
+
+def subscription_target(subscription: dict[str, Any]) -> str | None:
+    """A Subscription's criteria: a search (classic) or a topic's URL (Backport)."""
+    criteria = subscription.get("criteria")
+    return criteria if isinstance(criteria, str) else None
+
+
+def subscription_headers(subscription: dict[str, Any]) -> list[str]:
+    headers = (subscription.get("channel") or {}).get("header") or []
+    return [h for h in headers if isinstance(h, str)]
+
+
 def notification_focus(bundle: dict[str, Any]) -> list[str]:
     """The resources a Backport notification (a history Bundle) is about: the ``focus`` of each
     event in its SubscriptionStatus, else the entries' request URLs. Unchecked strings."""

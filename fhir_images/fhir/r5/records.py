@@ -14,7 +14,7 @@ import copy
 import functools
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
-from typing import Any, NoReturn, ParamSpec, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from fhir.resources import get_fhir_model_class
 
@@ -47,13 +47,6 @@ def checked(build: Callable[P, R]) -> Callable[P, R]:
         return resource
 
     return wrapper
-
-
-def not_yet(what: str) -> Callable[..., NoReturn]:
-    def refuse(*args: Any, **kwargs: Any) -> NoReturn:
-        raise ActionRefused(f"{what} is not yet available on FHIR R5 servers")
-
-    return refuse
 
 
 def _now(at: datetime | None) -> str:
@@ -430,6 +423,125 @@ def completed(task: TaskView) -> dict[str, Any]:
     raw = copy.deepcopy(task.raw)
     raw["status"] = "completed"
     return raw
+
+
+# --------------------------------------------------------------------------- subscriptions
+
+_CHANNEL_TYPE = "http://terminology.hl7.org/CodeSystem/subscription-channel-type"
+
+
+@checked
+def subscription(
+    criteria: str,
+    endpoint: str,
+    header: str,
+    *,
+    reason: str,
+    topic: bool = False,
+    sid: str | None = None,
+) -> dict[str, Any]:
+    """An R5 rest-hook Subscription to a topic (``criteria`` is the topic's URL; R5 has no
+    search-based subscriptions), id-only. The header goes in as a channel parameter, which a
+    server may send as an HTTP header; the endpoint carries the hook's token in case it does
+    not."""
+    if not topic:
+        raise ActionRefused("FHIR R5 has only topic-based subscriptions")
+    name, _, value = header.partition(":")
+    resource: dict[str, Any] = {
+        "resourceType": "Subscription",
+        "status": "requested",
+        "reason": reason,
+        "topic": criteria,
+        "channelType": {"system": _CHANNEL_TYPE, "code": "rest-hook"},
+        "endpoint": endpoint,
+        "parameter": [{"name": name.strip(), "value": value.strip()}],
+        "contentType": "application/fhir+json",
+        "content": "id-only",
+    }
+    if sid is not None:
+        resource["id"] = sid
+    return resource
+
+
+@checked
+def subscription_topic(url: str, resource_types: Iterable[str], title: str) -> dict[str, Any]:
+    """An R5 SubscriptionTopic: creates and updates of the given resource types."""
+    return {
+        "resourceType": "SubscriptionTopic",
+        "url": url,
+        "title": title,
+        "status": "active",
+        "resourceTrigger": [
+            {
+                "description": f"A {t} is created or updated",
+                "resource": t,  # the type's name: HAPI matches no canonical URL here
+                "supportedInteraction": ["create", "update"],
+            }
+            for t in resource_types
+        ],
+    }
+
+
+def topic_url_of(topic: dict[str, Any]) -> str | None:
+    url = topic.get("url")
+    return url if isinstance(url, str) else None
+
+
+def topic_search(url: str) -> tuple[str, dict[str, str]]:
+    return "SubscriptionTopic", {"url": url}
+
+
+def subscription_target(subscription: dict[str, Any]) -> str | None:
+    target = subscription.get("topic")
+    return target if isinstance(target, str) else None
+
+
+def subscription_headers(subscription: dict[str, Any]) -> list[str]:
+    return [
+        f"{p.get('name')}: {p.get('value')}"
+        for p in subscription.get("parameter") or []
+        if isinstance(p, dict)
+    ]
+
+
+def _status(bundle: dict[str, Any]) -> dict[str, Any] | None:
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if isinstance(resource, dict) and resource.get("resourceType") == "SubscriptionStatus":
+            return resource
+    return None
+
+
+def notification_focus(bundle: dict[str, Any]) -> list[str]:
+    """The resources an R5 notification is about: each event's ``focus`` in its
+    SubscriptionStatus, else the other entries' URLs. Unchecked strings."""
+    status = _status(bundle)
+    out: list[str] = []
+    for event in (status or {}).get("notificationEvent") or []:
+        ref = (
+            ((event or {}).get("focus") or {}).get("reference") if isinstance(event, dict) else None
+        )
+        if isinstance(ref, str):
+            out.append(ref)
+    if out:
+        return out
+    entries = bundle.get("entry") if isinstance(bundle, dict) else None
+    for entry in entries if isinstance(entries, list) else []:
+        if not isinstance(entry, dict) or entry.get("resource", {}).get("resourceType") == (
+            "SubscriptionStatus"
+        ):
+            continue
+        url = (entry.get("request") or {}).get("url") or entry.get("fullUrl")
+        if isinstance(url, str):
+            out.append(url)
+    return out
+
+
+def notification_type(bundle: dict[str, Any]) -> str | None:
+    """handshake, heartbeat, event-notification, ... of an R5 notification."""
+    value = (_status(bundle) or {}).get("type")
+    return value if isinstance(value, str) else None
 
 
 # ------------------------------------------------------------------------- consent changes
