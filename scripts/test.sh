@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# The whole test suite on a fresh machine, both FHIR servers included:
+# The whole test suite on a fresh machine, every FHIR server included:
 #   1. installs the package with its test and lint extras into .venv (a clean environment,
 #      so nothing installed by hand elsewhere can hide a missing dependency);
-#   2. builds and starts the project's two FHIR servers on 127.0.0.1: HAPI FHIR (servers/hapi,
-#      from Maven Central) and Helios FHIR Server (servers/hfs, from crates.io with cargo, or
-#      from a checksummed ready binary named by HFS_PREBUILT);
+#   2. builds and starts the project's FHIR servers on 127.0.0.1: HAPI FHIR (servers/hapi,
+#      from Maven Central) as FHIR R4 and, from the same jar, as FHIR R5, and Helios FHIR
+#      Server (servers/hfs, from crates.io with cargo, or from a checksummed ready binary named
+#      by HFS_PREBUILT);
 #   3. runs ruff, mypy, the API reference build (warnings are errors) and pytest: unit tests,
 #      then every integration test against each server;
 #   4. stops the servers it started, whatever happened, and exits non-zero on any failure.
@@ -15,6 +16,11 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON=${PYTHON:-python3}
 export HAPI_PORT=${HAPI_PORT:-18080}
 export HFS_PORT=${HFS_PORT:-18081}
+HAPI_R5_PORT=${HAPI_R5_PORT:-18082}
+HAPI_R5_DATA_DIR=${HAPI_R5_DATA_DIR:-servers/hapi/.data-r5}
+hapi_r5() {
+    HAPI_FHIR_VERSION=R5 HAPI_PORT=$HAPI_R5_PORT HAPI_DATA_DIR=$HAPI_R5_DATA_DIR servers/hapi/hapi.sh "$@"
+}
 
 step() { printf '\n==> %s\n' "$*"; }
 
@@ -34,6 +40,7 @@ step "Lint, types and the API reference"
 stop_servers() {
     servers/hfs/hfs.sh stop || true
     servers/hapi/hapi.sh stop || true
+    hapi_r5 stop || true
 }
 trap stop_servers EXIT
 
@@ -41,11 +48,15 @@ step "Helios FHIR Server on port $HFS_PORT"
 servers/hfs/hfs.sh start --fresh
 HFS_URL=$(servers/hfs/hfs.sh url)
 
-step "HAPI FHIR server on port $HAPI_PORT"
+step "HAPI FHIR server (R4) on port $HAPI_PORT"
 servers/hapi/hapi.sh start --fresh
 HAPI_URL=$(servers/hapi/hapi.sh url)
 
-export FHIR_IMAGES_TEST_SERVERS="hapi=$HAPI_URL,hfs=$HFS_URL"
+step "HAPI FHIR server (R5) on port $HAPI_R5_PORT"
+hapi_r5 start --fresh
+HAPI_R5_URL=$(hapi_r5 url)
+
+export FHIR_IMAGES_TEST_SERVERS="hapi=$HAPI_URL,hapi-r5=$HAPI_R5_URL,hfs=$HFS_URL"
 export FHIR_IMAGES_REQUIRE_SERVER=1
 unset FHIR_BASE_URL
 

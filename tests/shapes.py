@@ -27,6 +27,16 @@ def audit_purposes(audit: dict[str, Any]) -> list[dict[str, Any]]:
     return list(audit.get("purposeOfEvent") or audit.get("authorization") or [])
 
 
+def audit_outcome(audit: dict[str, Any]) -> tuple[str, str | None]:
+    """The outcome code and its description (R4 ``outcome``/``outcomeDesc``, R5 ``outcome``'s
+    ``code`` and ``detail``)."""
+    outcome = audit.get("outcome")
+    if isinstance(outcome, str):
+        return outcome, audit.get("outcomeDesc")
+    details = [d.get("text") for d in (outcome or {}).get("detail", [])]
+    return str((outcome or {}).get("code", {}).get("code")), next(iter(details), None)
+
+
 def image_resource(
     image_type: str, *, subject: str, binary_url: str, confidentiality: str, **extra: Any
 ) -> dict[str, Any]:

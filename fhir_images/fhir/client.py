@@ -182,7 +182,8 @@ def _path(url: str, base: str = "") -> str:
 
 
 class FhirClient:
-    """A FHIR R4 REST client. Thread-safe: each thread gets its own Session."""
+    """A FHIR REST client (R4 or R5, as the server's CapabilityStatement says, or as forced by
+    ``fhir_version``). Thread-safe: each thread gets its own Session."""
 
     def __init__(
         self,

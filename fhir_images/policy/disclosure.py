@@ -167,7 +167,8 @@ class Finding:
 
 @dataclass(frozen=True)
 class DisclosureDecision:
-    """The verdict for one image, its reasons, its confidentiality, and the approval used."""
+    """The verdict for one image (``media``: its reference, a Media on R4 or a DocumentReference
+    on R5), its reasons, its confidentiality, and the approval used."""
 
     media: str
     verdict: Verdict

@@ -24,8 +24,8 @@ from ..faultproxy import FaultProxy, Faults
 
 pytestmark = pytest.mark.integration
 
-#: What each bundled server does (the HAPI JPA starter 8.8 and HFS 0.2.7 as the project starts
-#: them). Only the facts the issue of a second server turned on.
+#: What each bundled server does (HAPI JPA 8.8 as R4 and as R5, and HFS 0.2.7, as the project
+#: starts them): the facts on which servers differ.
 KNOWN: dict[str, dict[str, object]] = {
     "hapi": {
         "binary_raw_upload": True,
@@ -41,6 +41,23 @@ KNOWN: dict[str, dict[str, object]] = {
         "security_search": True,
         "audit_event_create": True,
         "strategy": {"labels": "MetaOperations", "subscriptions": "rest-hook"},
+    },
+    # the same HAPI as R5: the same answers, and R5's own topic-based subscriptions
+    "hapi-r5": {
+        "fhir_version": "5.0.0",
+        "binary_raw_upload": True,
+        "binary_operations": True,
+        "meta_operations": True,
+        "put_labels": "merge",
+        "put_replace_header": True,
+        "stale_if_match_status": 409,
+        "subscriptions": ["topic-based"],
+        "validate_operation": True,
+        "snapshot_operation": True,
+        "total_by_default": True,
+        "security_search": True,
+        "audit_event_create": True,
+        "strategy": {"labels": "MetaOperations", "subscriptions": "topic-based"},
     },
     "hfs": {
         "binary_raw_upload": False,
