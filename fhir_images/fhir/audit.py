@@ -137,9 +137,20 @@ def audit_trail(client: FhirClient) -> AuditTrail:
             return FileAudit(Path(setting[len("file:") :]))
         from .client import FhirClient as _Client
 
-        return RepositoryAudit(
-            _Client(setting, token=client.audit_token, profile="generic", fhir_version="4.0")
+        version = client.version
+        repository = _Client(
+            setting, token=client.audit_token, profile="generic", fhir_version=version.release
         )
+        # AuditEvents are built in the data server's FHIR version: a repository of another
+        # version would store them with R4-only or R5-only elements silently dropped
+        spoken = str(repository.request("GET", "metadata").json().get("fhirVersion") or "")
+        if not spoken.startswith(version.release):
+            raise UnsafeServer(
+                f"the audit repository speaks FHIR {spoken or 'of unknown version'} and the "
+                f"server FHIR {version.name}: give FhirClient(audit=...) a repository of the "
+                "same version, or file:/path"
+            )
+        return RepositoryAudit(repository)
     if client.profile.audit_on_server:
         return ServerAudit(client)
     raise UnsafeServer(
