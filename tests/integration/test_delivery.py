@@ -375,3 +375,22 @@ def test_parent_consent_delivered_with_its_performer(client, tmp_path):
     res = client.read(result.consent)
     assert client.version.consent(res).performers == ("RelatedPerson/ex-mother-1",)
     assert {"V", "intimate"} <= _codes(res)
+
+
+def test_an_entry_goes_in_the_servers_fhir_version(client, patient, tmp_path):
+    """Ingest maps for R4; an R5 server gets the entry mapped again, never R4's shapes."""
+    outbox = Outbox(tmp_path / "ob")
+    entry = ingest(synthetic.jpeg(seed=14), _ctx(patient), make_consent(), outbox=outbox).entry
+    assert entry is not None and entry.meta.fhir_version == "4.0"
+    [result] = push(client, outbox)
+    assert result.delivered, result.error
+    version = client.version
+    assert result.media is not None and result.media.startswith(f"{version.image_type}/")
+    remapped = [n for n in result.notes if "mapped again" in n]
+    assert remapped == (
+        [f"mapped again for FHIR {version.name} (was R4)"] if version.name != "R4" else []
+    )
+    image = version.image(client.read(result.media))
+    assert image.content_url == result.binary and image.sha256 == entry.meta.sha256
+    consent = version.consent(client.read(result.consent))
+    assert consent.images == (result.media,) and consent.provision_for("TREAT").kind == "permit"
