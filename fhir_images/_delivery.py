@@ -65,6 +65,7 @@ from ._outbox import DeliveryError, Entry, Outbox
 from ._result import Result
 from .fhir import FhirClient, Labels, Repository, get_version, label_image
 from .fhir.keys import record_key
+from .fhir.labels import sync_declared_labels
 from .fhir.views import ImageView
 
 log = logging.getLogger("fhir_images.delivery")
@@ -394,6 +395,11 @@ class Deliverer:
             )
         else:
             result.labels = image.labels.codings()
+            if (
+                image.declared_confidentiality is not None
+                and image.declared_confidentiality != image.labels.confidentiality
+            ):
+                sync_declared_labels(client, result.media, result.labels)
         if result.consent:
             consent = records.consent(result.consent)
             if result.media not in consent.images:

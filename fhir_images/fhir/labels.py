@@ -142,7 +142,25 @@ def apply_labels(
             f"{ref.split('/')[0]} labels on the server differ from those intended "
             f"(missing: {missing or 'none'}; unexpected: {extra or 'none'})"
         )
+    version = client.version
+    if version.declares_confidentiality and ref.startswith(f"{version.image_type}/"):
+        sync_declared_labels(client, ref, _codings(got))
     return _codings(got)
+
+
+def sync_declared_labels(client: FhirClient, ref: str, labels: list[dict[str, str]]) -> None:
+    """Bring what an image states about its confidentiality in its content (R5's
+    securityLabel) into line with its labels (If-Match), and verify it."""
+    resource = client.read(ref)
+    patch = client.version.declared_labels_patch(resource, labels)
+    if patch is None:
+        return
+    version = (resource.get("meta") or {}).get("versionId")
+    client.patch(ref, patch, if_match=str(version) if version is not None else None)
+    if client.version.declared_labels_patch(client.read(ref), labels) is not None:
+        raise LabelVerificationFailed(
+            f"{ref.split('/')[0]} states another confidentiality than its labels on the server"
+        )
 
 
 def _common_labels(*sets: Iterable[dict[str, Any]]) -> list[dict[str, str]]:

@@ -90,6 +90,17 @@ class ImageView:
     sha256: str | None
     version_id: str | None
     raw: dict[str, Any] = field(repr=False, compare=False)
+    #: the confidentiality the resource states in its content as well as in its labels (R5's
+    #: DocumentReference.securityLabel, as IHE MHD carries it); None where there is no such
+    declared_confidentiality: Confidentiality | None = None
+
+    @property
+    def confidentiality(self) -> Confidentiality:
+        """The higher of the labels' and the declared confidentiality (V when unlabelled)."""
+        level = self.labels.confidentiality
+        if self.declared_confidentiality is not None:
+            level = max(level, self.declared_confidentiality)
+        return level
 
     @property
     def implicit_consent(self) -> bool:

@@ -152,8 +152,9 @@ class ImageRecord:
 
     @property
     def confidentiality(self) -> Confidentiality:
-        """The highest of the image's and the Binary's (each V when it has none)."""
-        level = self.image.labels.confidentiality
+        """The highest of the image's (its labels and any it declares) and the Binary's (each V
+        when it has none)."""
+        level = self.image.confidentiality
         if self.binary is not None:
             level = max(level, self.binary.labels.confidentiality)
         return level

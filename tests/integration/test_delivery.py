@@ -322,6 +322,10 @@ def test_add_a_label_and_raise_confidentiality(client, patient, tmp_path):
     codes = {x["code"] for x in labels}
     assert {"NOPAT", "R", "PATAST", "CPLYCD"} <= codes and "N" not in codes
     assert _codes(client.read(ref)) == codes
+    image = client.version.image(client.read(ref))
+    if client.version.declares_confidentiality:  # R5: securityLabel follows the labels
+        assert image.declared_confidentiality is c.Confidentiality.R
+    assert image.confidentiality is c.Confidentiality.R
 
 
 def test_removing_or_lowering_labels_is_refused(client, patient, tmp_path):

@@ -417,7 +417,7 @@ def test_delta_repairs_a_server_that_left_two_codes():
 def test_labels_by_update_on_a_server_without_meta_operations(outbox):
     from fhir_images.fhir import apply_labels
 
-    client = FhirClient(BASE, profile="azure")
+    client = FhirClient(BASE, profile="azure", fhir_version="4.0")
     for _ in range(2):  # the labels, then the resource to update at its current version
         responses.get(
             f"{BASE}/Media/1",

@@ -246,3 +246,33 @@ def test_every_r5_record_is_a_valid_r5_resource(workdir):
     assert R5.used(tv, "AuditEvent/a1")["status"] == "completed"
     review = R5.task({**R5.review_task(image, Confidentiality.R, "check it", now), "id": "t2"})
     assert R5.completed(review)["status"] == "completed"
+
+
+def test_a_declared_confidentiality_higher_than_the_labels_wins(workdir):
+    """A DocumentReference whose securityLabel says V is treated as V whatever its meta says;
+    a code that is not a confidentiality code reads as V (fail closed)."""
+    from fhir_images._codes import Confidentiality
+
+    mapped, _ = _mapped(make_context(), make_consent(), workdir)
+    doc = _stored(_entries(mapped)["DocumentReference"], "d1")
+    assert R5.image(doc).confidentiality is Confidentiality.N
+    assert R5.declared_labels_patch(doc, doc["meta"]["security"]) is None
+    doc["securityLabel"] = [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]}]
+    image = R5.image(doc)
+    assert image.labels.confidentiality is Confidentiality.N
+    assert image.declared_confidentiality is Confidentiality.V
+    assert image.confidentiality is Confidentiality.V
+    doc["securityLabel"] = [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "Q"}]}]
+    assert R5.image(doc).confidentiality is Confidentiality.V
+    [op] = R5.declared_labels_patch(doc, doc["meta"]["security"])
+    assert op["path"] == "/securityLabel" and op["value"][0]["coding"][0]["code"] == "N"
+
+
+def test_disclosure_uses_the_declared_confidentiality(workdir):
+    from fhir_images._codes import Confidentiality
+    from fhir_images.policy import ImageRecord
+
+    mapped, _ = _mapped(make_context(), make_consent(), workdir)
+    doc = _stored(_entries(mapped)["DocumentReference"], "d1")
+    doc["securityLabel"] = [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]}]
+    assert ImageRecord(R5.image(doc)).confidentiality is Confidentiality.V

@@ -19,6 +19,8 @@ class _R4:
 
     name = "R4"
     release = "4.0"  # the prefix of the fhirVersion it serves
+    #: whether an image states its confidentiality in its content too (kept in step by labels)
+    declares_confidentiality = False
     image_type = "Media"
 
     image = staticmethod(read.image)
@@ -89,6 +91,13 @@ class _R4:
     topic_search = staticmethod(records.topic_search)
     subscription_target = staticmethod(records.subscription_target)
     subscription_headers = staticmethod(records.subscription_headers)
+
+    @staticmethod
+    def declared_labels_patch(
+        image: dict[str, Any], labels: list[dict[str, str]]
+    ) -> list[dict[str, Any]] | None:
+        return None  # a Media states its labels only in meta.security
+
     notification_focus = staticmethod(records.notification_focus)
     notification_type = staticmethod(records.notification_type)
     consent_change_provenance = staticmethod(records.consent_change_provenance)

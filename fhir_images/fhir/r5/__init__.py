@@ -20,6 +20,8 @@ class _R5:
 
     name = "R5"
     release = "5.0"  # the prefix of the fhirVersion it serves
+    #: whether an image states its confidentiality in its content too (kept in step by labels)
+    declares_confidentiality = True
     image_type = "DocumentReference"
 
     image = staticmethod(read.image)
@@ -93,6 +95,7 @@ class _R5:
     topic_search = staticmethod(records.topic_search)
     subscription_target = staticmethod(records.subscription_target)
     subscription_headers = staticmethod(records.subscription_headers)
+    declared_labels_patch = staticmethod(records.declared_labels_patch)
     consent_change_provenance = staticmethod(records.consent_change_provenance)
     withdrawn = staticmethod(records.withdrawn)
     superseded = staticmethod(records.superseded)

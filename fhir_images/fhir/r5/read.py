@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from ... import _codes as c
+from ..._codes import Confidentiality
 from ..._context import ImageKind
 from ..common import codings as _codings
 from ..common import labels_of as _labels
@@ -75,6 +76,12 @@ def image(doc: dict[str, Any]) -> ImageView:
         None,
     )
     authors = [r for r in (_ref(a) for a in doc.get("author") or []) if r]
+    declared = [
+        str(cd.get("code"))
+        for label in doc.get("securityLabel") or []
+        for cd in _codings(label)
+        if cd.get("system") == c.V3_CONFIDENTIALITY
+    ]
     return ImageView(
         ref=f"DocumentReference/{doc.get('id')}",
         labels=_labels(doc),
@@ -91,6 +98,16 @@ def image(doc: dict[str, Any]) -> ImageView:
         sha256=sha256,
         version_id=_version(doc),
         raw=doc,
+        declared_confidentiality=_highest(declared),
+    )
+
+
+def _highest(codes: list[str]) -> Confidentiality | None:
+    """The highest confidentiality code of a list; V for a code that is not one (fail closed)."""
+    if not codes:
+        return None
+    return max(
+        Confidentiality[x] if x in Confidentiality.__members__ else Confidentiality.V for x in codes
     )
 
 

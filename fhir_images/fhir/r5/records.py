@@ -425,6 +425,19 @@ def completed(task: TaskView) -> dict[str, Any]:
     return raw
 
 
+def declared_labels_patch(
+    image: dict[str, Any], labels: list[dict[str, str]]
+) -> list[dict[str, Any]] | None:
+    """A JSON Patch that makes a DocumentReference's ``securityLabel`` state the confidentiality
+    of its labels (``labels``: its meta.security after a change), or None when it already does.
+    Without it a client that reads securityLabel (IHE MHD) would see a lower one."""
+    level = Labels.of(labels).confidentiality
+    wanted = [{"coding": [c.conf(level).as_coding()]}]
+    if image.get("securityLabel") == wanted:
+        return None
+    return [{"op": "add", "path": "/securityLabel", "value": wanted}]
+
+
 # --------------------------------------------------------------------------- subscriptions
 
 _CHANNEL_TYPE = "http://terminology.hl7.org/CodeSystem/subscription-channel-type"
