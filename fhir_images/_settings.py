@@ -6,6 +6,7 @@
 | ``FHIR_TOKEN`` | a bearer token for it (else ``FHIR_USERNAME``/``FHIR_PASSWORD``) |
 | ``FHIR_CA_BUNDLE`` | a CA bundle for a private CA (TLS verification is always on) |
 | ``FHIR_SERVER_PROFILE`` | force a server profile instead of the one the server's answers choose |
+| ``FHIR_IMAGES_FHIR_VERSION`` | force the FHIR version (``4.0``, ``5.0``), not the server's |
 | ``FHIR_IMAGES_OUTBOX`` | the outbox folder (default ``./fhir-images-outbox``) |
 | ``FHIR_IMAGES_HOOK_SECRET`` | the server hook's shared secret (16 characters or more) |
 | ``FHIR_IMAGES_MAX_*`` | input limits (see :class:`fhir_images.Limits`) |
@@ -50,6 +51,7 @@ class Settings:
     accept_risks: frozenset[str] = frozenset()
     audit: str | None = None
     audit_token: str | None = field(default=None, repr=False)
+    fhir_version: str | None = None
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -81,7 +83,16 @@ class Settings:
         audit = get("FHIR_IMAGES_AUDIT")
         if audit is not None and not audit.startswith(("http://", "https://", "file:")):
             raise InvalidSetting("FHIR_IMAGES_AUDIT must be an http(s) FHIR base URL or file:/path")
+        fhir_version = get("FHIR_IMAGES_FHIR_VERSION")
+        if fhir_version is not None:
+            from .fhir.version import supported_versions
+
+            if fhir_version not in supported_versions():
+                raise InvalidSetting(
+                    "FHIR_IMAGES_FHIR_VERSION must be one of " + ", ".join(supported_versions())
+                )
         return cls(
+            fhir_version=fhir_version,
             base_url=get("FHIR_BASE_URL"),
             token=get("FHIR_TOKEN"),
             username=get("FHIR_USERNAME"),

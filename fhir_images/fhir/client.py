@@ -231,8 +231,10 @@ class FhirClient:
         self._closed = False
         self._capabilities: dict[str, Any] | None = None
         self._version: FhirVersion | None = None
-        if fhir_version is not None:  # otherwise the CapabilityStatement's, on first use
-            self._version = get_version(fhir_version)
+        # forced (a server whose CapabilityStatement says otherwise, or nothing), else the
+        # CapabilityStatement's, on first use
+        self._forced_version = get_version(fhir_version) if fhir_version is not None else None
+        self._version = self._forced_version
         self._profile: ServerProfile | None = (
             PROFILES[profile] if isinstance(profile, str) else profile
         )
@@ -268,6 +270,8 @@ class FhirClient:
         kwargs.setdefault("accept_risks", settings.accept_risks)
         kwargs.setdefault("audit", settings.audit)
         kwargs.setdefault("audit_token", settings.audit_token)
+        if settings.fhir_version:
+            kwargs.setdefault("fhir_version", settings.fhir_version)
         return cls(url, **kwargs)
 
     # ----------------------------------------------------------------- plumbing
@@ -437,7 +441,7 @@ class FhirClient:
         cs = self._json(self.request("GET", "metadata"))
         if not isinstance(cs, dict) or cs.get("resourceType") != "CapabilityStatement":
             raise IncompatibleServer("the server's /metadata is not a CapabilityStatement")
-        version = get_version(str(cs.get("fhirVersion", "")))
+        version = self._forced_version or get_version(str(cs.get("fhirVersion", "")))
         rest = next((r for r in cs.get("rest", []) if r.get("mode") == "server"), None)
         if rest is None:
             raise IncompatibleServer("the CapabilityStatement has no server REST section")

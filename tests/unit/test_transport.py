@@ -65,6 +65,24 @@ def test_capability_check_accepts_r4_and_a_forced_profile_skips_the_probe(client
 
 
 @responses.activate
+def test_the_fhir_version_comes_from_the_server_unless_forced():
+    types = ["Media", "DocumentReference", "Consent", "Binary", "Provenance"]
+    responses.get(f"{BASE}/metadata", json=capability(version="5.0.0", types=types))
+    assert FhirClient(BASE, profile="hapi").version.name == "R5"
+    forced = FhirClient(BASE, profile="hapi", fhir_version="4.0")
+    forced.capabilities()
+    assert forced.version.name == "R4", "a forced version is kept after the server is read"
+
+
+def test_a_forced_fhir_version_must_be_one_fhir_images_speaks():
+    from fhir_images import InvalidSetting, Settings
+
+    assert Settings.from_env({"FHIR_IMAGES_FHIR_VERSION": "5.0"}).fhir_version == "5.0"
+    with pytest.raises(InvalidSetting, match="FHIR_IMAGES_FHIR_VERSION"):
+        Settings.from_env({"FHIR_IMAGES_FHIR_VERSION": "3.0"})
+
+
+@responses.activate
 @pytest.mark.parametrize(
     "cs, message",
     [
