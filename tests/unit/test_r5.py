@@ -67,6 +67,7 @@ def test_the_image_carries_its_labels_twice_and_its_bytes_name_it(workdir):
     assert attachment["url"] == f"Binary/{binary['resource']['id']}"
     assert attachment["width"] == facts.width and attachment["height"] == facts.height
     assert attachment["hash"] == facts.sha1_b64
+    assert attachment["size"] == str(facts.size), "an integer64 is a JSON string"
 
 
 def test_the_image_reads_back_into_the_same_view_as_r4(workdir):

@@ -61,7 +61,20 @@ class MappedSubmission:
     consent_key: str
 
     def bundle_json(self) -> dict[str, Any]:
-        return self.bundle.model_dump(mode="json", exclude_none=True)
+        bundle = self.bundle.model_dump(mode="json", exclude_none=True)
+        for entry in bundle.get("entry", []):
+            if entry["resource"]["resourceType"] == "DocumentReference":
+                _size_as_string(entry["resource"])
+        return bundle
+
+
+def _size_as_string(doc: dict[str, Any]) -> None:
+    """R5's Attachment.size is an integer64, a JSON string (the models dump it as a number,
+    which an R5 server refuses)."""
+    for content in doc.get("content", []):
+        attachment = content.get("attachment", {})
+        if isinstance(attachment.get("size"), int):
+            attachment["size"] = str(attachment["size"])
 
 
 def _narrative(lines: list[str]) -> dict[str, str]:
