@@ -341,10 +341,16 @@ def test_concurrent_update_loses_with_a_conflict(client, patient, tmp_path):
     ref = _delivered_media(client, patient, tmp_path)
     media = client.read(ref)
     version = media["meta"]["versionId"]
-    client.update({**media, "language": "en-GB"}, if_match=version)
+
+    def edited(by: str) -> dict:
+        extra = {"system": "urn:fhir-images:test:editor", "value": by}
+        return {**media, "identifier": [*media.get("identifier", []), extra]}
+
+    client.update(edited("first"), if_match=version)
     with pytest.raises(VersionConflict):
-        client.update({**media, "language": "cy-GB"}, if_match=version)
-    assert client.read(ref)["language"] == "en-GB", "the first editor's change stands"
+        client.update(edited("second"), if_match=version)
+    editors = [i["value"] for i in client.read(ref)["identifier"] if "editor" in i["system"]]
+    assert editors == ["first"], "the first editor's change stands"
 
 
 def test_bulk_delivery_with_a_worker_pool(client, patient, tmp_path):

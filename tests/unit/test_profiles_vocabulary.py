@@ -1,5 +1,6 @@
 """profiles/ agrees with the code: the local code systems hold every code the code uses, the
-value sets hold every label the policy can set, and every canonical reference resolves."""
+value sets hold every label the policy can set, and every canonical reference resolves; and
+profiles/r5/ is the same package for FHIR R5, rule for rule."""
 
 from __future__ import annotations
 
@@ -19,15 +20,24 @@ from ..factories import CAPTURED
 
 ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "profiles"
+PROFILES_R5 = PROFILES / "r5"
 
 
-def _load() -> dict[str, dict[str, Any]]:
-    return {
-        r["url"]: r for r in (json.loads(p.read_text()) for p in sorted(PROFILES.glob("*.json")))
-    }
+def _load(folder: Path) -> dict[str, dict[str, Any]]:
+    return {r["url"]: r for r in (json.loads(p.read_text()) for p in sorted(folder.glob("*.json")))}
 
 
-RESOURCES = _load()
+RESOURCES = _load(PROFILES)
+#: The R5 structure definitions (the same canonical URLs as the R4 ones)
+R5 = _load(PROFILES_R5)
+#: What an R5 server loads: the shared code systems and value sets, and the R5 definitions
+R5_PACKAGE = {
+    **{u: r for u, r in RESOURCES.items() if r["resourceType"] != "StructureDefinition"},
+    **R5,
+}
+
+
+SD = f"{c.CANONICAL_BASE}/StructureDefinition"
 
 
 def _resource(kind: str, rid: str) -> dict[str, Any]:
@@ -46,15 +56,18 @@ def _properties(concept: dict[str, Any], code: str) -> list[Any]:
     ]
 
 
-@pytest.mark.parametrize("url", sorted(RESOURCES))
-def test_metadata(url: str) -> None:
-    r = RESOURCES[url]
+@pytest.mark.parametrize(
+    ("folder", "url"),
+    [*((PROFILES, u) for u in sorted(RESOURCES)), *((PROFILES_R5, u) for u in sorted(R5))],
+)
+def test_metadata(folder: Path, url: str) -> None:
+    r = (R5 if folder == PROFILES_R5 else RESOURCES)[url]
     assert url == f"{c.CANONICAL_BASE}/{r['resourceType']}/{r['id']}"
     assert r["version"] == "0.1.0" and r["status"] == "active"
     assert r["name"] and r["description"].strip()
-    assert (PROFILES / f"{r['resourceType']}-{r['id']}.json").exists()
+    assert (folder / f"{r['resourceType']}-{r['id']}.json").exists()
     if r["resourceType"] == "StructureDefinition":
-        assert r["fhirVersion"] == "4.0.1"
+        assert r["fhirVersion"] == ("5.0.0" if folder == PROFILES_R5 else "4.0.1")
         assert "snapshot" not in r, "differential only: the server generates the snapshot"
 
 
@@ -79,6 +92,63 @@ def test_canonical_references_resolve(url: str) -> None:
         assert target in RESOURCES, f"{url} refers to {target}, which profiles/ does not define"
 
 
+@pytest.mark.parametrize("url", sorted(R5))
+def test_r5_canonical_references_resolve_in_the_r5_package(url: str) -> None:
+    """An R5 definition refers only to the shared code systems and value sets and to other R5
+    definitions (what an R5 server loads)."""
+    for target in _canonicals({k: v for k, v in R5[url].items() if k != "url"}):
+        assert target in R5_PACKAGE, f"r5: {url} refers to {target}, which is not defined"
+
+
+#: The resource each profile constrains in R4 and R5 (R5 has no Media).
+R5_TYPE = {"Media": "DocumentReference"}
+#: Rules an R5 profile states under another name: R4 constraint keys and slice names, and why.
+RENAMED_IN_R5 = {
+    "fhir-images-performer": "fhir-images-grantor",  # Consent.performer is grantor
+    "fhir-images-entity-media": "fhir-images-entity-image",  # the image is a DocumentReference
+    "disclose": None,  # R4 subtype slice; R5's code is one CodeableConcept, fixed by pattern
+}
+
+
+def test_r5_has_the_same_profiles_as_r4() -> None:
+    r4 = {u: r for u, r in RESOURCES.items() if r["resourceType"] == "StructureDefinition"}
+    assert set(R5) == set(r4), "profiles/r5/ holds an R5 version of each R4 profile, and no other"
+    assert {p.name for p in PROFILES_R5.glob("*.json")} == {
+        p.name for p in PROFILES.glob("StructureDefinition-*.json")
+    }, "profiles/r5/ holds structure definitions only: the terminology is shared"
+    for url, new in R5.items():
+        old = r4[url]
+        for key in ("id", "name", "version", "kind", "derivation"):
+            assert new[key] == old[key], (url, key)
+        assert new["type"] == R5_TYPE.get(old["type"], old["type"]), url
+        assert new["baseDefinition"] == f"http://hl7.org/fhir/StructureDefinition/{new['type']}"
+
+
+def _rules(sd: dict[str, Any]) -> tuple[set[str], set[str]]:
+    """The constraint keys and slice names of a profile's differential."""
+    elements = sd["differential"]["element"]
+    keys = {x["key"] for e in elements for x in e.get("constraint", [])}
+    return keys, {e["sliceName"] for e in elements if "sliceName" in e}
+
+
+@pytest.mark.parametrize("url", sorted(R5))
+def test_r5_profiles_carry_every_rule_of_r4(url: str) -> None:
+    """Every constraint and every slice of the R4 profile is in the R5 one (under the R5 name
+    where R5 renamed the element), and the R5 profile speaks of R5 elements only."""
+    old_keys, old_slices = _rules(RESOURCES[url])
+    new_keys, new_slices = _rules(R5[url])
+    for rule in old_keys | old_slices:
+        renamed = RENAMED_IN_R5.get(rule, rule)
+        assert renamed is None or renamed in new_keys | new_slices, f"r5: {url} lacks {rule}"
+    sd = R5[url]
+    for element in sd["differential"]["element"]:
+        assert element["path"].split(".")[0] == sd["type"], element["id"]
+        targets = [p for t in element.get("type", []) for p in t.get("targetProfile", [])]
+        assert not any(t.endswith("/Media") for t in targets), element["id"]
+    if sd["type"] == "Extension":
+        assert sd["context"] == [{"type": "element", "expression": "DocumentReference"}]
+
+
 def test_local_urls_match_the_code() -> None:
     for url in (
         c.LOCAL_SENSITIVITY,
@@ -89,8 +159,9 @@ def test_local_urls_match_the_code() -> None:
         c.EXT_REMOTE_CONSULTATION,
     ):
         assert url in RESOURCES, url
-    media = json.dumps(_resource("StructureDefinition", "clinical-image"))
-    assert c.SID_SHA256 in media and c.EXT_REMOTE_CONSULTATION in media
+    for image in (_resource("StructureDefinition", "clinical-image"), R5[f"{SD}/clinical-image"]):
+        text = json.dumps(image)
+        assert c.SID_SHA256 in text and c.EXT_REMOTE_CONSULTATION in text
 
 
 def test_the_decision_reason_codesystem_is_generated_from_the_one_table() -> None:
