@@ -203,9 +203,9 @@ def test_fixed_ids_and_clock_are_used_and_the_defaults_stay_random(workdir: Path
     )
     data = fixed.bundle_json()
     assert fixed.submission_id == "id-0"
-    assert (fixed.media_url, fixed.binary_url) == ("urn:uuid:id-1", "urn:uuid:id-2")
+    assert (fixed.image_url, fixed.binary_url) == ("urn:uuid:id-1", "urn:uuid:id-2")
     assert {e["fullUrl"] for e in data["entry"]} == {f"urn:uuid:id-{i}" for i in (1, 2, 3, 4, 5)}
-    assert fixed.media.model_dump(mode="json")["issued"].startswith("2026-11-21T09:00:00")
+    assert fixed.image.model_dump(mode="json")["issued"].startswith("2026-11-21T09:00:00")
     assert fixed.provenance.model_dump(mode="json")["recorded"].startswith("2026-11-21T09:00:00")
 
     first = map_submission(ctx, consent, facts, decision)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -27,16 +26,20 @@ from fhir.resources.R4B.media import Media
 from fhir.resources.R4B.provenance import Provenance
 
 from ... import _codes as c
-from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
+from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
-from ...policy import Decision, Outcome, SecurityLabels
+from ...policy import Decision, SecurityLabels
+from ..building import (
+    Builders,
+    MappedSubmission,
+    assemble,
+    binary_resource,
+    image_notes,
+    provenance_resource,
+)
 from ..building import concept as _coded
-from ..building import conditional_entry as _entry
 from ..building import identifiers as _identifiers
-from ..building import image_notes
 from ..building import new_meta as _meta
-from ..building import random_id as _random_id
-from ..keys import binary_id, consent_key, image_key, record_key
 
 _MODALITY = {
     ImageKind.PHOTO: ("XC", "External-camera Photography"),
@@ -46,33 +49,6 @@ _MODALITY = {
     ImageKind.XRAY: ("DX", "Digital Radiography"),
     ImageKind.PATHOLOGY_SLIDE: ("SM", "Slide Microscopy"),
 }
-
-
-@dataclass(frozen=True)
-class MappedSubmission:
-    """What will be sent for one image.
-
-    ``bundle`` is a transaction whose Binary has no ``data``: the sender adds the
-    stored bytes (inline, streamed, or written into the Binary right after the
-    transaction, as the server allows). ``media_url`` and ``binary_url`` are the
-    ``fullUrl`` of the Media and Binary entries. The Binary is created with a
-    client-chosen id (:func:`binary_id`), which ``Media.content.url`` names.
-    """
-
-    submission_id: str
-    bundle: Bundle
-    media: Media
-    consent: Consent | None
-    provenance: Provenance
-    encounter: Encounter | None
-    binary: Binary
-    media_url: str
-    binary_url: str
-    image_key: str
-    consent_key: str
-
-    def bundle_json(self) -> dict[str, Any]:
-        return self.bundle.model_dump(mode="json", exclude_none=True)
 
 
 def _iso(dt: datetime) -> str:
@@ -182,7 +158,7 @@ def build_consent(
     labels: SecurityLabels,
     *,
     submission_id: str,
-    media_ref: str,
+    image_ref: str,
     record: str | None = None,
 ) -> Consent:
     giver = ctx.patient if consent.given_by is ConsentGiver.PATIENT else consent.giver
@@ -220,7 +196,7 @@ def build_consent(
         "provision": {
             "type": "deny",
             "period": {"start": _iso(consent.date)},
-            "data": [{"meaning": "instance", "reference": {"reference": media_ref}}],
+            "data": [{"meaning": "instance", "reference": {"reference": image_ref}}],
             "provision": consent_provisions(consent.permissions),
         },
     }
@@ -235,47 +211,6 @@ def build_consent(
             }
         ]
     return Consent.model_validate(data)
-
-
-def build_provenance(
-    ctx: ClinicalContext,
-    labels: SecurityLabels,
-    *,
-    submission_id: str,
-    targets: list[str],
-    now: datetime | None = None,
-    record: str | None = None,
-) -> Provenance:
-    """Who supplied the image and when; ``now`` (``recorded``) defaults to the current time."""
-    agents: list[dict[str, Any]] = []
-    author: dict[str, Any] = {
-        "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
-        "who": (
-            {"reference": ctx.operator}
-            if ctx.operator
-            else {"display": f"made by: {ctx.made_by.value.replace('_', ' ')}"}
-        ),
-    }
-    if ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER):
-        author["onBehalfOf"] = {"reference": ctx.patient}
-    agents.append(author)
-    if ctx.recorded_by:
-        agents.append(
-            {
-                "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "enterer"}]},
-                "who": {"reference": ctx.recorded_by},
-            }
-        )
-    data: dict[str, Any] = {
-        "resourceType": "Provenance",
-        "meta": _meta(labels.without_provenance().all(), submission_id, record),
-        "target": [{"reference": t} for t in targets],
-        "occurredDateTime": _iso(ctx.captured),
-        "recorded": _iso(now or datetime.now(UTC)),
-        "activity": {"coding": [{"system": c.V3_DATA_OPERATION, "code": "CREATE"}]},
-        "agent": agents,
-    }
-    return Provenance.model_validate(data)
 
 
 def build_encounter(
@@ -295,24 +230,22 @@ def build_encounter(
     )
 
 
-def build_binary(
-    facts: ImageFacts,
-    labels: SecurityLabels,
-    *,
-    submission_id: str,
-    media_ref: str,
-    record: str,
-) -> Binary:
-    """The Binary for the stored bytes, without them: the Media's labels and a securityContext
-    naming the Media, so the server and every reader treat the bytes as the Media."""
-    return Binary.model_validate(
-        {
-            "resourceType": "Binary",
-            "meta": _meta(labels.all(), submission_id, record),
-            "contentType": facts.media_type,
-            "securityContext": {"reference": media_ref},
-        }
-    )
+def build_provenance(ctx: ClinicalContext, labels: SecurityLabels, **kw: Any) -> Provenance:
+    return Provenance.model_validate(provenance_resource(ctx, labels, **kw))
+
+
+def build_binary(facts: ImageFacts, labels: SecurityLabels, **kw: Any) -> Binary:
+    return Binary.model_validate(binary_resource(facts, labels, **kw))
+
+
+BUILDERS = Builders(
+    encounter=build_encounter,
+    binary=build_binary,
+    image=build_media,
+    consent=build_consent,
+    provenance=build_provenance,
+    bundle=Bundle,
+)
 
 
 def map_submission(
@@ -325,98 +258,8 @@ def map_submission(
     new_id: Callable[[], str] | None = None,
     now: datetime | None = None,
 ) -> MappedSubmission:
-    """Build the resources and the transaction Bundle for a decision to store.
-
-    ``new_id`` makes the submission id (unless given) and the ``urn:uuid``
-    placeholders (default: random UUIDs); ``now`` is the instant written as
-    ``Media.issued`` and ``Provenance.recorded`` (default: the current time).
-    Both exist so that examples and tests can be reproduced exactly.
-    """
-    if decision.outcome is not Outcome.STORE:
-        raise ValueError(f"only a decision to store is mapped (this one is {decision.outcome})")
-    make_id = new_id or _random_id
-    sid = submission_id or make_id()
-    media_url = f"urn:uuid:{make_id()}"
-    binary_url = f"urn:uuid:{make_id()}"
-    labels = decision.labels
-    key = image_key(ctx.patient, facts.sha256_hex)
-    ckey = consent_key(consent)
-
-    def by_identifier(record: str) -> str:
-        return f"identifier={c.SID_RECORD}|{record}"
-
-    entries: list[dict[str, Any]] = []
-    encounter = None
-    encounter_ref = ctx.encounter
-    if ctx.remote and not ctx.encounter:
-        record = record_key(key, "encounter")
-        encounter = build_encounter(ctx, labels, submission_id=sid, record=record)
-        encounter_ref = f"urn:uuid:{make_id()}"
-        entries.append(_entry(encounter_ref, encounter, by_identifier(record)))
-
-    record = record_key(key, "binary")
-    binary_ref = f"Binary/{binary_id(key)}"
-    binary = build_binary(facts, labels, submission_id=sid, media_ref=media_url, record=record)
-    binary.id = binary_id(key)
-    entries.append(
-        {
-            "fullUrl": binary_url,
-            "resource": binary.model_dump(mode="json", exclude_none=True),
-            # a client-chosen id: created once, found again after a lost reply, and named by
-            # the Media directly (not every server resolves placeholders in a url element)
-            "request": {"method": "PUT", "url": binary_ref},
-        }
-    )
-    media = build_media(
-        ctx,
-        facts,
-        decision,
-        submission_id=sid,
-        binary_url=binary_ref,
-        encounter_ref=encounter_ref,
-        now=now,
-    )
-    entries.append(
-        _entry(
-            media_url, media, f"identifier={c.SID_SHA256}|{facts.sha256_hex}&subject={ctx.patient}"
-        )
-    )
-    targets = [media_url]
-    consent_res = None
-    if consent is not None:
-        consent_url = f"urn:uuid:{make_id()}"
-        record = record_key(key, "consent", ckey)
-        consent_res = build_consent(
-            ctx, consent, labels, submission_id=sid, media_ref=media_url, record=record
-        )
-        entries.append(_entry(consent_url, consent_res, by_identifier(record)))
-        targets.append(consent_url)
-    record = record_key(key, "provenance", ckey)
-    provenance = build_provenance(
-        ctx, labels, submission_id=sid, targets=targets, now=now, record=record
-    )
-    entries.append(_entry(f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{record}"))
-
-    # DS4P: the Bundle carries only the high-water mark; caveats and sensitivity codes that would
-    # reveal private facts stay on the entries.
-    bundle = Bundle.model_validate(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "meta": {"security": [c.conf(labels.confidentiality).as_coding()]},
-            "entry": entries,
-        }
-    )
-    return MappedSubmission(
-        sid,
-        bundle,
-        media,
-        consent_res,
-        provenance,
-        encounter,
-        binary,
-        media_url,
-        binary_url,
-        key,
-        ckey,
+    """The resources and the transaction Bundle for a decision to store; see
+    :func:`fhir_images.fhir.building.assemble`."""
+    return assemble(
+        ctx, consent, facts, decision, BUILDERS, submission_id=submission_id, new_id=new_id, now=now
     )

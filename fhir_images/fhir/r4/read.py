@@ -12,6 +12,7 @@ from ..common import labels_of as _labels
 from ..common import parse_instant
 from ..common import ref_of as _ref
 from ..common import version_of as _version
+from ..records_common import approval_view
 from ..views import (
     ApprovalView,
     BinaryView,
@@ -171,32 +172,5 @@ def task(resource: dict[str, Any]) -> TaskView:
 
 
 def approval(resource: dict[str, Any]) -> ApprovalView | None:
-    """The approval a Task records (None when the Task is not an approval; fields it lacks are
-    None, so it then covers nothing)."""
-    from .records import is_approval
-
-    if not is_approval(resource):
-        return None
-    reason = resource.get("reasonCode") if isinstance(resource.get("reasonCode"), dict) else {}
-    purpose = next(
-        (str(cd.get("code")) for cd in _codings(reason) if cd.get("system") == c.V3_ACT_REASON),
-        None,
-    )
-    restriction = (
-        resource.get("restriction") if isinstance(resource.get("restriction"), dict) else {}
-    )
-    assert isinstance(restriction, dict)
-    recipients = [_ref(r) for r in restriction.get("recipient", []) or []]
-    period = restriction.get("period") if isinstance(restriction.get("period"), dict) else {}
-    assert isinstance(period, dict)
-    return ApprovalView(
-        ref=f"Task/{resource.get('id')}",
-        status=str(resource.get("status")),
-        media=str(_ref(resource.get("focus"))),
-        purpose=purpose,
-        requester=_ref(resource.get("requester")),
-        recipient=recipients[0] if len(recipients) == 1 else None,
-        approver=_ref(resource.get("owner")),
-        approved_at=parse_instant(resource.get("lastModified")),
-        valid_until=parse_instant(period.get("end")),
-    )
+    """The approval an R4 Task records (its purpose in ``reasonCode``)."""
+    return approval_view(resource, [resource.get("reasonCode")])

@@ -11,17 +11,19 @@ from typing import Any
 
 from .. import version as _version
 from ..r4 import read as r4_read
+from ..searches import Searches
 from . import mapping, read, records
 from .submission import Submission
 
 
-class _R5:
+class _R5(Searches):
     """The R5 implementation of :class:`fhir_images.fhir.version.FhirVersion`."""
 
     name = "R5"
     release = "5.0"  # the prefix of the fhirVersion it serves
     #: whether an image states its confidentiality in its content too (kept in step by labels)
     declares_confidentiality = True
+    image_sort = "-date"
     image_type = "DocumentReference"
 
     image = staticmethod(read.image)
@@ -37,44 +39,6 @@ class _R5:
     @staticmethod
     def submission(bundle: dict[str, Any]) -> Submission:
         return Submission(bundle)
-
-    @staticmethod
-    def images_of_patient(patient: str) -> tuple[str, dict[str, str]]:
-        return "DocumentReference", {"subject": patient, "_count": "100", "_sort": "-date"}
-
-    @staticmethod
-    def image_by_hash(sha256: str, patient: str) -> tuple[str, dict[str, str]]:
-        from ... import _codes as c
-
-        return "DocumentReference", {
-            "identifier": f"{c.SID_SHA256}|{sha256}",
-            "subject": patient,
-            "_count": "1",
-        }
-
-    @staticmethod
-    def consents_of_image(image: str) -> tuple[str, dict[str, str]]:
-        return "Consent", {"data": image, "_count": "100"}
-
-    @staticmethod
-    def provenances_of(target: str) -> tuple[str, dict[str, str]]:
-        return "Provenance", {"target": target, "_count": "100"}
-
-    @staticmethod
-    def tasks_about(image: str) -> tuple[str, dict[str, str]]:
-        return "Task", {"focus": image, "_count": "100"}
-
-    @staticmethod
-    def approvals(
-        *, image: str | None, patient: str | None, status: str
-    ) -> tuple[str, dict[str, str]]:
-        code = records.APPROVAL_CODE
-        params = {"code": f"{code['system']}|{code['code']}", "status": status, "_count": "100"}
-        if image:
-            params["focus"] = image
-        if patient:
-            params["subject"] = patient
-        return "Task", params
 
     disclosure_audit = staticmethod(records.disclosure_audit)
     destruction_audit = staticmethod(records.destruction_audit)

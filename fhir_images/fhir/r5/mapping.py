@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import html
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -25,12 +24,21 @@ from fhir.resources.encounter import Encounter
 from fhir.resources.provenance import Provenance
 
 from ... import _codes as c
-from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Maker, Permissions
+from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
-from ...policy import Decision, Outcome, SecurityLabels
-from ..building import concept, conditional_entry, identifiers, image_notes, new_meta, random_id
+from ...policy import Decision, SecurityLabels
+from ..building import (
+    Builders,
+    MappedSubmission,
+    assemble,
+    binary_resource,
+    concept,
+    identifiers,
+    image_notes,
+    new_meta,
+    provenance_resource,
+)
 from ..common import iso
-from ..keys import binary_id, consent_key, image_key, record_key
 
 #: DICOM modality of each kind of image that has one (photo and video: external camera)
 MODALITY = {
@@ -43,38 +51,16 @@ MODALITY = {
 }
 
 
-@dataclass(frozen=True)
-class MappedSubmission:
-    """What will be sent for one image (R5); as the R4 one, with the image a DocumentReference.
-    The Binary has no ``data``: the sender adds the stored bytes as the server allows."""
-
-    submission_id: str
-    bundle: Bundle
-    image: DocumentReference
-    consent: Consent | None
-    provenance: Provenance
-    encounter: Encounter | None
-    binary: Binary
-    image_url: str
-    binary_url: str
-    image_key: str
-    consent_key: str
-
-    def bundle_json(self) -> dict[str, Any]:
-        bundle = self.bundle.model_dump(mode="json", exclude_none=True)
-        for entry in bundle.get("entry", []):
-            if entry["resource"]["resourceType"] == "DocumentReference":
-                _size_as_string(entry["resource"])
-        return bundle
-
-
-def _size_as_string(doc: dict[str, Any]) -> None:
+def _sizes_as_strings(bundle: dict[str, Any]) -> None:
     """R5's Attachment.size is an integer64, a JSON string (the models dump it as a number,
     which an R5 server refuses)."""
-    for content in doc.get("content", []):
-        attachment = content.get("attachment", {})
-        if isinstance(attachment.get("size"), int):
-            attachment["size"] = str(attachment["size"])
+    for entry in bundle.get("entry", []):
+        if entry["resource"]["resourceType"] != "DocumentReference":
+            continue
+        for content in entry["resource"].get("content", []):
+            attachment = content.get("attachment", {})
+            if isinstance(attachment.get("size"), int):
+                attachment["size"] = str(attachment["size"])
 
 
 def _narrative(lines: list[str]) -> dict[str, str]:
@@ -250,47 +236,6 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-def build_provenance(
-    ctx: ClinicalContext,
-    labels: SecurityLabels,
-    *,
-    submission_id: str,
-    targets: list[str],
-    now: datetime | None = None,
-    record: str | None = None,
-) -> Provenance:
-    """Who supplied the image and when; ``now`` (``recorded``) defaults to the current time."""
-    author: dict[str, Any] = {
-        "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
-        "who": (
-            {"reference": ctx.operator}
-            if ctx.operator
-            else {"display": f"made by: {ctx.made_by.value.replace('_', ' ')}"}
-        ),
-    }
-    if ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER):
-        author["onBehalfOf"] = {"reference": ctx.patient}
-    agents = [author]
-    if ctx.recorded_by:
-        agents.append(
-            {
-                "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "enterer"}]},
-                "who": {"reference": ctx.recorded_by},
-            }
-        )
-    return Provenance.model_validate(
-        {
-            "resourceType": "Provenance",
-            "meta": new_meta(labels.without_provenance().all(), submission_id, record),
-            "target": [{"reference": t} for t in targets],
-            "occurredDateTime": iso(ctx.captured),
-            "recorded": iso(now or datetime.now(UTC)),
-            "activity": {"coding": [{"system": c.V3_DATA_OPERATION, "code": "CREATE"}]},
-            "agent": agents,
-        }
-    )
-
-
 def build_encounter(
     ctx: ClinicalContext, labels: SecurityLabels, *, submission_id: str, record: str | None = None
 ) -> Encounter:
@@ -308,19 +253,23 @@ def build_encounter(
     )
 
 
-def build_binary(
-    facts: ImageFacts, labels: SecurityLabels, *, submission_id: str, image_ref: str, record: str
-) -> Binary:
-    """The Binary for the stored bytes, without them: the image's labels and a securityContext
-    naming the image."""
-    return Binary.model_validate(
-        {
-            "resourceType": "Binary",
-            "meta": new_meta(labels.all(), submission_id, record),
-            "contentType": facts.media_type,
-            "securityContext": {"reference": image_ref},
-        }
-    )
+def build_provenance(ctx: ClinicalContext, labels: SecurityLabels, **kw: Any) -> Provenance:
+    return Provenance.model_validate(provenance_resource(ctx, labels, **kw))
+
+
+def build_binary(facts: ImageFacts, labels: SecurityLabels, **kw: Any) -> Binary:
+    return Binary.model_validate(binary_resource(facts, labels, **kw))
+
+
+BUILDERS = Builders(
+    encounter=build_encounter,
+    binary=build_binary,
+    image=build_image,
+    consent=build_consent,
+    provenance=build_provenance,
+    bundle=Bundle,
+    finish_json=_sizes_as_strings,
+)
 
 
 def map_submission(
@@ -333,89 +282,8 @@ def map_submission(
     new_id: Callable[[], str] | None = None,
     now: datetime | None = None,
 ) -> MappedSubmission:
-    """Build the resources and the transaction Bundle for a decision to store (R5)."""
-    if decision.outcome is not Outcome.STORE:
-        raise ValueError(f"only a decision to store is mapped (this one is {decision.outcome})")
-    make_id = new_id or random_id
-    sid = submission_id or make_id()
-    image_url = f"urn:uuid:{make_id()}"
-    binary_url = f"urn:uuid:{make_id()}"
-    labels = decision.labels
-    key = image_key(ctx.patient, facts.sha256_hex)
-    ckey = consent_key(consent)
-
-    def by_identifier(record: str) -> str:
-        return f"identifier={c.SID_RECORD}|{record}"
-
-    entries: list[dict[str, Any]] = []
-    encounter = None
-    encounter_ref = ctx.encounter
-    if ctx.remote and not ctx.encounter:
-        record = record_key(key, "encounter")
-        encounter = build_encounter(ctx, labels, submission_id=sid, record=record)
-        encounter_ref = f"urn:uuid:{make_id()}"
-        entries.append(conditional_entry(encounter_ref, encounter, by_identifier(record)))
-
-    record = record_key(key, "binary")
-    binary_ref = f"Binary/{binary_id(key)}"
-    binary = build_binary(facts, labels, submission_id=sid, image_ref=image_url, record=record)
-    binary.id = binary_id(key)
-    entries.append(
-        {
-            "fullUrl": binary_url,
-            "resource": binary.model_dump(mode="json", exclude_none=True),
-            "request": {"method": "PUT", "url": binary_ref},
-        }
-    )
-    image = build_image(
-        ctx,
-        facts,
-        decision,
-        submission_id=sid,
-        binary_url=binary_ref,
-        encounter_ref=encounter_ref,
-        now=now,
-    )
-    entries.append(
-        conditional_entry(
-            image_url, image, f"identifier={c.SID_SHA256}|{facts.sha256_hex}&subject={ctx.patient}"
-        )
-    )
-    targets = [image_url]
-    consent_res = None
-    if consent is not None:
-        consent_url = f"urn:uuid:{make_id()}"
-        record = record_key(key, "consent", ckey)
-        consent_res = build_consent(
-            ctx, consent, labels, submission_id=sid, image_ref=image_url, record=record
-        )
-        entries.append(conditional_entry(consent_url, consent_res, by_identifier(record)))
-        targets.append(consent_url)
-    record = record_key(key, "provenance", ckey)
-    provenance = build_provenance(
-        ctx, labels, submission_id=sid, targets=targets, now=now, record=record
-    )
-    entries.append(
-        conditional_entry(f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{record}")
-    )
-    bundle = Bundle.model_validate(
-        {
-            "resourceType": "Bundle",
-            "type": "transaction",
-            "meta": {"security": [c.conf(labels.confidentiality).as_coding()]},
-            "entry": entries,
-        }
-    )
-    return MappedSubmission(
-        sid,
-        bundle,
-        image,
-        consent_res,
-        provenance,
-        encounter,
-        binary,
-        image_url,
-        binary_url,
-        key,
-        ckey,
+    """The resources and the transaction Bundle for a decision to store; see
+    :func:`fhir_images.fhir.building.assemble`."""
+    return assemble(
+        ctx, consent, facts, decision, BUILDERS, submission_id=submission_id, new_id=new_id, now=now
     )

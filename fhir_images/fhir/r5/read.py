@@ -16,6 +16,7 @@ from ..common import parse_instant
 from ..common import ref_of as _ref
 from ..common import version_of as _version
 from ..r4.read import KIND_BY_MODALITY
+from ..records_common import approval_view
 from ..views import ApprovalView, ConsentView, ImageView
 
 
@@ -154,37 +155,6 @@ def consent(resource: dict[str, Any]) -> ConsentView:
 
 
 def approval(resource: dict[str, Any]) -> ApprovalView | None:
-    """The approval an R5 Task records (None when the Task is not an approval; fields it lacks
-    are None, so it then covers nothing)."""
-    from .records import is_approval
-
-    if not is_approval(resource):
-        return None
-    purpose = next(
-        (
-            str(cd.get("code"))
-            for r in resource.get("reason") or []
-            if isinstance(r, dict)
-            for cd in _codings(r.get("concept"))
-            if cd.get("system") == c.V3_ACT_REASON
-        ),
-        None,
-    )
-    restriction = (
-        resource.get("restriction") if isinstance(resource.get("restriction"), dict) else {}
-    )
-    assert isinstance(restriction, dict)
-    recipients = [_ref(r) for r in restriction.get("recipient", []) or []]
-    period = restriction.get("period") if isinstance(restriction.get("period"), dict) else {}
-    assert isinstance(period, dict)
-    return ApprovalView(
-        ref=f"Task/{resource.get('id')}",
-        status=str(resource.get("status")),
-        media=str(_ref(resource.get("focus"))),
-        purpose=purpose,
-        requester=_ref(resource.get("requester")),
-        recipient=recipients[0] if len(recipients) == 1 else None,
-        approver=_ref(resource.get("owner")),
-        approved_at=parse_instant(resource.get("lastModified")),
-        valid_until=parse_instant(period.get("end")),
-    )
+    """The approval an R5 Task records (its purpose in ``reason``, CodeableReferences)."""
+    reasons = [r.get("concept") for r in resource.get("reason") or [] if isinstance(r, dict)]
+    return approval_view(resource, reasons)

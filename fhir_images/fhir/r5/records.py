@@ -11,50 +11,25 @@ R4 -> R5 for AuditEvent, as the R5 mapping gives it: ``type`` -> ``category``, `
 from __future__ import annotations
 
 import copy
-import functools
-from collections.abc import Callable, Iterable
-from datetime import UTC, datetime, timedelta
-from typing import Any, ParamSpec, TypeVar
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
 
 from fhir.resources import get_fhir_model_class
 
 from ... import _codes as c
 from ..._codes import Confidentiality
 from ..._exceptions import ActionRefused
+from .. import records_common as common
 from ..common import iso, who
+from ..records_common import SOURCE_NAME, checked_with
 from ..views import ConsentView, ImageView, Labels, TaskView
 
-SOURCE_NAME = "fhir-images"
-APPROVAL_CODE = {
-    "system": c.LOCAL_TASK,
-    "code": "approve-disclosure",
-    "display": "Approve the disclosure of an image",
-}
+#: Every builder here is checked against the R5 model of its resourceType.
+checked = checked_with(get_fhir_model_class)
+_now = common.now_iso
+_conf = common.conf_coding
 _OUTCOME = "http://terminology.hl7.org/CodeSystem/audit-event-outcome"
-
-P = ParamSpec("P")
-R = TypeVar("R", bound=dict[str, Any] | None)
-
-
-def checked(build: Callable[P, R]) -> Callable[P, R]:
-    """Check what a builder returns against the R5 model of its resourceType."""
-
-    @functools.wraps(build)
-    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
-        resource = build(*args, **kwargs)
-        if resource is not None:
-            get_fhir_model_class(resource["resourceType"]).model_validate(resource)
-        return resource
-
-    return wrapper
-
-
-def _now(at: datetime | None) -> str:
-    return iso(at or datetime.now(UTC))
-
-
-def _conf(level: Confidentiality) -> dict[str, str]:
-    return c.conf(level).as_coding()
 
 
 def _concept(system: str, code: str, display: str | None = None) -> dict[str, Any]:
@@ -318,111 +293,7 @@ def anonymised_copy(
 # -------------------------------------------------------------------------------- approvals
 
 
-@checked
-def approval_task(
-    image_ref: str,
-    confidentiality: Confidentiality,
-    *,
-    key: str,
-    patient: str,
-    purpose: str,
-    requester: str,
-    receiver: str,
-    reasons: Iterable[str],
-    now: datetime | None = None,
-) -> dict[str, Any]:
-    return {
-        "resourceType": "Task",
-        "meta": {"security": [_conf(confidentiality)]},
-        "identifier": [{"system": c.SID_APPROVAL, "value": key}],
-        "status": "requested",
-        "intent": "order",
-        "priority": "urgent",
-        "code": {"coding": [APPROVAL_CODE]},
-        "description": "A disclosure of an image needs a clinician's approval: "
-        + "; ".join(reasons),
-        "focus": {"reference": image_ref},
-        "for": {"reference": patient},
-        "authoredOn": _now(now),
-        "requester": {"reference": requester},
-        "reason": [{"concept": _concept(c.V3_ACT_REASON, purpose)}],
-        "restriction": {"recipient": [{"reference": receiver}]},
-    }
-
-
-@checked
-def approved(task: TaskView, *, by: str, valid_days: int, at: datetime) -> dict[str, Any]:
-    raw = copy.deepcopy(task.raw)
-    raw["status"] = "accepted"
-    raw["owner"] = {"reference": by}
-    raw["lastModified"] = iso(at)
-    raw["executionPeriod"] = {"start": iso(at)}
-    raw.setdefault("restriction", {})["period"] = {
-        "start": iso(at),
-        "end": iso(at + timedelta(days=valid_days)),
-    }
-    return raw
-
-
-@checked
-def refused(task: TaskView, *, by: str, reason: str, at: datetime) -> dict[str, Any]:
-    raw = copy.deepcopy(task.raw)
-    raw["status"] = "rejected"
-    raw["owner"] = {"reference": by}
-    raw["statusReason"] = {"concept": {"text": reason}}
-    raw["lastModified"] = iso(at)
-    return raw
-
-
-@checked
-def used(task: TaskView, audit_url: str) -> dict[str, Any]:
-    raw = copy.deepcopy(task.raw)
-    raw["status"] = "completed"
-    raw["output"] = [
-        {
-            "type": {"text": "the release that used this approval"},
-            "valueReference": {"reference": audit_url},
-        }
-    ]
-    return raw
-
-
-def is_approval(task: dict[str, Any]) -> bool:
-    return any(
-        cd.get("system") == APPROVAL_CODE["system"] and cd.get("code") == APPROVAL_CODE["code"]
-        for cd in (task.get("code") or {}).get("coding", [])
-    )
-
-
 # ------------------------------------------------------------------------------ the hook
-
-
-@checked
-def review_task(
-    image: ImageView, confidentiality: Confidentiality, description: str, now: datetime | None
-) -> dict[str, Any]:
-    task: dict[str, Any] = {
-        "resourceType": "Task",
-        "meta": {"security": [_conf(confidentiality)]},
-        "identifier": [{"system": c.SID_HOOK_TASK, "value": image.ref}],
-        "status": "requested",
-        "intent": "order",
-        "priority": "urgent",
-        "code": {"text": "Review an image's consent and purpose"},
-        "description": description,
-        "focus": {"reference": image.ref},
-        "authoredOn": _now(now),
-    }
-    if image.subject:
-        task["for"] = {"reference": image.subject}
-    return task
-
-
-@checked
-def completed(task: TaskView) -> dict[str, Any]:
-    raw = copy.deepcopy(task.raw)
-    raw["status"] = "completed"
-    return raw
 
 
 def declared_labels_patch(
@@ -566,9 +437,7 @@ def consent_change_provenance(
 ) -> dict[str, Any]:
     """A Provenance for one change of one Consent (its version), written once (``record``)."""
     target = f"{consent.ref}/_history/{consent.version_id or '1'}"
-    confidentiality = [
-        {"system": s, "code": code} for s, code in consent.labels if s == c.V3_CONFIDENTIALITY
-    ][:1] or [c.conf(Confidentiality.V).as_coding()]  # unlabelled: fail closed
+    confidentiality = common.consent_confidentiality(consent)
     return {
         "resourceType": "Provenance",
         "meta": {"security": confidentiality, "tag": [{"system": c.SID_RECORD, "code": record}]},
@@ -607,13 +476,6 @@ def withdrawn(consent: ConsentView, at: datetime) -> dict[str, Any]:
     raw = copy.deepcopy(consent.raw)
     raw["status"] = "inactive"
     raw.setdefault("period", {})["end"] = iso(at)
-    return raw
-
-
-@checked
-def superseded(consent: ConsentView) -> dict[str, Any]:
-    raw = copy.deepcopy(consent.raw)
-    raw["status"] = "inactive"
     return raw
 
 
@@ -657,3 +519,45 @@ def narrowed(consent: ConsentView, purposes: Iterable[str]) -> dict[str, Any] | 
     if not provisions:
         raw.pop("provision")
     return raw
+
+
+# ------------------------------------------------- the same in every version, checked as R5
+
+approved = checked(common.approved)
+used = checked(common.used)
+review_task = checked(common.review_task)
+completed = checked(common.completed)
+superseded = checked(common.superseded)
+
+
+@checked
+def refused(task: TaskView, *, by: str, reason: str, at: datetime) -> dict[str, Any]:
+    raw = common.rejected(task, by=by, at=at)
+    raw["statusReason"] = {"concept": {"text": reason}}
+    return raw
+
+
+@checked
+def approval_task(
+    image_ref: str,
+    confidentiality: Confidentiality,
+    *,
+    key: str,
+    patient: str,
+    purpose: str,
+    requester: str,
+    receiver: str,
+    reasons: Iterable[str],
+    now: datetime | None = None,
+) -> dict[str, Any]:
+    return common.approval_task(
+        image_ref,
+        confidentiality,
+        key=key,
+        patient=patient,
+        purpose={"reason": [{"concept": _concept(c.V3_ACT_REASON, purpose)}]},
+        requester=requester,
+        receiver=receiver,
+        reasons=reasons,
+        now=now,
+    )
