@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from typing import Any
 
+from .._context import ImageKind
 from .._inputs import reference_parts
-from .views import Labels
+from .views import BinaryView, Labels, PatientView, TaskView
 
 
 def iso(dt: datetime) -> str:
@@ -89,3 +90,60 @@ def codings(concept: Any) -> list[dict[str, Any]]:
     if not isinstance(concept, dict):
         return []
     return [x for x in concept.get("coding", []) if isinstance(x, dict)]
+
+
+# ------------------------------------------- views of what did not change between versions
+
+#: DICOM modality -> the kind of image, for images another system recorded
+KIND_BY_MODALITY = {
+    "US": ImageKind.ULTRASOUND,
+    "ES": ImageKind.ENDOSCOPY,
+    "DX": ImageKind.XRAY,
+    "CR": ImageKind.XRAY,
+    "SM": ImageKind.PATHOLOGY_SLIDE,
+}
+
+
+def _date(value: Any) -> date | None:
+    if not isinstance(value, str) or len(value) < 10:
+        return None
+    try:
+        return date.fromisoformat(value[:10])
+    except ValueError:
+        return None
+
+
+def binary(resource: dict[str, Any]) -> BinaryView:
+    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
+    assert isinstance(meta, dict)
+    tags = frozenset(
+        (str(t.get("system")), str(t.get("code")))
+        for t in meta.get("tag", [])
+        if isinstance(t, dict)
+    )
+    return BinaryView(
+        ref=f"Binary/{resource.get('id')}",
+        labels=labels_of(resource),
+        security_context=ref_of(resource.get("securityContext")),
+        tags=tags,
+        content_type=resource.get("contentType"),
+        version_id=version_of(resource),
+    )
+
+
+def patient(resource: dict[str, Any]) -> PatientView:
+    return PatientView(
+        ref=f"Patient/{resource.get('id')}",
+        birth_date=_date(resource.get("birthDate")),
+        deceased=_date(resource.get("deceasedDateTime")),
+    )
+
+
+def task(resource: dict[str, Any]) -> TaskView:
+    return TaskView(
+        ref=f"Task/{resource.get('id')}",
+        status=str(resource.get("status")),
+        description=resource.get("description"),
+        version_id=version_of(resource),
+        raw=resource,
+    )

@@ -19,6 +19,7 @@ from fhir_images import (
 )
 from fhir_images import _codes as c
 from fhir_images._context import Permissions
+from fhir_images.fhir import common
 from fhir_images.fhir.r4 import read
 from fhir_images.fhir.r4.mapping import consent_provisions
 from fhir_images.fhir.views import ApprovalView as Approval
@@ -72,7 +73,7 @@ def record(conf="N", *codes, consents=None, binary_labels=None, **kw):
             read.consent(x)
             for x in ([consent(view=True, store=True)] if consents is None else consents)
         ),
-        binary=read.binary(binary(bconf, *bcodes, context=f"Media/{m['id']}")),
+        binary=common.binary(binary(bconf, *bcodes, context=f"Media/{m['id']}")),
     )
 
 
@@ -134,14 +135,14 @@ def test_a_binary_without_a_confidentiality_label_counts_as_v():
 
 
 def test_bytes_of_another_resource_are_withheld():
-    rec = replace(record("N"), binary=read.binary(binary("N", context="Media/someone-else")))
+    rec = replace(record("N"), binary=common.binary(binary("N", context="Media/someone-else")))
     d = decide_one(rec, req(clearance="V"))
     assert d.verdict is Verdict.WITHHOLD
     assert any("belongs to another resource" in r for r in d.reasons)
 
 
 def test_bytes_that_do_not_say_whose_they_are_are_withheld():
-    rec = replace(record("N"), binary=read.binary(binary("N", context=None)))
+    rec = replace(record("N"), binary=common.binary(binary("N", context=None)))
     d = decide_one(rec, req(clearance="V"))
     assert d.verdict is Verdict.WITHHOLD
     assert any("no securityContext" in r for r in d.reasons)
@@ -281,7 +282,7 @@ def test_patient_gets_own_images_but_not_nopat_or_v_ones_without_approval():
 def test_patient_copy_follows_the_binary_not_the_media():
     """A Media of the requester that points at another child's V bytes is not their copy."""
     own = req("PATRQT", role="patient", requester="Patient/p1")
-    rec = replace(record("N"), binary=read.binary(binary("V", context="Media/victim")))
+    rec = replace(record("N"), binary=common.binary(binary("V", context="Media/victim")))
     d = decide_one(rec, own, now=NOW)
     assert d.verdict is Verdict.WITHHOLD
     assert any("another resource" in r for r in d.reasons)
@@ -373,7 +374,7 @@ def test_nothing_is_released_that_labels_or_consent_forbid(
     rec = ImageRecord(
         read.image(media(conf, *codes, kind=kind)),
         tuple(read.consent(x) for x in consents),
-        binary=read.binary(binary(binary_conf, *binary_codes, context=context)),
+        binary=common.binary(binary(binary_conf, *binary_codes, context=context)),
     )
     requester = {"family": "RelatedPerson/x", "patient": "Patient/p1"}.get(role, "Practitioner/x")
     d = decide_one(rec, req(purpose, role=role, clearance=clearance, requester=requester), now=NOW)

@@ -11,6 +11,7 @@ from starlette.testclient import TestClient
 from fhir_images import FhirClient
 from fhir_images import _codes as c
 from fhir_images._hook import SECRET_HEADER, HookService
+from fhir_images.fhir import common
 from fhir_images.fhir.r4 import read
 from fhir_images.policy import DEFAULT, STRICT
 
@@ -53,7 +54,7 @@ CONSENT = {
 def assess(media_, patient, consents, policy=DEFAULT):
     """The pack's assessment of an image as the server holds it (views from R4 resources)."""
     return policy.assess(
-        read.image(media_), read.patient(patient), [read.consent(x) for x in consents]
+        read.image(media_), common.patient(patient), [read.consent(x) for x in consents]
     )
 
 

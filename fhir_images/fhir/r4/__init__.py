@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import common
 from .. import version as _version
 from ..searches import Searches
 from . import mapping, read, records
@@ -26,10 +27,10 @@ class _R4(Searches):
     image_type = "Media"
 
     image = staticmethod(read.image)
-    binary = staticmethod(read.binary)
+    binary = staticmethod(common.binary)
     consent = staticmethod(read.consent)
-    patient = staticmethod(read.patient)
-    task = staticmethod(read.task)
+    patient = staticmethod(common.patient)
+    task = staticmethod(common.task)
     approval = staticmethod(read.approval)
 
     map_submission = staticmethod(mapping.map_submission)

@@ -2,43 +2,21 @@
 
 from __future__ import annotations
 
-from datetime import date
 from typing import Any
 
 from ... import _codes as c
 from ..._context import ImageKind
+from ..common import KIND_BY_MODALITY, parse_instant
 from ..common import codings as _codings
 from ..common import labels_of as _labels
-from ..common import parse_instant
 from ..common import ref_of as _ref
 from ..common import version_of as _version
 from ..records_common import approval_view
 from ..views import (
     ApprovalView,
-    BinaryView,
     ConsentView,
     ImageView,
-    PatientView,
-    TaskView,
 )
-
-#: DICOM modality -> the kind of image, for images another system recorded
-KIND_BY_MODALITY = {
-    "US": ImageKind.ULTRASOUND,
-    "ES": ImageKind.ENDOSCOPY,
-    "DX": ImageKind.XRAY,
-    "CR": ImageKind.XRAY,
-    "SM": ImageKind.PATHOLOGY_SLIDE,
-}
-
-
-def _date(value: Any) -> date | None:
-    if not isinstance(value, str) or len(value) < 10:
-        return None
-    try:
-        return date.fromisoformat(value[:10])
-    except ValueError:
-        return None
 
 
 def image_kind(media: dict[str, Any]) -> ImageKind:
@@ -93,24 +71,6 @@ def image(media: dict[str, Any]) -> ImageView:
     )
 
 
-def binary(resource: dict[str, Any]) -> BinaryView:
-    meta = resource.get("meta") if isinstance(resource.get("meta"), dict) else {}
-    assert isinstance(meta, dict)
-    tags = frozenset(
-        (str(t.get("system")), str(t.get("code")))
-        for t in meta.get("tag", [])
-        if isinstance(t, dict)
-    )
-    return BinaryView(
-        ref=f"Binary/{resource.get('id')}",
-        labels=_labels(resource),
-        security_context=_ref(resource.get("securityContext")),
-        tags=tags,
-        content_type=resource.get("contentType"),
-        version_id=_version(resource),
-    )
-
-
 def consent(resource: dict[str, Any]) -> ConsentView:
     root = resource.get("provision") if isinstance(resource.get("provision"), dict) else {}
     assert isinstance(root, dict)
@@ -149,24 +109,6 @@ def consent(resource: dict[str, Any]) -> ConsentView:
         version_id=_version(resource),
         provisions=provisions,
         base_rule=str(root.get("type", "deny")),
-        raw=resource,
-    )
-
-
-def patient(resource: dict[str, Any]) -> PatientView:
-    return PatientView(
-        ref=f"Patient/{resource.get('id')}",
-        birth_date=_date(resource.get("birthDate")),
-        deceased=_date(resource.get("deceasedDateTime")),
-    )
-
-
-def task(resource: dict[str, Any]) -> TaskView:
-    return TaskView(
-        ref=f"Task/{resource.get('id')}",
-        status=str(resource.get("status")),
-        description=resource.get("description"),
-        version_id=_version(resource),
         raw=resource,
     )
 

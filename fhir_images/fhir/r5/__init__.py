@@ -2,15 +2,16 @@
 
 What differs from R4 is here and only here: the mapping of a new image (:mod:`.mapping`), the
 reading of images and Consents (:mod:`.read`), consent changes (:mod:`.records`) and the
-searches. Binaries, Patients and Tasks read as in R4. :data:`R5` is the version object.
+searches' sort. Binaries, Patients and Tasks read as in R4 (``fhir.common``). :data:`R5` is the
+version object.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from .. import common
 from .. import version as _version
-from ..r4 import read as r4_read
 from ..searches import Searches
 from . import mapping, read, records
 from .submission import Submission
@@ -27,10 +28,10 @@ class _R5(Searches):
     image_type = "DocumentReference"
 
     image = staticmethod(read.image)
-    binary = staticmethod(r4_read.binary)
+    binary = staticmethod(common.binary)
     consent = staticmethod(read.consent)
-    patient = staticmethod(r4_read.patient)
-    task = staticmethod(r4_read.task)
+    patient = staticmethod(common.patient)
+    task = staticmethod(common.task)
 
     approval = staticmethod(read.approval)
 

@@ -10,12 +10,11 @@ from typing import Any
 from ... import _codes as c
 from ..._codes import Confidentiality
 from ..._context import ImageKind
+from ..common import KIND_BY_MODALITY, parse_instant
 from ..common import codings as _codings
 from ..common import labels_of as _labels
-from ..common import parse_instant
 from ..common import ref_of as _ref
 from ..common import version_of as _version
-from ..r4.read import KIND_BY_MODALITY
 from ..records_common import approval_view
 from ..views import ApprovalView, ConsentView, ImageView
 
