@@ -27,7 +27,13 @@ def run(
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "HAPI_DATA_DIR": str(tmp_path), **env},
+        # the script's own settings come from the test alone, not from the suite's environment
+        # (scripts/test.sh exports HAPI_PORT for the server under test)
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("HAPI_")},
+            "HAPI_DATA_DIR": str(tmp_path),
+            **env,
+        },
     )
 
 
