@@ -1,16 +1,19 @@
-"""Delivery to a FHIR server: our push against a naive client and against the floor.
+"""Delivery to a FHIR server: push against a floor and a naive client, at the same concurrency.
 
-    FHIR_BASE_URL=http://127.0.0.1:8080/fhir python bench/bench_push.py [--count 200]
+    FHIR_BASE_URL=http://127.0.0.1:8080/fhir python bench/bench_push.py [--count 100] [--rounds 5]
 
-Same photos (synthetic, 0.5-4 MB), same server, one run:
-  ours:  ``push`` with 4 workers: raw Binary upload, labels, transaction with conditional
-         creates, read-back of labels, links and bytes;
+Same photos (synthetic, 0.5-4 MB), same server, same number of workers for all three, one run:
+  ours:  ``push``: Binary upload (as the server allows), labels, transaction with conditional
+         creates, read-back of labels, links and every byte;
   naive: what most hand-written clients do: POST Media with the image inlined as base64,
-         then POST Consent and POST Provenance, one request per resource, one at a time;
-  floor: plain POSTs of the same bytes to /Binary, one at a time, nothing else.
-Then peak memory (VmHWM) of a child process pushing one 300 MB video, against the same
-child idle. Prints a table and one JSON line. HAPI holds an uploaded Binary in its heap, so
-for the 300 MB video start it with a larger heap, e.g.
+         then POST Consent and POST Provenance (R4 servers only: R5 has no Media);
+  floor: the least any client must send: each photo as a Binary (raw where the server takes
+         raw bytes, else FHIR JSON with base64 data), nothing else.
+The server is warmed first; then the three run in rounds, their order alternating (A B C, C B A,
+...), each round on a new patient (so push stores new records). One JSON line per round, then
+the median of each ratio and its spread. ``--video-mb`` adds the peak memory (VmHWM) of a child
+process pushing one video, against the same child idle. HAPI holds an uploaded Binary in its
+heap: for a 300 MB video start it with a larger heap, e.g.
 HAPI_JAVA_OPTS="-Xmx6g -XX:TieredStopAtLevel=1 -XX:+UseSerialGC" servers/hapi/hapi.sh start.
 """
 
@@ -22,15 +25,28 @@ import io
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import requests
 
-from fhir_images import FhirClient, Outbox, ingest, parse_consent, parse_context, push, synthetic
+from fhir_images import (
+    ClinicalContext,
+    FhirClient,
+    Outbox,
+    ingest,
+    parse_consent,
+    parse_context,
+    push,
+    synthetic,
+)
 
 CONSENT = {
     "given_by": "patient",
@@ -43,7 +59,7 @@ CONSENT = {
 }
 
 
-def context(patient: str, kind: str = "photo") -> object:
+def context(patient: str, kind: str = "photo") -> ClinicalContext:
     return parse_context(
         {
             "patient": patient,
@@ -83,71 +99,84 @@ def seed_server(base: str, patient_id: str) -> None:
         ).raise_for_status()
 
 
-def naive(base: str, patient: str, files: list[Path]) -> None:
-    s = requests.Session()
+_local = threading.local()
+
+
+def _session() -> requests.Session:
+    """One keep-alive session per worker thread (as push has)."""
+    if not hasattr(_local, "s"):
+        _local.s = requests.Session()
+    return _local.s  # type: ignore[no-any-return]
+
+
+def concurrently(one: Callable[[Path], None], files: list[Path], workers: int) -> float:
+    """Seconds to run ``one`` over ``files`` with ``workers`` threads."""
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(one, files))
+    return time.perf_counter() - started
+
+
+def naive(base: str, patient: str, f: Path) -> None:
+    s = _session()
     h = {"Content-Type": "application/fhir+json"}
-    for f in files:
-        data = f.read_bytes()
-        media = {
-            "resourceType": "Media",
-            "status": "completed",
-            "subject": {"reference": patient},
-            "content": {"contentType": "image/jpeg", "data": base64.b64encode(data).decode()},
-        }
-        r = s.post(f"{base}/Media", data=json.dumps(media), headers=h, timeout=120)
-        r.raise_for_status()
-        mid = r.headers["Location"].split("/_history")[0].rsplit("/", 1)[-1]
-        consent = {
-            "resourceType": "Consent",
-            "status": "active",
-            "scope": {"coding": [{"code": "patient-privacy"}]},
-            "category": [{"coding": [{"code": "59284-0"}]}],
-            "patient": {"reference": patient},
-            "policyRule": {"text": "x"},
-            "provision": {
-                "data": [{"meaning": "instance", "reference": {"reference": f"Media/{mid}"}}]
-            },
-        }
-        s.post(
-            f"{base}/Consent", data=json.dumps(consent), headers=h, timeout=60
-        ).raise_for_status()
-        prov = {
-            "resourceType": "Provenance",
-            "target": [{"reference": f"Media/{mid}"}],
-            "recorded": "2026-01-01T00:00:00Z",
-            "agent": [{"who": {"reference": "Practitioner/bench"}}],
-        }
-        s.post(
-            f"{base}/Provenance", data=json.dumps(prov), headers=h, timeout=60
-        ).raise_for_status()
+    data = f.read_bytes()
+    media = {
+        "resourceType": "Media",
+        "status": "completed",
+        "subject": {"reference": patient},
+        "content": {"contentType": "image/jpeg", "data": base64.b64encode(data).decode()},
+    }
+    r = s.post(f"{base}/Media", data=json.dumps(media), headers=h, timeout=120)
+    r.raise_for_status()
+    mid = r.headers["Location"].split("/_history")[0].rsplit("/", 1)[-1]
+    consent = {
+        "resourceType": "Consent",
+        "status": "active",
+        "scope": {"coding": [{"code": "patient-privacy"}]},
+        "category": [{"coding": [{"code": "59284-0"}]}],
+        "patient": {"reference": patient},
+        "policyRule": {"text": "x"},
+        "provision": {
+            "data": [{"meaning": "instance", "reference": {"reference": f"Media/{mid}"}}]
+        },
+    }
+    s.post(f"{base}/Consent", data=json.dumps(consent), headers=h, timeout=60).raise_for_status()
+    prov = {
+        "resourceType": "Provenance",
+        "target": [{"reference": f"Media/{mid}"}],
+        "recorded": "2026-01-01T00:00:00Z",
+        "agent": [{"who": {"reference": "Practitioner/bench"}}],
+    }
+    s.post(f"{base}/Provenance", data=json.dumps(prov), headers=h, timeout=60).raise_for_status()
 
 
-def floor(base: str, files: list[Path], raw: bool) -> None:
-    """The least any client must send: each file as a Binary, raw where the server takes raw
+def floor(base: str, f: Path, raw: bool) -> None:
+    """The least any client must send: a file as a Binary, raw where the server takes raw
     bytes, else as the FHIR JSON with base64 data it requires (built in memory: small files)."""
-    s = requests.Session()
-    for f in files:
-        if raw:
-            with f.open("rb") as body:
-                s.post(
-                    f"{base}/Binary", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120
-                ).raise_for_status()
-            continue
-        resource = {
-            "resourceType": "Binary",
-            "contentType": "image/jpeg",
-            "data": base64.b64encode(f.read_bytes()).decode(),
-        }
-        s.post(
-            f"{base}/Binary",
-            data=json.dumps(resource),
-            headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
-            timeout=120,
-        ).raise_for_status()
+    s = _session()
+    if raw:
+        with f.open("rb") as body:
+            s.post(
+                f"{base}/Binary", data=body, headers={"Content-Type": "image/jpeg"}, timeout=120
+            ).raise_for_status()
+        return
+    resource = {
+        "resourceType": "Binary",
+        "contentType": "image/jpeg",
+        "data": base64.b64encode(f.read_bytes()).decode(),
+    }
+    s.post(
+        f"{base}/Binary",
+        data=json.dumps(resource),
+        headers={"Content-Type": "application/fhir+json", "Prefer": "return=minimal"},
+        timeout=120,
+    ).raise_for_status()
 
 
 VIDEO_CHILD = r"""
 import sys
+from collections.abc import Callable
 from pathlib import Path
 mode, base, outbox = sys.argv[1], sys.argv[2], sys.argv[3]
 from fhir_images import FhirClient, Outbox, push
@@ -180,32 +209,51 @@ def video_memory(base: str, patient: str, mb: int, work: Path) -> dict[str, int]
     return {"file_bytes": mb << 20, "peak_rss_bytes": peak, "idle_rss_bytes": idle}
 
 
+def one_round(
+    base: str, files: list[Path], workers: int, order: list[str], raw: bool, naive_ok: bool
+) -> dict[str, float]:
+    """Time floor, naive and push once each, in ``order``, on a new patient."""
+    pid = f"bench-{time.time_ns()}"
+    patient = f"Patient/{pid}"
+    seed_server(base, pid)
+    with tempfile.TemporaryDirectory() as d:
+        outbox = Outbox(Path(d) / "outbox")
+        for p in files:
+            ingest(p, context(patient), parse_consent(CONSENT), outbox=outbox)
+        client = FhirClient(base, pool_size=workers)
+        times: dict[str, float] = {}
+        for name in order:
+            if name == "floor":
+                times[name] = concurrently(lambda f: floor(base, f, raw), files, workers)
+            elif name == "naive" and naive_ok:
+                times[name] = concurrently(lambda f: naive(base, patient, f), files, workers)
+            elif name == "ours":
+                started = time.perf_counter()
+                results = push(client, outbox, workers=workers)
+                times[name] = time.perf_counter() - started
+                failed = [r for r in results if not r.delivered]
+                if failed:
+                    sys.exit(f"{len(failed)} deliveries failed: {failed[0].error}")
+        client.close()
+    return times
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--server", default=os.environ.get("FHIR_BASE_URL"))
-    ap.add_argument("--count", type=int, default=200)
+    ap.add_argument("--count", type=int, default=100)
     ap.add_argument("--workers", type=int, default=4)
-    ap.add_argument("--video-mb", type=int, default=300)
-    ap.add_argument("--video-only", action="store_true", help="Only the video's peak memory.")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--video-mb", type=int, default=0, help="Also a video's peak memory.")
     args = ap.parse_args()
     if not args.server:
         sys.exit("give --server or set FHIR_BASE_URL")
     base = args.server.rstrip("/")
     rng = random.Random(7)
-    pid = f"bench-{int(time.time())}"
-    patient = f"Patient/{pid}"
-    seed_server(base, pid)
-    if args.video_only:
-        with tempfile.TemporaryDirectory() as d:
-            mem = video_memory(base, patient, args.video_mb, Path(d))
-        over = mem["peak_rss_bytes"] - mem["idle_rss_bytes"]
-        print(
-            f"{args.video_mb} MB video push: peak RSS {mem['peak_rss_bytes'] >> 20} MB, idle "
-            f"{mem['idle_rss_bytes'] >> 20} MB, over idle {over / mem['file_bytes']:.3f} "
-            "of the file"
-        )
-        print(json.dumps({"bench": "push-video", "server": base, "video": mem}))
-        return
+    report = FhirClient(base).report()
+    raw = bool(report.binary_raw_upload)
+    naive_ok = report.fhir_version.startswith("4.0")
+    machine = f"{os.cpu_count()} cores"
     with tempfile.TemporaryDirectory() as d:
         work = Path(d)
         files = []
@@ -213,65 +261,71 @@ def main() -> None:
             p = work / f"p{i}.jpg"
             p.write_bytes(photo(rng.randint(512 << 10, 4 << 20), seed=i))
             files.append(p)
-        outbox = Outbox(work / "outbox")
-        for p in files:
-            ingest(p, context(patient), parse_consent(CONSENT), outbox=outbox)
-        stored = sorted(e.content_path for e in outbox.entries("ready"))
-        total = sum(p.stat().st_size for p in stored)
-
-        raw = bool(FhirClient(base).report().binary_raw_upload)
-        # warm the server's JIT a little, the same for all three
-        floor(base, stored[:5], raw)
-
-        t = time.perf_counter()
-        floor(base, stored, raw)
-        t_floor = time.perf_counter() - t
-
-        t = time.perf_counter()
-        naive(base, patient, stored)
-        t_naive = time.perf_counter() - t
-
-        client = FhirClient(base, pool_size=args.workers)
-        t = time.perf_counter()
-        results = push(client, outbox, workers=args.workers)
-        t_ours = time.perf_counter() - t
-        failed = [r for r in results if not r.delivered]
-        if failed:
-            sys.exit(f"{len(failed)} deliveries failed: {failed[0].error}")
-
-        print(
-            f"{args.count} photos, {total / 2**20:.0f} MB: floor {t_floor:.2f} s, "
-            f"naive {t_naive:.2f} s, ours {t_ours:.2f} s",
-            flush=True,
+        total = sum(p.stat().st_size for p in files)
+        # a warm server: every path once, not counted
+        one_round(base, files[:8], args.workers, ["floor", "naive", "ours"], raw, naive_ok)
+        rounds = []
+        for i in range(args.rounds):
+            order = ["floor", "naive", "ours"] if i % 2 == 0 else ["ours", "naive", "floor"]
+            t = one_round(base, files, args.workers, order, raw, naive_ok)
+            line = {
+                "bench": "push-round",
+                "round": i + 1,
+                "order": order,
+                "photos": args.count,
+                "bytes": total,
+                "workers": args.workers,
+                "fhir_version": report.fhir_version,
+                **{f"{k}_s": round(v, 2) for k, v in t.items()},
+                "ours_vs_floor": round(t["ours"] / t["floor"], 3),
+            }
+            if "naive" in t:
+                line["naive_vs_ours"] = round(t["naive"] / t["ours"], 3)
+            print(json.dumps(line), flush=True)
+            rounds.append(line)
+        mem = (
+            video_memory(base, f"Patient/bench-video-{time.time_ns()}", args.video_mb, work)
+            if args.video_mb
+            else None
         )
-        mem = video_memory(base, patient, args.video_mb, work)
+
+    def summary(key: str) -> dict[str, float] | None:
+        values = [r[key] for r in rounds if key in r]
+        if not values:
+            return None
+        return {
+            "median": round(statistics.median(values), 3),
+            "min": min(values),
+            "max": max(values),
+        }
 
     figures = {
+        "bench": "push",
+        "server": report.software,
+        "server_version": report.software_version,
+        "fhir_version": report.fhir_version,
+        "machine": machine,
         "photos": args.count,
         "bytes": total,
         "workers": args.workers,
-        "floor_s": round(t_floor, 2),
-        "naive_s": round(t_naive, 2),
-        "ours_s": round(t_ours, 2),
-        "ours_vs_floor": round(t_ours / t_floor, 2),
-        "naive_vs_ours": round(t_naive / t_ours, 2),
-        "video": mem,
-        "video_peak_over_idle_vs_file": round(
-            (mem["peak_rss_bytes"] - mem["idle_rss_bytes"]) / mem["file_bytes"], 3
-        ),
+        "rounds": args.rounds,
+        "ours_vs_floor": summary("ours_vs_floor"),
+        "naive_vs_ours": summary("naive_vs_ours"),
     }
-    print(f"{args.count} photos, {total / 2**20:.0f} MB")
-    print(f"  floor (raw POST /Binary, sequential): {t_floor:7.2f} s")
-    print(f"  naive (base64 Media + Consent + Provenance, sequential): {t_naive:7.2f} s")
-    print(f"  ours (push, {args.workers} workers, verified): {t_ours:7.2f} s")
+    if mem:
+        figures["video"] = mem
+    ovf = figures["ours_vs_floor"]
     print(
-        f"  ours / floor = {figures['ours_vs_floor']}   naive / ours = {figures['naive_vs_ours']}"
+        f"{args.count} photos ({total / 2**20:.0f} MB), {args.workers} workers for all, "
+        f"{args.rounds} alternating rounds on {report.software} {report.software_version} "
+        f"(FHIR {report.fhir_version}), {machine}:"
     )
-    print(
-        f"{args.video_mb} MB video push: peak RSS {mem['peak_rss_bytes'] / 2**20:.0f} MB, "
-        f"idle {mem['idle_rss_bytes'] / 2**20:.0f} MB"
-    )
-    print(json.dumps({"bench": "push", **figures}))
+    assert isinstance(ovf, dict)
+    print(f"  ours / floor: median {ovf['median']} (min {ovf['min']}, max {ovf['max']})")
+    nvo = figures["naive_vs_ours"]
+    if isinstance(nvo, dict):
+        print(f"  naive / ours: median {nvo['median']} (min {nvo['min']}, max {nvo['max']})")
+    print(json.dumps(figures))
 
 
 if __name__ == "__main__":
