@@ -228,6 +228,7 @@ def test_consent_recorded_later_closes_the_task_without_lowering_labels(hook, pa
     client, _ = hook
     ref = create_media(client, patients["adult"])
     wait_labelled(client, ref, extra="HUAPRV")
+    wait_tasks(client, ref)  # the consent is recorded later: after the hook has reported
     client.create(care_consent(client, patients["adult"], ref))
     deadline = time.monotonic() + LABEL_TIMEOUT
     while time.monotonic() < deadline:
