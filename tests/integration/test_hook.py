@@ -49,6 +49,19 @@ def hook(connect: Callable[..., FhirClient]) -> Iterator[tuple[FhirClient, HookS
     refs = install_subscriptions(client, f"http://127.0.0.1:{port}", secret)
     # idempotent: installing again reuses the same Subscriptions
     assert install_subscriptions(client, f"http://127.0.0.1:{port}", secret) == refs
+    if client.version.name == "R5":
+        # HAPI R5 loads a new SubscriptionTopic on a schedule (about a minute after it is
+        # created, whatever the Subscription's status says): wait until a first image is seen
+        pid = f"warm-{uuid.uuid4().hex[:10]}"
+        client.update({"resourceType": "Patient", "id": pid, "birthDate": "1975-05-05"})
+        client.update({"resourceType": "Practitioner", "id": "gp1"})
+        deadline = time.monotonic() + 240
+        while True:  # an image written before the topic is loaded is never notified: write again
+            try:
+                wait_labelled(client, create_media(client, f"Patient/{pid}"), timeout=10)
+                break
+            except AssertionError:
+                assert time.monotonic() < deadline, "HAPI R5 never notified the hook"
     yield client, service
     for ref in refs:
         client.delete(ref)
@@ -146,14 +159,16 @@ def labels_of(client: FhirClient, ref: str) -> dict[str, set[str]]:
     return out
 
 
-def wait_labelled(client: FhirClient, ref: str, *, extra: str | None = None) -> dict[str, set[str]]:
-    deadline = time.monotonic() + LABEL_TIMEOUT
+def wait_labelled(
+    client: FhirClient, ref: str, *, extra: str | None = None, timeout: float = LABEL_TIMEOUT
+) -> dict[str, set[str]]:
+    deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         labels = labels_of(client, ref)
         if CONF in labels and (extra is None or any(extra in v for v in labels.values())):
             return labels
         time.sleep(0.5)
-    raise AssertionError(f"{ref} was not labelled within {LABEL_TIMEOUT:.0f} s: {labels}")
+    raise AssertionError(f"{ref} was not labelled within {timeout:.0f} s: {labels}")
 
 
 def tasks_for(client: FhirClient, ref: str) -> list[dict]:
