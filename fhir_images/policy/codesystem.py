@@ -15,7 +15,7 @@ from typing import Any
 from .._codes import LOCAL_DECISION_REASON
 from .reasons import REASONS
 
-FILE = Path(__file__).resolve().parents[2] / "profiles" / "CodeSystem-decision-reason.json"
+FILE = Path(__file__).resolve().parents[1] / "profiles" / "CodeSystem-decision-reason.json"
 
 _DESCRIPTION = (
     "The findings behind fhir-images' decision to store, hold or refuse an image (the `code` of "
