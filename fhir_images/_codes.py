@@ -32,6 +32,7 @@ LOCAL_HANDLING = f"{CANONICAL_BASE}/CodeSystem/image-handling"
 LOCAL_IMAGE_KIND = f"{CANONICAL_BASE}/CodeSystem/image-kind"
 LOCAL_DECISION_REASON = f"{CANONICAL_BASE}/CodeSystem/decision-reason"
 LOCAL_CONSENT_GIVER = f"{CANONICAL_BASE}/CodeSystem/consent-giver"
+LOCAL_LABEL_BASIS = f"{CANONICAL_BASE}/CodeSystem/label-basis"
 LOCAL_TASK = f"{CANONICAL_BASE}/CodeSystem/image-task"
 SID_SHA256 = f"{CANONICAL_BASE}/sid/sha256"
 SID_SUBMISSION = f"{CANONICAL_BASE}/sid/submission"
@@ -44,6 +45,10 @@ SID_APPROVAL = f"{CANONICAL_BASE}/sid/disclosure-approval"
 SID_HOOK_TASK = f"{CANONICAL_BASE}/sid/hook-task"
 EXT_REMOTE_CONSULTATION = f"{CANONICAL_BASE}/StructureDefinition/remote-consultation"
 EXT_METADATA_STRIPPED = f"{CANONICAL_BASE}/StructureDefinition/metadata-stripped"
+#: On an R4 Consent's root provision: a purpose permitted for anonymised copies only
+EXT_ANONYMISED_USE_ONLY = f"{CANONICAL_BASE}/StructureDefinition/anonymised-use-only"
+#: On an R4 Consent: when the consent was confirmed with its giver (IHE PCF has no verification)
+EXT_CONSENT_CONFIRMED = f"{CANONICAL_BASE}/StructureDefinition/consent-confirmed"
 
 GMC_RECORDINGS_POLICY = (
     "https://www.gmc-uk.org/professional-standards/the-professional-standards/"

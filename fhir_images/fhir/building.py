@@ -13,6 +13,7 @@ from typing import Any
 from .. import _codes as c
 from .._context import Maker
 from ..policy import Outcome
+from . import ds4p
 from .common import iso
 from .keys import binary_id, consent_key, image_key, record_key
 
@@ -25,6 +26,36 @@ def new_meta(
     if record is not None:
         tags.insert(0, {"system": c.SID_RECORD, "code": record})
     return {"security": [label.as_coding() for label in labels], "tag": tags}
+
+
+def profile_url(name: str) -> str:
+    """The canonical URL of one of fhir-images' profiles."""
+    return f"{c.CANONICAL_BASE}/StructureDefinition/{name}"
+
+
+def claim(
+    resource: Any,
+    profile: str,
+    *,
+    justification: str | None = None,
+    documentation: str | None = None,
+    target: Callable[[str], dict[str, Any]] = ds4p.r4_target,
+) -> Any:
+    """``resource`` (a fhir.resources model with a meta) claiming conformance to the named
+    profile in ``meta.profile`` (so that a validator checks it against that profile unasked),
+    its labels carrying their DS4P metadata (:func:`ds4p.annotate`)."""
+    meta = resource.meta
+    meta.profile = [profile_url(profile)]
+    if meta.security:
+        coding = type(meta.security[0])
+        codings = [x.model_dump(mode="json", exclude_none=True) for x in meta.security]
+        meta.security = [
+            coding.model_validate(x)
+            for x in ds4p.annotate(
+                codings, justification=justification, documentation=documentation, target=target
+            )
+        ]
+    return resource
 
 
 def concept(coded: Any) -> dict[str, Any]:
@@ -155,6 +186,8 @@ class Builders:
     bundle: Any  # the version's Bundle model
     #: what the version's JSON needs beyond its models' dump (an R5 integer64 as a string)
     finish_json: Callable[[dict[str, Any]], None] | None = None
+    #: where the version's RelatedArtifact puts an address (DS4P label links)
+    artifact_target: Callable[[str], dict[str, Any]] = ds4p.r4_target
 
 
 @dataclass(frozen=True)
@@ -223,13 +256,33 @@ def assemble(
     encounter_ref = ctx.encounter
     if ctx.remote and not ctx.encounter:
         record = record_key(key, "encounter")
-        encounter = build.encounter(ctx, labels, submission_id=sid, record=record)
+        encounter = claim(
+            build.encounter(ctx, labels, submission_id=sid, record=record),
+            "remote-consultation-encounter",
+        )
         encounter_ref = f"urn:uuid:{make_id()}"
         entries.append(conditional_entry(encounter_ref, encounter, by_identifier(record)))
 
+    consent_record = record_key(key, "consent", ckey) if consent is not None else None
+    provenance_record = record_key(key, "provenance", ckey)
+    # what backs the image's labels (DS4P): its Consent, or the policy where consent is implicit,
+    # and its Provenance
+    links = {
+        "justification": (
+            ds4p.record_search("Consent", "identifier", consent_record)
+            if consent_record
+            else c.GMC_RECORDINGS_POLICY
+        ),
+        "documentation": ds4p.record_search("Provenance", "_tag", provenance_record),
+        "target": build.artifact_target,
+    }
     record = record_key(key, "binary")
     binary_ref = f"Binary/{binary_id(key)}"
-    binary = build.binary(facts, labels, submission_id=sid, image_ref=image_url, record=record)
+    binary = claim(
+        build.binary(facts, labels, submission_id=sid, image_ref=image_url, record=record),
+        "image-binary",
+        **links,
+    )
     binary.id = binary_id(key)
     entries.append(
         {
@@ -240,14 +293,18 @@ def assemble(
             "request": {"method": "PUT", "url": binary_ref},
         }
     )
-    image = build.image(
-        ctx,
-        facts,
-        decision,
-        submission_id=sid,
-        binary_url=binary_ref,
-        encounter_ref=encounter_ref,
-        now=now,
+    image = claim(
+        build.image(
+            ctx,
+            facts,
+            decision,
+            submission_id=sid,
+            binary_url=binary_ref,
+            encounter_ref=encounter_ref,
+            now=now,
+        ),
+        "clinical-image",
+        **links,
     )
     entries.append(
         conditional_entry(
@@ -256,20 +313,26 @@ def assemble(
     )
     targets = [image_url]
     consent_res = None
-    if consent is not None:
+    if consent is not None and consent_record is not None:
         consent_url = f"urn:uuid:{make_id()}"
-        record = record_key(key, "consent", ckey)
-        consent_res = build.consent(
-            ctx, consent, labels, submission_id=sid, image_ref=image_url, record=record
+        consent_res = claim(
+            build.consent(
+                ctx, consent, labels, submission_id=sid, image_ref=image_url, record=consent_record
+            ),
+            "recording-consent",
         )
-        entries.append(conditional_entry(consent_url, consent_res, by_identifier(record)))
+        entries.append(conditional_entry(consent_url, consent_res, by_identifier(consent_record)))
         targets.append(consent_url)
-    record = record_key(key, "provenance", ckey)
-    provenance = build.provenance(
-        ctx, labels, submission_id=sid, targets=targets, now=now, record=record
+    provenance = claim(
+        build.provenance(
+            ctx, labels, submission_id=sid, targets=targets, now=now, record=provenance_record
+        ),
+        "image-provenance",
     )
     entries.append(
-        conditional_entry(f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{record}")
+        conditional_entry(
+            f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{provenance_record}"
+        )
     )
     bundle = build.bundle.model_validate(
         {

@@ -21,7 +21,7 @@ from fhir_images import _codes as c
 from fhir_images._context import Permissions
 from fhir_images.fhir import common
 from fhir_images.fhir.r4 import read
-from fhir_images.fhir.r4.mapping import consent_provisions
+from fhir_images.fhir.r4.mapping import consent_provision
 from fhir_images.fhir.views import ApprovalView as Approval
 from fhir_images.policy import decide_one, high_water_mark, releasable_labels
 
@@ -60,7 +60,7 @@ def consent(status="active", **perms):
         "resourceType": "Consent",
         "id": "c1",
         "status": status,
-        "provision": {"type": "deny", "provision": consent_provisions(Permissions(**perms))},
+        "provision": consent_provision(Permissions(**perms), "Media/1", NOW),
     }
 
 

@@ -9,7 +9,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir_images import _codes as c
 from fhir_images import decide, synthetic
 from fhir_images._intake import intake
-from fhir_images.fhir.r4.mapping import map_submission
+from fhir_images.fhir import ds4p
+from fhir_images.fhir.r4.mapping import UNNAMED_ORGANISATION, map_submission
 
 from ..factories import child_context, make_consent, make_context, parent_consent
 
@@ -159,12 +160,17 @@ def test_consent_provisions_say_what_was_permitted_and_refused(workdir):
     assert res["policy"][0]["uri"] == c.GMC_RECORDINGS_POLICY
     assert res["performer"] == [{"reference": "Patient/p1"}]
     root = res["provision"]
-    assert root["type"] == "deny"
+    # IHE PCF Intermediate: the root permits the consented purposes on the image; each use not
+    # consented to is a nested deny; no action anywhere
+    assert root["type"] == "permit"
     assert root["data"] == [
         {"meaning": "instance", "reference": {"reference": entries["Media"]["fullUrl"]}}
     ]
+    assert {p["code"] for p in root["purpose"]} == {"TREAT", "COC"}
     by_purpose = {p["purpose"][0]["code"]: p["type"] for p in root["provision"]}
-    assert by_purpose == {"TREAT": "permit", "COC": "permit", "TRAIN": "deny", "HRESCH": "deny"}
+    assert by_purpose == {"TRAIN": "deny", "HRESCH": "deny"}
+    assert "action" not in json.dumps(res["provision"])
+    assert res["organization"] == [{"display": UNNAMED_ORGANISATION}]
     discussion = base64.b64decode(res["sourceAttachment"]["data"]).decode()
     assert discussion == consent.discussion
 
@@ -172,21 +178,26 @@ def test_consent_provisions_say_what_was_permitted_and_refused(workdir):
 def test_teaching_permit_is_for_anonymised_data_only(workdir):
     consent = make_consent(permissions={"view": True, "store": True, "teaching": True})
     mapped, _ = _mapped(make_context(), consent, workdir)
-    teaching = next(
-        p
-        for p in _entries(mapped)["Consent"]["resource"]["provision"]["provision"]
-        if p["purpose"][0]["code"] == "TRAIN"
-    )
-    assert teaching["type"] == "permit"
-    assert teaching["securityLabel"] == [{"system": c.V3_OBSERVATION_VALUE, "code": "ANONYED"}]
+    root = _entries(mapped)["Consent"]["resource"]["provision"]
+    assert "TRAIN" in {p["code"] for p in root["purpose"]}
+    assert root["extension"] == [
+        {
+            "url": c.EXT_ANONYMISED_USE_ONLY,
+            "valueCoding": {"system": c.V3_ACT_REASON, "code": "TRAIN"},
+        }
+    ]
+    assert "securityLabel" not in root  # not allowed by IHE PCF Intermediate
 
 
-def test_parent_consent_names_the_parent_and_verification(workdir):
+def test_parent_consent_names_the_parent_and_the_confirmation(workdir):
     mapped, _ = _mapped(child_context(), parent_consent(), workdir)
     entries = _entries(mapped)
     res = entries["Consent"]["resource"]
     assert res["performer"] == [{"reference": "RelatedPerson/mum1"}]
-    assert res["verification"][0]["verified"] is True
+    assert "verification" not in res  # IHE PCF does not use it
+    [confirmed] = res["extension"]
+    assert confirmed["url"] == c.EXT_CONSENT_CONFIRMED
+    assert confirmed["valueDateTime"] == res["dateTime"]
     prov = entries["Provenance"]["resource"]
     author = prov["agent"][0]
     assert author["who"] == {"reference": "RelatedPerson/mum1"}
@@ -203,12 +214,58 @@ def test_labels_on_each_resource_and_high_water_mark_on_bundle(workdir):
     assert data["meta"]["security"] == [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]
     for entry in data["entry"]:
         labels = entry["resource"]["meta"]["security"]
-        conf = [lab for lab in labels if lab["system"] == c.V3_CONFIDENTIALITY]
-        assert conf == [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]
+        conf = [lab["code"] for lab in labels if lab["system"] == c.V3_CONFIDENTIALITY]
+        assert conf == ["V"]
     media_codes = {lab["code"] for lab in _entries(mapped)["Media"]["resource"]["meta"]["security"]}
     assert {"PHY", "intimate", "HUAPRV", "SDMAST"} <= media_codes
     bundle_text = json.dumps(data["meta"])
     assert "intimate" not in bundle_text and "PHY" not in bundle_text
+
+
+def test_every_label_says_who_assigned_it_and_why_and_what_backs_it(workdir):
+    """HL7 DS4P: classifier and basis on every label; the image's and Binary's confidentiality
+    justified by their Consent, the integrity code documented by the Provenance; every resource
+    claims its profile; no inline labels."""
+    mapped, _ = _mapped(child_context(), parent_consent(), workdir)
+    entries = _entries(mapped)
+    for entry in entries.values():
+        resource = entry["resource"]
+        assert resource["meta"]["profile"][0].startswith(f"{c.CANONICAL_BASE}/StructureDefinition/")
+        for label in resource["meta"]["security"]:
+            by_url = {e["url"]: e for e in label["extension"]}
+            assert by_url[ds4p.EXT_CLASSIFIER]["valueReference"]["display"] == "fhir-images"
+            assert by_url[ds4p.EXT_BASIS]["valueCoding"] == ds4p.BASIS
+            assert label["code"] != "PROCESSINLINELABEL"
+    consent_key = entries["Consent"]["resource"]["identifier"][0]["value"]
+    provenance_key = entries["Provenance"]["resource"]["meta"]["tag"][0]["code"]
+    for kind in ("Media", "Binary"):
+        artifacts = {
+            label["code"]: e["valueRelatedArtifact"]
+            for label in entries[kind]["resource"]["meta"]["security"]
+            for e in label["extension"]
+            if e["url"] == ds4p.EXT_RELATED_ARTIFACT
+        }
+        assert set(artifacts) == {"V", "SDMAST"}, kind  # a parent (substitute decision maker)
+        assert artifacts["V"]["type"] == "justification"
+        assert artifacts["V"]["url"] == ds4p.record_search("Consent", "identifier", consent_key)
+        assert artifacts["SDMAST"]["type"] == "documentation"
+        assert artifacts["SDMAST"]["url"] == ds4p.record_search(
+            "Provenance", "_tag", provenance_key
+        )
+
+
+def test_implicit_consent_is_justified_by_the_policy(workdir):
+    ctx = make_context(
+        kind="ultrasound", made_by="clinician", operator="Practitioner/s", remote=False
+    )
+    mapped, _ = _mapped(ctx, None, workdir, synthetic.png())
+    [conf] = [
+        lab
+        for lab in _entries(mapped)["Media"]["resource"]["meta"]["security"]
+        if lab["system"] == c.V3_CONFIDENTIALITY
+    ]
+    [artifact] = [e for e in conf["extension"] if e["url"] == ds4p.EXT_RELATED_ARTIFACT]
+    assert artifact["valueRelatedArtifact"]["url"] == c.GMC_RECORDINGS_POLICY
 
 
 def test_only_a_decision_to_store_is_mapped(workdir):

@@ -61,7 +61,11 @@ def test_the_image_carries_its_labels_twice_and_its_bytes_name_it(workdir):
     assert binary["resource"]["meta"]["security"] == security
     assert binary["resource"]["securityContext"] == {"reference": doc["fullUrl"]}
     [label] = doc["resource"]["securityLabel"]
-    conf = [s for s in security if s["system"] == c.V3_CONFIDENTIALITY]
+    conf = [
+        {"system": s["system"], "code": s["code"]}
+        for s in security
+        if s["system"] == c.V3_CONFIDENTIALITY
+    ]
     assert label["coding"] == conf and conf[0]["code"] == "V"
     attachment = doc["resource"]["content"][0]["attachment"]
     assert attachment["url"] == f"Binary/{binary['resource']['id']}"

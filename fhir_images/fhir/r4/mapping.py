@@ -129,27 +129,54 @@ def build_media(
     return Media.model_validate(data)
 
 
-def _provision(
-    permit: bool, actions: list[str], purpose: str, anonymised: bool = False
-) -> dict[str, Any]:
-    p: dict[str, Any] = {
-        "type": "permit" if permit else "deny",
-        "action": [{"coding": [{"system": c.CONSENT_ACTION, "code": a}]} for a in actions],
-        "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}],
+#: The uses a recording consent covers (GMC paras 10-35), each a purpose of use, and whether
+#: the use is of anonymised copies only (teaching, research).
+USES: tuple[tuple[str, str, bool], ...] = (
+    ("store", c.TREAT, False),
+    ("second_opinion", c.COC, False),
+    ("teaching", c.TRAIN, True),
+    ("research", c.HRESCH, True),
+)
+
+#: What an organisation reference says when the context names none: IHE PCF requires the
+#: organisation that presented the policy and will enforce it.
+UNNAMED_ORGANISATION = "The organisation that holds this record (not named when it was made)"
+
+
+def _purpose(code: str) -> dict[str, str]:
+    return {"system": c.V3_ACT_REASON, "code": code}
+
+
+def _given(perms: Permissions, use: str) -> bool:
+    return bool(perms.view and perms.store) if use == "store" else bool(getattr(perms, use))
+
+
+def consent_provision(perms: Permissions, image_ref: str, start: datetime) -> dict[str, Any]:
+    """The Consent's provision in the shape of IHE PCF's Intermediate option: the root permits
+    the consented purposes of use on the image (``data`` meaning instance), and each use not
+    consented to is a nested deny naming its purpose. No ``action``, ``class`` or ``code``
+    (PCF forbids them); two levels at most. With no use consented to, the root is a deny.
+
+    Teaching and research are for anonymised copies only (G2): PCF has no element for that
+    (its Advanced option's ``securityLabel`` codes lack ANONYED), so each such purpose is named
+    in an ``anonymised-use-only`` extension of the root provision."""
+    permitted = [p for use, p, _ in USES if _given(perms, use)]
+    refused = [p for use, p, _ in USES if not _given(perms, use)]
+    root: dict[str, Any] = {
+        "type": "permit" if permitted else "deny",
+        "period": {"start": _iso(start)},
+        "data": [{"meaning": "instance", "reference": {"reference": image_ref}}],
     }
+    if permitted:
+        root["purpose"] = [_purpose(p) for p in permitted]
+    anonymised = [p for use, p, anon in USES if anon and _given(perms, use)]
     if anonymised:
-        p["securityLabel"] = [{"system": c.V3_OBSERVATION_VALUE, "code": "ANONYED"}]
-    return p
-
-
-def consent_provisions(perms: Permissions) -> list[dict[str, Any]]:
-    """Nested provisions, one per permission, each a permit or an explicit deny."""
-    return [
-        _provision(perms.view and perms.store, ["collect", "access", "use"], c.TREAT),
-        _provision(perms.second_opinion, ["disclose"], c.COC),
-        _provision(perms.teaching, ["use", "disclose"], c.TRAIN, anonymised=True),
-        _provision(perms.research, ["use", "disclose"], c.HRESCH, anonymised=True),
-    ]
+        root["extension"] = [
+            {"url": c.EXT_ANONYMISED_USE_ONLY, "valueCoding": _purpose(p)} for p in anonymised
+        ]
+    if refused:
+        root["provision"] = [{"type": "deny", "purpose": [_purpose(p)]} for p in refused]
+    return root
 
 
 def build_consent(
@@ -161,6 +188,11 @@ def build_consent(
     image_ref: str,
     record: str | None = None,
 ) -> Consent:
+    """A Consent that conforms to IHE PCF (Intermediate option) and to ``recording-consent``:
+    scope patient-privacy, the giver as ``performer``, the organisation, the record of the
+    discussion as ``sourceAttachment``, the GMC guidance as ``policy.uri``. A consent confirmed
+    after an unsolicited image arrived (G6) says so in a ``consent-confirmed`` extension (PCF
+    does not use ``verification``)."""
     giver = ctx.patient if consent.given_by is ConsentGiver.PATIENT else consent.giver
     assert giver is not None  # validated by ConsentRecord
     discussion = consent.discussion or "Consent discussion not summarised."
@@ -186,6 +218,11 @@ def build_consent(
         "patient": {"reference": ctx.patient},
         "dateTime": _iso(consent.date),
         "performer": [{"reference": giver}],
+        "organization": [
+            {"reference": ctx.organization}
+            if ctx.organization
+            else {"display": UNNAMED_ORGANISATION}
+        ],
         "sourceAttachment": {
             "contentType": "text/plain; charset=utf-8",
             "data": base64.b64encode(discussion.encode()).decode(),
@@ -193,23 +230,10 @@ def build_consent(
             "creation": _iso(consent.date),
         },
         "policy": [{"uri": c.GMC_RECORDINGS_POLICY}],
-        "provision": {
-            "type": "deny",
-            "period": {"start": _iso(consent.date)},
-            "data": [{"meaning": "instance", "reference": {"reference": image_ref}}],
-            "provision": consent_provisions(consent.permissions),
-        },
+        "provision": consent_provision(consent.permissions, image_ref, consent.date),
     }
-    if ctx.organization:
-        data["organization"] = [{"reference": ctx.organization}]
     if consent.confirmed:
-        data["verification"] = [
-            {
-                "verified": True,
-                "verifiedWith": {"reference": giver},
-                "verificationDate": _iso(consent.date),
-            }
-        ]
+        data["extension"] = [{"url": c.EXT_CONSENT_CONFIRMED, "valueDateTime": _iso(consent.date)}]
     return Consent.model_validate(data)
 
 

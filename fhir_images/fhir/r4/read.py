@@ -81,16 +81,26 @@ def consent(resource: dict[str, Any]) -> ConsentView:
         and isinstance(d.get("reference"), dict)
         and str(d["reference"].get("reference", "")).startswith("Media/")
     )
+    # Nested provisions are the exceptions to the root (IHE PCF): they are read first. The root's
+    # own purposes come next (PCF's shape: a root permit naming the consented purposes); purposes
+    # named nowhere get the root's rule when it names no purposes (the older shape: a root deny
+    # with nested permits), and a deny when it does. A root permit that names no purpose at all
+    # is read as consent to care only: fhir-images never writes one, and consent to every
+    # secondary use of a clinical image is not to be inferred from silence.
     provisions = tuple(
-        (
-            frozenset(
-                str(p.get("code")) for p in nested.get("purpose", []) or [] if isinstance(p, dict)
-            ),
-            str(nested.get("type", "deny")),
-        )
+        (_purposes(nested), str(nested.get("type", "deny")))
         for nested in root.get("provision", []) or []
         if isinstance(nested, dict)
     )
+    root_rule = str(root.get("type", "deny"))
+    root_purposes = _purposes(root)
+    if root_rule == "permit" and not root_purposes:
+        root_purposes = frozenset({c.TREAT})
+    if root_purposes:
+        provisions += ((root_purposes, root_rule),)
+        base_rule = "deny"
+    else:
+        base_rule = root_rule
     period = root.get("period") if isinstance(root.get("period"), dict) else {}
     assert isinstance(period, dict)
     return ConsentView(
@@ -108,8 +118,14 @@ def consent(resource: dict[str, Any]) -> ConsentView:
         labels=_labels(resource),
         version_id=_version(resource),
         provisions=provisions,
-        base_rule=str(root.get("type", "deny")),
+        base_rule=base_rule,
         raw=resource,
+    )
+
+
+def _purposes(provision: dict[str, Any]) -> frozenset[str]:
+    return frozenset(
+        str(p.get("code")) for p in provision.get("purpose", []) or [] if isinstance(p, dict)
     )
 
 

@@ -473,12 +473,23 @@ def withdrawn(consent: ConsentView, at: datetime) -> dict[str, Any]:
 
 @checked
 def narrowed(consent: ConsentView, purposes: Iterable[str]) -> dict[str, Any] | None:
-    """The Consent with explicit denies for ``purposes``; None when it already denies them."""
+    """The Consent with ``purposes`` refused: each leaves the root's permitted purposes (and
+    its anonymised-use note) and gets an explicit nested deny; None when it already denies
+    them. A root left with no permitted purpose becomes a deny: a permit naming no purpose
+    would read as consent to everything."""
     raw = copy.deepcopy(consent.raw)
     root = raw.setdefault("provision", {"type": "deny"})
     nested = root.setdefault("provision", [])
     changed = False
     for purpose in purposes:
+        kept = [p for p in root.get("purpose", []) if p.get("code") != purpose]
+        if len(kept) != len(root.get("purpose", [])):
+            root["purpose"] = kept
+            changed = True
+        notes = [e for e in root.get("extension", []) if _coded(e) != purpose]
+        if len(notes) != len(root.get("extension", [])):
+            root["extension"] = notes
+            changed = True
         matching = [p for p in nested if purpose in {x.get("code") for x in p.get("purpose", [])}]
         for p in matching:
             if p.get("type") != "deny":
@@ -489,7 +500,17 @@ def narrowed(consent: ConsentView, purposes: Iterable[str]) -> dict[str, Any] | 
                 {"type": "deny", "purpose": [{"system": c.V3_ACT_REASON, "code": purpose}]}
             )
             changed = True
+    for key in ("purpose", "extension"):
+        if key in root and not root[key]:
+            del root[key]
+            if key == "purpose":
+                root["type"] = "deny"
     return raw if changed else None
+
+
+def _coded(extension: dict[str, Any]) -> object:
+    value = extension.get("valueCoding")
+    return value.get("code") if isinstance(value, dict) else None
 
 
 # ------------------------------------------------- the same in every version, checked as R4

@@ -27,6 +27,7 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, SecurityLabels
+from .. import ds4p
 from ..building import (
     Builders,
     MappedSubmission,
@@ -269,6 +270,7 @@ BUILDERS = Builders(
     provenance=build_provenance,
     bundle=Bundle,
     finish_json=_sizes_as_strings,
+    artifact_target=ds4p.r5_target,
 )
 
 
