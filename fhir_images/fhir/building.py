@@ -267,7 +267,7 @@ def assemble(
     provenance_record = record_key(key, "provenance", ckey)
     # what backs the image's labels (DS4P): its Consent, or the policy where consent is implicit,
     # and its Provenance
-    links = {
+    links: dict[str, Any] = {
         "justification": (
             ds4p.record_search("Consent", "identifier", consent_record)
             if consent_record
