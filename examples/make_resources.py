@@ -147,6 +147,8 @@ def disclosure_audit(bundle: dict[str, Any], version: FhirVersion = R4) -> dict[
         receiver=request.receiver,
         patient=image["subject"]["reference"],
         now=DISCLOSED,
+        source_network="ehr.example.org",
+        recipient_network="dermatology.example.org",
     )
     return audit
 

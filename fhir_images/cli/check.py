@@ -18,6 +18,7 @@ ROWS: tuple[tuple[str, str], ...] = (
     ("fhir_version", "FHIR version"),
     ("software", "software"),
     ("labels_kept_on_create", "labels kept as sent on create"),
+    ("label_extensions_kept", "label extensions (DS4P) kept"),
     ("meta_operations", "$meta-add / $meta-delete"),
     ("put_labels", "PUT and meta.security"),
     ("put_replace_header", "a header makes PUT replace labels"),

@@ -46,6 +46,7 @@ from .._exceptions import (
     ServerError,
     ServerUnavailable,
 )
+from . import ds4p
 from .servers import (
     BinaryRead,
     BinaryWrite,
@@ -88,6 +89,9 @@ class ServerReport:
     probed_at: str
     create_and_read: bool | None = None
     labels_kept_on_create: bool | None = None
+    #: a label's extensions (HL7 DS4P classifier, basis, related artifact) are kept; they inform,
+    #: never decide, so a server that drops them is still safe to use
+    label_extensions_kept: bool | None = None
     meta_operations: bool | None = None
     put_labels: PutLabels = "unknown"
     put_replace_header: bool | None = None
@@ -232,7 +236,7 @@ class _Run:
         except ValueError:
             return None
 
-    def basic(self, labels: list[dict[str, str]]) -> dict[str, Any]:
+    def basic(self, labels: list[dict[str, Any]]) -> dict[str, Any]:
         resource = {
             "resourceType": "Basic",
             "meta": {"tag": [self.tag], **({"security": labels} if labels else {})},
@@ -303,6 +307,9 @@ def probe(
             ref = f"Basic/{basic['id']}"
             kept = run.check("labels on create", lambda: _key(run.label(1)) in run.labels_of(ref))
             values["labels_kept_on_create"] = kept
+            values["label_extensions_kept"] = run.check(
+                "label extensions", lambda: _label_extensions(run)
+            )
             values["meta_operations"] = run.check("$meta-add", lambda: _meta_ops(run, ref))
             put = run.check("PUT labels", lambda: _put_labels(run, ref))
             if put is not None:
@@ -353,6 +360,20 @@ def _capabilities(cs: dict[str, Any]) -> dict[str, Any]:
         "validate_operation": "validate" in ops,
         "snapshot_operation": "snapshot" in ops,
     }
+
+
+def _label_extensions(run: _Run) -> bool:
+    label = {
+        **run.label(3),
+        "extension": [
+            {"url": ds4p.EXT_CLASSIFIER, "valueReference": {"display": "fhir-images probe"}}
+        ],
+    }
+    basic = run.basic([label])
+    meta = run.read(f"Basic/{basic['id']}").get("meta") or {}
+    return any(
+        x.get("extension") for x in meta.get("security") or [] if _key(x) == _key(run.label(3))
+    )
 
 
 def _meta_ops(run: _Run, ref: str) -> bool:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import socket
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any, ParamSpec, TypeVar
@@ -210,3 +211,9 @@ def consent_confidentiality(consent: ConsentView) -> list[dict[str, str]]:
     return [{"system": s, "code": code} for s, code in consent.labels if s == c.V3_CONFIDENTIALITY][
         :1
     ] or [conf_coding(Confidentiality.V)]
+
+
+def this_host() -> str:
+    """The name of the machine fhir-images runs on: the network address of the source agent of
+    an AuditEvent (IHE BALP), and of the recipient of a release written to a local folder."""
+    return socket.gethostname() or "localhost"

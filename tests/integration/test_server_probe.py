@@ -41,6 +41,8 @@ KNOWN: dict[str, dict[str, object]] = {
         "security_search": True,
         "audit_event_create": True,
         "strategy": {"labels": "MetaOperations", "subscriptions": "rest-hook"},
+        # HAPI JPA keeps only the system and code of a label (its tag tables)
+        "label_extensions_kept": False,
     },
     # the same HAPI as R5: the same answers, and R5's own topic-based subscriptions
     "hapi-r5": {
@@ -58,8 +60,10 @@ KNOWN: dict[str, dict[str, object]] = {
         "security_search": True,
         "audit_event_create": True,
         "strategy": {"labels": "MetaOperations", "subscriptions": "topic-based"},
+        "label_extensions_kept": False,
     },
     "hfs": {
+        "label_extensions_kept": True,
         "binary_raw_upload": False,
         "binary_raw_read": False,
         "binary_json_read": True,

@@ -6,6 +6,7 @@ each checked against the R4 model of its type before it is returned."""
 from __future__ import annotations
 
 import copy
+import ipaddress
 from collections.abc import Iterable
 from datetime import datetime
 from typing import Any
@@ -15,6 +16,7 @@ from fhir.resources.R4B import get_fhir_model_class
 from ... import _codes as c
 from ..._codes import Confidentiality
 from .. import records_common as common
+from ..building import profile_url
 from ..common import iso, who
 from ..records_common import SOURCE_NAME, checked_with
 from ..views import ConsentView, ImageView, Labels, TaskView
@@ -42,6 +44,20 @@ _SOURCE_AGENT = {
 # ------------------------------------------------------------------------------ AuditEvents
 
 
+def _network(address: str) -> dict[str, str]:
+    """An agent's network address: a machine name (type 1), or an IP address (type 2)."""
+    kind = "2" if _is_ip(address) else "1"
+    return {"address": address, "type": kind}
+
+
+def _is_ip(address: str) -> bool:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return True
+
+
 @checked
 def disclosure_audit(
     image: ImageView,
@@ -54,20 +70,25 @@ def disclosure_audit(
     patient: str,
     approver: str | None = None,
     now: datetime | None = None,
+    source_network: str | None = None,
+    recipient_network: str | None = None,
 ) -> dict[str, Any]:
     """An AuditEvent for one released image (IHE BALP: privacy disclosure at the source).
 
     ``labels`` are those the released copy carries; ``approver`` is the clinician whose recorded
-    approval allowed the release (BALP's authorizer agent).
+    approval allowed the release (BALP's authorizer agent). BALP wants the network address of
+    the source and of the recipient: ``source_network`` defaults to this machine's name, and so
+    does ``recipient_network`` (a release written to a folder here); a gateway names its client.
     """
     agents: list[dict[str, Any]] = [
-        dict(_SOURCE_AGENT),
+        {**_SOURCE_AGENT, "network": _network(source_network or common.this_host())},
         {
             "type": {
                 "coding": [{"system": c.DICOM, "code": "110152", "display": "Destination Role ID"}]
             },
             "who": who(receiver),
             "requestor": False,
+            "network": _network(recipient_network or common.this_host()),
         },
         {"who": who(requester), "requestor": True},
     ]
@@ -82,7 +103,10 @@ def disclosure_audit(
         )
     return {
         "resourceType": "AuditEvent",
-        "meta": {"security": [_conf(confidentiality)]},
+        "meta": {
+            "security": [_conf(confidentiality)],
+            "profile": [profile_url("disclosure-audit-event")],
+        },
         "type": {"system": c.DCM_EXPORT[0], "code": c.DCM_EXPORT[1], "display": c.DCM_EXPORT[2]},
         "subtype": [
             {
@@ -132,7 +156,10 @@ def destruction_audit(
     image's hash. The image is named by identifier, since it is gone."""
     return {
         "resourceType": "AuditEvent",
-        "meta": {"security": [_conf(image.labels.confidentiality)]},
+        "meta": {
+            "security": [_conf(image.labels.confidentiality)],
+            "profile": [profile_url("destruction-audit-event")],
+        },
         "type": {
             "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
             "code": "rest",
@@ -434,7 +461,11 @@ def consent_change_provenance(
     confidentiality = common.consent_confidentiality(consent)
     return {
         "resourceType": "Provenance",
-        "meta": {"security": confidentiality, "tag": [{"system": c.SID_RECORD, "code": record}]},
+        "meta": {
+            "security": confidentiality,
+            "tag": [{"system": c.SID_RECORD, "code": record}],
+            "profile": [profile_url("image-provenance")],
+        },
         "target": [{"reference": target}],
         "recorded": _now(None),
         "activity": {

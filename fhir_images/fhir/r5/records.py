@@ -21,6 +21,7 @@ from ... import _codes as c
 from ..._codes import Confidentiality
 from ..._exceptions import ActionRefused
 from .. import records_common as common
+from ..building import profile_url
 from ..common import iso, who
 from ..records_common import SOURCE_NAME, checked_with
 from ..views import ConsentView, ImageView, Labels, TaskView
@@ -78,14 +79,18 @@ def disclosure_audit(
     patient: str,
     approver: str | None = None,
     now: datetime | None = None,
+    source_network: str | None = None,
+    recipient_network: str | None = None,
 ) -> dict[str, Any]:
-    """An AuditEvent for one released image (IHE BALP's disclosure at the source, in R5)."""
+    """An AuditEvent for one released image (IHE BALP's disclosure at the source, in R5; the
+    network addresses as in R4, in R5's ``networkString``)."""
     agents: list[dict[str, Any]] = [
-        dict(_SOURCE_AGENT),
+        {**_SOURCE_AGENT, "networkString": source_network or common.this_host()},
         {
             "type": _concept(c.DICOM, "110152", "Destination Role ID"),
             "who": who(receiver),
             "requestor": False,
+            "networkString": recipient_network or common.this_host(),
         },
         {"who": who(requester), "requestor": True},
     ]
@@ -95,7 +100,10 @@ def disclosure_audit(
         )
     return {
         "resourceType": "AuditEvent",
-        "meta": {"security": [_conf(confidentiality)]},
+        "meta": {
+            "security": [_conf(confidentiality)],
+            "profile": [profile_url("disclosure-audit-event")],
+        },
         "category": [_EXPORT],
         "code": _concept(c.ISO_LIFECYCLE, "disclose", "Disclose Record Lifecycle Event"),
         "action": "R",
@@ -129,7 +137,10 @@ def destruction_audit(
     """The AuditEvent for destroying an image (G13); the image is named by identifier."""
     event: dict[str, Any] = {
         "resourceType": "AuditEvent",
-        "meta": {"security": [_conf(image.labels.confidentiality)]},
+        "meta": {
+            "security": [_conf(image.labels.confidentiality)],
+            "profile": [profile_url("destruction-audit-event")],
+        },
         "category": [
             _concept("http://terminology.hl7.org/CodeSystem/audit-event-type", "rest", "Restful")
         ],
@@ -440,7 +451,11 @@ def consent_change_provenance(
     confidentiality = common.consent_confidentiality(consent)
     return {
         "resourceType": "Provenance",
-        "meta": {"security": confidentiality, "tag": [{"system": c.SID_RECORD, "code": record}]},
+        "meta": {
+            "security": confidentiality,
+            "tag": [{"system": c.SID_RECORD, "code": record}],
+            "profile": [profile_url("image-provenance")],
+        },
         "target": [{"reference": target}],
         "recorded": iso(datetime.now(UTC)),
         "activity": {
