@@ -18,6 +18,7 @@ from typing import Any
 
 from .._codes import V3_CONFIDENTIALITY, Confidentiality
 from .._exceptions import LabelError, LabelVerificationFailed
+from . import ds4p
 from .client import FhirClient
 
 Coding = tuple[str, str]
@@ -129,9 +130,12 @@ def apply_labels(
     expected = delta.result(_key(c) for c in current)
     after: list[dict[str, Any]] | None = current
     if not delta.empty:
-        after = client.profile.labels.write(
-            client, ref, _codings(delta.add), _codings(delta.delete), _codings(expected)
-        )
+        # labels added here say who assigned them and why (DS4P); labels kept keep what they
+        # carried (a server that replaces the whole list gets them back as they were)
+        added = ds4p.annotate(_codings(delta.add))
+        kept = {_key(x): x for x in current if _key(x) in expected}
+        full = sorted([*kept.values(), *added], key=_key)
+        after = client.profile.labels.write(client, ref, added, _codings(delta.delete), full)
     if after is None:  # the server did not answer with the resulting labels: read them back
         after = current_labels(client, ref)
     got = {_key(c) for c in after}

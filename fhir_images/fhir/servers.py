@@ -43,9 +43,9 @@ class LabelUpdate(Protocol):
         self,
         client: FhirClient,
         ref: str,
-        add: list[dict[str, str]],
+        add: list[dict[str, Any]],
         delete: list[dict[str, str]],
-        expected: list[dict[str, str]],
+        expected: list[dict[str, Any]],
     ) -> list[dict[str, Any]] | None:
         """Apply the change; the labels afterwards if the server said, else None."""
         ...
@@ -66,7 +66,7 @@ _SERVER_META = ("versionId", "lastUpdated")
 _SUBSETTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")
 
 
-def _patch(client: FhirClient, ref: str, expected: list[dict[str, str]]) -> None:
+def _patch(client: FhirClient, ref: str, expected: list[dict[str, Any]]) -> None:
     """JSON Patch the whole ``meta`` (with If-Match): a server may hold a resource without the
     ``meta`` it shows on reads, so a patch of ``/meta/security`` alone has no parent to add to.
     The tags and profiles read are kept, less what the read itself added (SUBSETTED)."""
@@ -93,9 +93,9 @@ class MetaOperations:
         self,
         client: FhirClient,
         ref: str,
-        add: list[dict[str, str]],
+        add: list[dict[str, Any]],
         delete: list[dict[str, str]],
-        expected: list[dict[str, str]],
+        expected: list[dict[str, Any]],
     ) -> list[dict[str, Any]] | None:
         after: list[dict[str, Any]] | None = None
         if add:
@@ -121,9 +121,9 @@ class ReplaceByUpdate(_ReadsResource):
         self,
         client: FhirClient,
         ref: str,
-        add: list[dict[str, str]],
+        add: list[dict[str, Any]],
         delete: list[dict[str, str]],
-        expected: list[dict[str, str]],
+        expected: list[dict[str, Any]],
     ) -> list[dict[str, Any]] | None:
         if ref.startswith("Binary/"):  # never re-send a Binary's bytes to change its labels
             _patch(client, ref, expected)
@@ -141,9 +141,9 @@ class JsonPatchLabels(_ReadsResource):
         self,
         client: FhirClient,
         ref: str,
-        add: list[dict[str, str]],
+        add: list[dict[str, Any]],
         delete: list[dict[str, str]],
-        expected: list[dict[str, str]],
+        expected: list[dict[str, Any]],
     ) -> list[dict[str, Any]] | None:
         _patch(client, ref, expected)
         return None

@@ -52,6 +52,7 @@ from fhir_images.fhir.probe import ServerReport
 from fhir_images.fhir.r4.records import SOURCE_NAME
 from fhir_images.fhir.version import FhirVersion
 
+from .. import standards
 from ..conftest import seed_bundle
 from ..factories import make_consent, make_context
 
@@ -613,8 +614,49 @@ def _no_requestor(version: str) -> tuple[Resource, str]:
     return audit, "requestor"
 
 
+def _pcf(change: Callable[[Resource], None], mentions: str) -> Broken:
+    """An R4 Consent that breaks a rule of IHE PCF (an R4 profile: R5 has no such rule)."""
+
+    def broken(version: str) -> tuple[Resource, str]:
+        if version != "R4":
+            pytest.skip("IHE PCF profiles the R4 Consent")
+        consent = _example(version, "Consent")
+        change(consent)
+        return consent, mentions
+
+    return broken
+
+
+def _no_network(version: str) -> tuple[Resource, str]:
+    audit: Resource = json.loads((EXAMPLES_OF[version] / "audit-disclosure.json").read_text())
+    for agent in audit["agent"]:
+        agent.pop("network", None)
+        agent.pop("networkString", None)
+    return audit, "network"
+
+
 IMAGE_TYPE = {"R4": "Media", "R5": "DocumentReference"}
 BROKEN: dict[str, Broken] = {
+    "Consent with provision.action (IHE PCF)": _pcf(
+        lambda r: r["provision"].update(
+            action=[{"coding": [{"system": c.CONSENT_ACTION, "code": "access"}]}]
+        ),
+        "action",
+    ),
+    "Consent with verification (IHE PCF)": _pcf(
+        lambda r: r.update(verification=[{"verified": True}]), "verification"
+    ),
+    "Consent without organization (IHE PCF)": _pcf(lambda r: r.pop("organization"), "organization"),
+    "Consent nested three levels (IHE PCF)": _pcf(
+        lambda r: r["provision"]["provision"][0].update(
+            provision=[{"type": "permit", "purpose": r["provision"]["purpose"]}]
+        ),
+        "provision",
+    ),
+    "Consent whose permit names no purpose": _pcf(
+        lambda r: r["provision"].pop("purpose"), "fhir-images-permit-names-purpose"
+    ),
+    "Disclosure audit without network addresses (IHE BALP)": _no_network,
     "image without a confidentiality label": _no_confidentiality,
     "Consent without a consent giver": _no_giver,
     "Consent given by a practitioner": _practitioner_gives,
@@ -635,6 +677,38 @@ def test_nonconforming_resources_fail(profiles: str, version: str, what: str) ->
     assert any(
         mentions in json.dumps(i) or "meta.security" in json.dumps(i) for i in outcome.errors
     ), [_issue_text(i) for i in outcome.errors]
+
+
+def test_everything_written_meets_ihe_pcf_ds4p_and_balp(
+    version: str, written: list[Resource], server_report: ServerReport
+) -> None:
+    """The rules of tests/standards.py over everything fhir-images wrote to the server: every
+    Consent (R4) IHE PCF's, every label HL7 DS4P's, every disclosure IHE BALP's. Where the
+    server keeps a label's extensions, each label also says who assigned it and why, and an
+    image's and Binary's labels link to what backs them."""
+    found = {
+        f"{r['resourceType']}/{r.get('id', '(audit file)')}": standards.problems(r, version)
+        for r in written
+    }
+    assert {k: v for k, v in found.items() if v} == {}
+    kinds_checked = {r["resourceType"] for r in written if standards.rules_for(r, version)}
+    assert {"Consent", "AuditEvent", IMAGE_TYPE[version], "Binary"} <= kinds_checked
+    if server_report.label_extensions_kept:
+        # as stored with the image (a later label change, such as a legal hold, may add plain
+        # labels: the DS4P metadata informs, and is not kept up to date on every change)
+        stored = [
+            r
+            for r in written
+            if r["resourceType"] != "AuditEvent"
+            and any(t.get("system") == c.SID_SUBMISSION for t in r["meta"].get("tag", []))
+            and r["meta"].get("versionId") == "1"
+        ]
+        assert stored, "nothing stored with an image to check"
+        missing = {
+            f"{r['resourceType']}/{r['id']}": standards.fhir_images_label_metadata(r)
+            for r in stored
+        }
+        assert {k: v for k, v in missing.items() if v} == {}
 
 
 def test_an_r5_image_states_the_confidentiality_of_its_labels(profiles: str, version: str) -> None:

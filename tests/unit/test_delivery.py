@@ -14,6 +14,7 @@ from urllib3.exceptions import MaxRetryError, NewConnectionError
 from fhir_images import FhirClient, RetryPolicy, ingest, push, synthetic
 from fhir_images import _codes as c
 from fhir_images._exceptions import LabelError
+from fhir_images.fhir import ds4p
 from fhir_images.fhir.labels import plan_label_change
 
 from ..factories import make_consent, make_context
@@ -345,9 +346,10 @@ def test_labels_dropped_by_the_server_are_added_back_on_media_and_binary(client,
             for call in responses.calls
             if call.request.url.endswith(f"{ref}/$meta-add")
         ]
-        assert added[0]["parameter"][0]["valueMeta"]["security"] == [
-            {"system": c.V3_ACT_CODE, "code": "NORDSCLCDS"}
-        ], ref
+        [label] = added[0]["parameter"][0]["valueMeta"]["security"]
+        assert (label["system"], label["code"]) == (c.V3_ACT_CODE, "NORDSCLCDS"), ref
+        # a label added back says who assigned it and why (DS4P)
+        assert {e["url"] for e in label["extension"]} == {ds4p.EXT_CLASSIFIER, ds4p.EXT_BASIS}
     assert {(x["system"], x["code"]) for x in result.labels} == {
         (x["system"], x["code"]) for x in labels
     }
