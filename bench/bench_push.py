@@ -34,6 +34,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ClassVar
 
 import requests
 
@@ -178,6 +179,7 @@ VIDEO_CHILD = r"""
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import ClassVar
 mode, base, outbox = sys.argv[1], sys.argv[2], sys.argv[3]
 from fhir_images import FhirClient, Outbox, push
 if mode == "push":
@@ -207,6 +209,89 @@ def video_memory(base: str, patient: str, mb: int, work: Path) -> dict[str, int]
     idle = child("idle")
     peak = child("push")
     return {"file_bytes": mb << 20, "peak_rss_bytes": peak, "idle_rss_bytes": idle}
+
+
+class ProfilingSession(requests.Session):
+    """A session that adds up, by kind of request, how many were sent and how long each took
+    (to the end of its body where the body is streamed): the profile of push."""
+
+    totals: ClassVar[dict[str, list[float]]] = {}
+    lock = threading.Lock()
+
+    @staticmethod
+    def kind(method: str, url: str, base: str) -> str:
+        path = url[len(base) :].split("?")[0].strip("/")
+        parts = path.split("/") if path else []
+        query = "?" in url
+        if method == "POST" and not parts:
+            return "transaction"
+        if parts and parts[-1].startswith("$"):
+            return f"{parts[-1]} ({parts[0]})"
+        if parts[:1] == ["Binary"]:
+            return {
+                "GET": "Binary read (bytes)",
+                "PUT": "Binary upload",
+                "POST": "Binary upload",
+            }.get(method, f"Binary {method}")
+        if method == "GET":
+            return "search" if query or len(parts) == 1 else f"read {parts[0]}"
+        return f"{method} {parts[0] if parts else ''}".strip()
+
+    def request(self, method: str, url: str, *args: object, **kwargs: object) -> requests.Response:  # type: ignore[override]
+        started = time.perf_counter()
+        response = super().request(method, url, *args, **kwargs)  # type: ignore[arg-type]
+        base = getattr(self, "base", "")
+        key = self.kind(method.upper(), url, base)
+        if kwargs.get("stream"):
+            inner = response.iter_content
+
+            def counted(*a: object, **k: object):  # type: ignore[no-untyped-def]
+                yield from inner(*a, **k)  # type: ignore[arg-type]
+                self.add(key, time.perf_counter() - started)
+
+            response.iter_content = counted  # type: ignore[method-assign]
+        else:
+            self.add(key, time.perf_counter() - started)
+        return response
+
+    @classmethod
+    def add(cls, key: str, seconds: float) -> None:
+        with cls.lock:
+            cls.totals.setdefault(key, []).append(seconds)
+
+
+def profile_push(base: str, files: list[Path], workers: int) -> dict[str, object]:
+    """One push of ``files`` on a new patient with every request timed by kind."""
+    pid = f"bench-{time.time_ns()}"
+    seed_server(base, pid)
+    ProfilingSession.totals = {}
+
+    def factory() -> requests.Session:
+        s = ProfilingSession()
+        s.base = base  # type: ignore[attr-defined]
+        return s
+
+    with tempfile.TemporaryDirectory() as d:
+        outbox = Outbox(Path(d) / "outbox")
+        for p in files:
+            ingest(p, context(f"Patient/{pid}"), parse_consent(CONSENT), outbox=outbox)
+        client = FhirClient(base, pool_size=workers, session_factory=factory)
+        started = time.perf_counter()
+        results = push(client, outbox, workers=workers)
+        wall = time.perf_counter() - started
+        client.close()
+    assert all(r.delivered for r in results), [r.error for r in results if not r.delivered]
+    busy = sum(sum(v) for v in ProfilingSession.totals.values())
+    kinds = {
+        k: {
+            "requests": len(v),
+            "per_image": round(len(v) / len(files), 2),
+            "seconds": round(sum(v), 2),
+            "share": round(sum(v) / busy, 3),
+        }
+        for k, v in sorted(ProfilingSession.totals.items(), key=lambda kv: -sum(kv[1]))
+    }
+    return {"bench": "push-profile", "images": len(files), "wall_s": round(wall, 2), "kinds": kinds}
 
 
 def one_round(
@@ -245,6 +330,9 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--video-mb", type=int, default=0, help="Also a video's peak memory.")
+    ap.add_argument(
+        "--profile", action="store_true", help="Only profile one push by kind of request."
+    )
     args = ap.parse_args()
     if not args.server:
         sys.exit("give --server or set FHIR_BASE_URL")
@@ -262,6 +350,13 @@ def main() -> None:
             p.write_bytes(photo(rng.randint(512 << 10, 4 << 20), seed=i))
             files.append(p)
         total = sum(p.stat().st_size for p in files)
+        if args.profile:
+            one_round(base, files[:8], args.workers, ["ours"], raw, naive_ok)  # warm
+            profile = profile_push(base, files, args.workers)
+            for kind, figures in profile["kinds"].items():  # type: ignore[attr-defined]
+                print(f"  {kind:32} {figures}")
+            print(json.dumps(profile))
+            return
         # a warm server: every path once, not counted
         one_round(base, files[:8], args.workers, ["floor", "naive", "ours"], raw, naive_ok)
         rounds = []

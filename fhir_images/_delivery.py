@@ -109,16 +109,29 @@ def _labels_hold(held: Labels, wanted: Labels) -> bool:
 # ----------------------------------------------------------------------------- the deliverer
 
 
+Verification = Literal["full", "links"]
+#: What push can read back after a delivery: every byte, or everything but the bytes.
+VERIFICATIONS: tuple[Verification, ...] = ("full", "links")
+
+
 class Deliverer:
     """Delivers outbox entries with one client; safe to use from several threads."""
 
     def __init__(
-        self, client: FhirClient, outbox: Outbox, *, max_permanent_failures: int = 3
+        self,
+        client: FhirClient,
+        outbox: Outbox,
+        *,
+        max_permanent_failures: int = 3,
+        verify: Verification = "full",
     ) -> None:
+        if verify not in VERIFICATIONS:
+            raise ValueError(f"verify must be one of {', '.join(VERIFICATIONS)}")
         self.client = client
         self.records = Repository(client)
         self.outbox = outbox
         self.max_permanent_failures = max_permanent_failures
+        self.verify = verify
         self._lock = threading.Lock()
 
     # ----------------------------------------------------------- bookkeeping in the entry
@@ -247,7 +260,9 @@ class Deliverer:
                 if not exc.retry_safe and binary_ref in stored.created:
                     self._undo(list(stored.created), result)
                 raise
-        if result.consent is not None:
+        if result.consent is not None and stored.image not in stored.created:
+            # a Consent can only have gone before for an image that was already there: a new
+            # image has no older Consents to supersede (one search per image saved)
             self._supersede(result.consent, stored.image, result)
         self._verify(entry, result, wanted)
         receipt = {
@@ -267,8 +282,9 @@ class Deliverer:
                 "binary securityContext",
                 "binary link",
                 *(["consent link"] if result.consent else []),
-                "bytes (size and SHA-1 of every byte)",
+                *(["bytes (size and SHA-1 of every byte)"] if self.verify == "full" else []),
             ],
+            "verification": self.verify,
         }
         with self._lock:
             self.outbox.mark_sent(self.outbox.get(entry.id), receipt)
@@ -404,9 +420,15 @@ class Deliverer:
             consent = records.consent(result.consent)
             if result.media not in consent.images:
                 raise BadResponse(f"{result.consent} does not reference {result.media}")
+        if self.verify == "full":
+            self._verify_bytes(entry, result, image)
+
+    def _verify_bytes(self, entry: Entry, result: DeliveryResult, image: ImageView) -> None:
+        """Read every byte back and compare size and SHA-1 with the image's."""
+        assert result.binary
         sha1 = hashlib.sha1()
         size = 0
-        for chunk in client.iter_binary(result.binary, entry.meta.media_type):
+        for chunk in self.client.iter_binary(result.binary, entry.meta.media_type):
             sha1.update(chunk)
             size += len(chunk)
         if base64.b64encode(sha1.digest()).decode() != image.content_hash or (
@@ -426,19 +448,28 @@ def push(
     entries: list[Entry] | None = None,
     on_done: Callable[[DeliveryResult], None] | None = None,
     max_permanent_failures: int = 3,
+    verify: Verification = "full",
 ) -> list[DeliveryResult]:
     """Deliver ready entries (all, or those given) with a bounded worker pool.
 
     Results come back in the entries' order; nothing is raised for a server
     that cannot be reached or used: every entry then carries the reason, in
     its result and in the outbox. Held and failed entries are never sent.
+
+    ``verify`` is what is read back after each delivery (see :data:`VERIFICATIONS`):
+    ``"full"`` (the default) the labels of the image and its Binary, their links and
+    securityContext, the Consent's link, and every byte (size and SHA-1); ``"links"``
+    all of that but the bytes, which are then trusted to the server's acknowledgement of an
+    upload whose length it was told.
     """
     todo = [
         e
         for e in (entries if entries is not None else outbox.entries("ready"))
         if e.state == "ready"
     ]
-    deliverer = Deliverer(client, outbox, max_permanent_failures=max_permanent_failures)
+    deliverer = Deliverer(
+        client, outbox, max_permanent_failures=max_permanent_failures, verify=verify
+    )
     if not todo:
         return []
     try:

@@ -11,7 +11,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from .._delivery import DeliveryResult, patient_images, push
+from .._delivery import VERIFICATIONS, DeliveryResult, Verification, patient_images, push
 from .._outbox import Entry, Outbox
 from ..fhir import FhirClient
 from ._common import (
@@ -29,14 +29,24 @@ from ._common import (
 
 
 def deliver(
-    client: FhirClient, outbox: Outbox, entries: list[Entry] | None, workers: int, as_json: bool
+    client: FhirClient,
+    outbox: Outbox,
+    entries: list[Entry] | None,
+    workers: int,
+    as_json: bool,
+    verify: Verification = "full",
 ) -> list[DeliveryResult]:
     todo = entries if entries is not None else list(outbox.entries("ready"))
     show_progress = not as_json and sys.stderr.isatty() and len(todo) > 1
     with Progress(console=err, transient=True, disable=not show_progress) as progress:
         task = progress.add_task("delivering", total=len(todo))
         return push(
-            client, outbox, workers=workers, entries=todo, on_done=lambda r: progress.advance(task)
+            client,
+            outbox,
+            workers=workers,
+            entries=todo,
+            on_done=lambda r: progress.advance(task),
+            verify=verify,
         )
 
 
@@ -74,11 +84,24 @@ def _print_deliveries(results: list[DeliveryResult], held: int, as_json: bool) -
     type=click.IntRange(1, 32),
     help="Parallel deliveries (keep-alive connections).",
 )
+@click.option(
+    "--verify",
+    type=click.Choice(VERIFICATIONS),
+    default="full",
+    show_default=True,
+    help="What is read back after each delivery: 'full' every byte as well as labels and "
+    "links; 'links' labels and links only (the bytes trusted to the server's acknowledgement).",
+)
 @json_option
 @outbox_option
 @click.pass_context
 def push_cmd(
-    ctx: click.Context, server: str | None, workers: int, as_json: bool, outbox_dir: Path | None
+    ctx: click.Context,
+    server: str | None,
+    workers: int,
+    verify: Verification,
+    as_json: bool,
+    outbox_dir: Path | None,
 ) -> None:
     """Deliver every ready outbox entry to the FHIR server (held entries stay).
 
@@ -88,7 +111,7 @@ def push_cmd(
     """
     outbox = outbox_for(ctx, outbox_dir)
     client = client_for(ctx, server, workers)
-    results = deliver(client, outbox, None, workers, as_json)
+    results = deliver(client, outbox, None, workers, as_json, verify)
     _print_deliveries(results, len(list(outbox.entries("held"))), as_json)
     if any(r.error_type == "UnsafeServer" for r in results):
         ctx.exit(EXIT_REFUSED)

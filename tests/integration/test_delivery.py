@@ -8,8 +8,10 @@ import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
+import requests
 from click.testing import CliRunner
 
 from fhir_images import FhirClient, LabelError, Outbox, VersionConflict, ingest, push, synthetic
@@ -361,6 +363,45 @@ def test_bulk_delivery_with_a_worker_pool(client, patient, tmp_path):
     assert len(results) == 12 and all(r.delivered for r in results)
     assert len({r.media for r in results}) == 12
     assert _count(client, client.version.image_type, {"subject": patient}) == 12
+
+
+class _Counting(requests.Session):
+    """A session that remembers what it was asked to send (method, path, query)."""
+
+    sent: ClassVar[list[tuple[str, str]]] = []
+
+    def request(self, method, url, *args, **kwargs):  # type: ignore[override]
+        params = kwargs.get("params") or {}
+        query = "&".join(f"{k}={v}" for k, v in params.items())
+        self.sent.append((method.upper(), f"{url}?{query}" if query else url))
+        return super().request(method, url, *args, **kwargs)
+
+
+@pytest.mark.parametrize("verify", ["full", "links"])
+def test_what_push_reads_back_is_what_it_says(connect, patient, tmp_path, verify):
+    """'full' reads every byte back, 'links' none; neither searches for Consents to supersede
+    when the image is new; the receipt says what was verified."""
+    _Counting.sent = []
+    client = connect(session_factory=_Counting)
+    outbox = Outbox(tmp_path / "ob")
+    ingest(synthetic.jpeg(seed=515), _ctx(patient), make_consent(), outbox=outbox)
+    [result] = push(client, outbox, workers=1, verify=verify)
+    assert result.delivered, result.error
+    bytes_read = [
+        u
+        for m, u in _Counting.sent
+        if m == "GET"
+        and result.binary in u
+        and "_elements" not in u
+        and "_summary" not in u
+        and "$meta" not in u
+    ]
+    assert len(bytes_read) == (1 if verify == "full" else 0), bytes_read
+    consent_searches = [u for m, u in _Counting.sent if m == "GET" and "/Consent?" in u]
+    assert consent_searches == [], "a new image has no older Consents to supersede"
+    [receipt] = outbox.receipts()
+    assert receipt["verification"] == verify
+    assert any("bytes" in v for v in receipt["verified"]) == (verify == "full")
 
 
 def test_large_recording_streams_to_the_server(client, patient, tmp_path):

@@ -47,6 +47,7 @@ from fhir_images import (
     synthetic,
 )
 from fhir_images import _codes as c
+from fhir_images.fhir import ds4p
 from fhir_images.fhir.audit import FileAudit, audit_trail
 from fhir_images.fhir.probe import ServerReport
 from fhir_images.fhir.r4.records import SOURCE_NAME
@@ -635,8 +636,43 @@ def _no_network(version: str) -> tuple[Resource, str]:
     return audit, "network"
 
 
+def _ds4p(change: Callable[[list[Resource]], None], rule: str) -> Broken:
+    """An image whose labels break a rule of HL7 DS4P (the same in R4 and R5)."""
+
+    def broken(version: str) -> tuple[Resource, str]:
+        image = _example(version, IMAGE_TYPE[version])
+        change(image["meta"]["security"])
+        return image, rule
+
+    return broken
+
+
+def _artifact_of_another_type(labels: list[Resource]) -> None:
+    for label in labels:
+        for ext in label.get("extension", []):
+            if ext["url"] == ds4p.EXT_RELATED_ARTIFACT:
+                ext["valueRelatedArtifact"]["type"] = "citation"
+
+
+def _two_policies_one_label_without(labels: list[Resource]) -> None:
+    for ext in labels[0]["extension"]:
+        if ext["url"] == ds4p.EXT_BASIS:
+            ext["valueCoding"] = {**ext["valueCoding"], "code": "another-policy"}
+    labels[1]["extension"] = [e for e in labels[1]["extension"] if e["url"] != ds4p.EXT_BASIS]
+
+
 IMAGE_TYPE = {"R4": "Media", "R5": "DocumentReference"}
 BROKEN: dict[str, Broken] = {
+    "label linked to an artifact of another type (DS4P)": _ds4p(
+        _artifact_of_another_type, "fhir-images-ds4p-related-artifact"
+    ),
+    "two label policies and a label without its basis (DS4P)": _ds4p(
+        _two_policies_one_label_without, "fhir-images-ds4p-basis"
+    ),
+    "PROCESSINLINELABEL without inline labels (DS4P)": _ds4p(
+        lambda labels: labels.append({"system": c.V3_ACT_CODE, "code": "PROCESSINLINELABEL"}),
+        "fhir-images-ds4p-inline-labels",
+    ),
     "Consent with provision.action (IHE PCF)": _pcf(
         lambda r: r["provision"].update(
             action=[{"coding": [{"system": c.CONSENT_ACTION, "code": "access"}]}]
