@@ -34,12 +34,15 @@ import tarfile
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import requests
 
 from . import _codes as c
 from ._exceptions import BadInput, BadResponse, FhirImagesError, ServerError, ServerUnavailable
+
+if TYPE_CHECKING:
+    from .fhir import FhirClient
 
 Resource = dict[str, Any]
 FhirRelease = Literal["R4", "R5"]
@@ -600,9 +603,95 @@ def read_package(data: bytes) -> dict[str, bytes]:
     return out
 
 
+# ------------------------------------------------------------------- loading into a server
+
+#: The resource types ``load_package`` puts on a server (what servers validate with)
+LOAD_TYPES = ("CodeSystem", "ValueSet", "StructureDefinition")
+
+
+@dataclass(frozen=True)
+class LoadReport:
+    """What :func:`load_resources` did: the resources it PUT, and those the server already held
+    as they are ("Type/id" each)."""
+
+    put: tuple[str, ...]
+    unchanged: tuple[str, ...]
+
+
+def package_contents(data: bytes) -> tuple[Resource, list[Resource]]:
+    """The ``package.json`` of a package and its code systems, value sets and structure
+    definitions (in that order, extensions before the profiles that use them)."""
+    files = read_package(data)
+    try:
+        manifest = json.loads(files["package/package.json"])
+        top = [
+            json.loads(body)
+            for path, body in sorted(files.items())
+            if path.startswith("package/")
+            and path.count("/") == 1
+            and path.endswith(".json")
+            and path != "package/package.json"
+            and not path.endswith("/.index.json")
+        ]
+    except KeyError:
+        raise PackageError("no package/package.json in the package") from None
+    except (ValueError, UnicodeDecodeError):
+        raise PackageError("a file of the package is not JSON") from None
+    order = {t: i for i, t in enumerate(LOAD_TYPES)}
+    resources = [r for r in top if isinstance(r, dict) and r.get("resourceType") in order]
+    resources.sort(key=lambda r: (order[r["resourceType"]], r.get("type") != "Extension"))
+    return manifest, resources
+
+
+def same_content(stored: Resource, resource: Resource) -> bool:
+    """Whether a server holds ``resource`` as it is (what a server adds, such as meta or a
+    snapshot it generated, aside)."""
+    return all(stored.get(k) == v for k, v in resource.items() if k not in ("meta", "text"))
+
+
+def load_resources(client: FhirClient, resources: Iterable[Resource]) -> LoadReport:
+    """Make the server hold each resource once: PUT it where it is missing (under its own id)
+    or held otherwise (under the id it has there, so that no canonical URL is defined twice).
+    A canonical URL the server already defines more than once is an error: a validator could
+    take either definition."""
+    put: list[str] = []
+    unchanged: list[str] = []
+    for resource in resources:
+        rtype, url = resource["resourceType"], resource["url"]
+        found = list(client.search(rtype, {"url": url}, max_pages=2))
+        if len(found) > 1:
+            raise PackageError(
+                f"{url} is defined {len(found)} times on the server "
+                f"({', '.join(str(f.get('id')) for f in found)}): delete all but one first"
+            )
+        rid = str(found[0]["id"]) if found else resource["id"]
+        if found and same_content(found[0], resource):
+            unchanged.append(f"{rtype}/{rid}")
+            continue
+        client.update({**resource, "id": rid})
+        put.append(f"{rtype}/{rid}")
+    return LoadReport(put=tuple(put), unchanged=tuple(unchanged))
+
+
+def load_package(client: FhirClient, data: bytes) -> LoadReport:
+    """Load a package's code systems, value sets and structure definitions into a server that
+    cannot install FHIR packages itself (see :func:`load_resources`). The package must be of
+    the server's FHIR version."""
+    manifest, resources = package_contents(data)
+    server = str(client.capabilities().get("fhirVersion", ""))
+    versions = [str(v) for v in manifest.get("fhirVersions") or []]
+    if server not in versions:
+        raise BadInput(
+            f"the package is for FHIR {', '.join(versions) or '(none given)'}, the server is "
+            f"FHIR {server}"
+        )
+    return load_resources(client, resources)
+
+
 __all__ = [
     "RELEASES",
     "IgPackage",
+    "LoadReport",
     "PackageError",
     "ServerSnapshots",
     "SnapshotSource",
@@ -610,6 +699,8 @@ __all__ = [
     "conformance_resources",
     "example_resources",
     "implementation_guide",
+    "load_package",
+    "load_resources",
     "read_package",
     "server_snapshots",
 ]

@@ -1,4 +1,5 @@
-"""``fhir-images profiles build``: the FHIR NPM package (IG package) of the profiles."""
+"""``fhir-images profiles build`` and ``profiles load``: the FHIR NPM package (IG package) of
+the profiles, and its conformance resources on a server that cannot install packages."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from pathlib import Path
 import click
 
 from .. import _igpackage as ig
-from ._common import err
+from ._common import client_for, err, server_option
 
 
 @click.group("profiles")
@@ -85,6 +86,36 @@ def profiles_build(
         soft_wrap=True,
     )
     click.echo(str(path))
+
+
+@profiles_group.command("load")
+@click.argument(
+    "package_file",
+    required=False,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+)
+@server_option
+@click.pass_context
+def profiles_load(ctx: click.Context, package_file: Path | None, server: str | None) -> None:
+    """Put the code systems, value sets and structure definitions of a package on a FHIR server
+    (for a server that cannot install FHIR packages itself): each missing or different one is
+    PUT, each under the id it has (on the server if it is there, else in the package), so no
+    canonical URL is defined twice. Without PACKAGE_FILE, the package of the server's FHIR
+    version is built first (without snapshots or examples)."""
+    client = client_for(ctx, server)
+    if package_file is None:
+        data = ig.build_package(client.version.name).tgz()
+    else:
+        data = package_file.read_bytes()
+    report = ig.load_package(client, data)
+    for ref in report.put:
+        click.echo(f"put: {ref}")
+    err.print(
+        f"{client.base_url.rstrip('/')}: {len(report.put)} put, "
+        f"{len(report.unchanged)} already there as they are",
+        markup=False,
+        soft_wrap=True,
+    )
 
 
 def register(main: click.Group) -> None:

@@ -174,16 +174,9 @@ stop_pid() {
 	done
 }
 
-# The fhir-images command line: "PYTHON -m fhir_images.cli" when that Python has fhir_images
-# (and its command-line extra), else fhir-images on PATH; nothing when neither is there.
-fhir_images_cmd() {
-	local py="${PYTHON:-python3}"
-	if command -v "$py" >/dev/null 2>&1 && "$py" -c 'import fhir_images.cli' >/dev/null 2>&1; then
-		echo "$py -m fhir_images.cli"
-	elif command -v fhir-images >/dev/null 2>&1; then
-		echo "fhir-images"
-	fi
-}
+# fhir_images_cmd: the fhir-images command line, if there is one here
+# shellcheck source=../fhir-images-cmd.sh
+source "$SCRIPT_DIR/../fhir-images-cmd.sh"
 
 # Put the package the server is to load at IG_FILE (or remove IG_FILE for none), per HAPI_IG_PACKAGE.
 prepare_ig_package() {

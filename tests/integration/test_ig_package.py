@@ -4,8 +4,8 @@ The bundled HAPI (servers/hapi, R4 and R5) installs the package when it starts (
 with ``fhir-images profiles build``): its conformance resources are there under the ids and
 canonical URLs of their files, each once, and ``$validate`` of the package's examples against
 its profiles gives no error without anything uploaded by the test. HFS cannot install a FHIR
-package: there the package's conformance resources are uploaded one by one (as a user of another
-server does), and then the same examples validate. ``--snapshots-from`` gives every structure
+package: hfs.sh puts the package's conformance resources on it once it answers (``fhir-images
+profiles load``), and the same examples validate there. ``--snapshots-from`` gives every structure
 definition a snapshot where the server has ``$snapshot`` (HAPI; HFS has none).
 """
 
@@ -29,7 +29,6 @@ from .test_profiles import (
     _issue_text,
     by_canonical_url,
     ensure_conformance_resources,
-    same_as_file,
     validate,
     version_of,
 )
@@ -45,6 +44,12 @@ def bundled_hapi(base: str) -> bool:
     r = requests.get(f"{base}/metadata", headers=HEADERS, timeout=TIMEOUT)
     description = (r.json().get("implementation") or {}).get("description") or ""
     return str(description).startswith(BUNDLED_HAPI)
+
+
+def loads_at_start(server_name: str, base: str) -> bool:
+    """The bundled HAPI installs the package as it starts; the HFS of the test servers (started
+    by hfs.sh with fhir-images at hand) has its conformance resources put on it by hfs.sh."""
+    return bundled_hapi(base) or server_name == "hfs"
 
 
 @pytest.fixture(scope="module")
@@ -99,27 +104,34 @@ def validate_examples(base: str, package: ig.IgPackage, version: str) -> list[st
     return problems
 
 
-def test_the_bundled_hapi_has_the_package_from_the_start(
-    fhir_base_url: str, package: ig.IgPackage
+def test_the_bundled_servers_have_the_package_from_the_start(
+    server_name: str, fhir_base_url: str, package: ig.IgPackage
 ) -> None:
     """Every conformance resource of the package, once, under the id of its file and with its
     content: nothing needs uploading (and a PUT by id from profiles/ updates, not duplicates)."""
-    if not bundled_hapi(fhir_base_url):
-        pytest.skip("not the bundled HAPI: it does not install the package at start")
+    if not loads_at_start(server_name, fhir_base_url):
+        pytest.skip("not a bundled server: it does not load the package at start")
     for resource in conformance(package):
         found = by_canonical_url(fhir_base_url, resource)
-        assert [f["id"] for f in found] == [resource["id"]], resource["url"]
-        assert same_as_file(found[0], resource), f"{resource['url']} differs from the package"
+        assert [f["id"] for f in found] == [resource["id"]], (
+            f"{resource['url']}: {[f['id'] for f in found]} (start the server with "
+            "servers/hapi/hapi.sh or servers/hfs/hfs.sh with fhir-images installed)"
+        )
+        assert ig.same_content(found[0], resource), f"{resource['url']} differs from the package"
 
 
 def test_the_examples_validate_against_the_package(
-    fhir_base_url: str, package: ig.IgPackage, version: str, server_report: ServerReport
+    server_name: str,
+    fhir_base_url: str,
+    package: ig.IgPackage,
+    version: str,
+    server_report: ServerReport,
 ) -> None:
-    """0 errors. On the bundled HAPI with nothing uploaded; on another server (HFS, which cannot
-    install a package) after the missing conformance resources are PUT."""
+    """0 errors. On the bundled servers with nothing uploaded by the test; on another server
+    after the missing conformance resources are PUT."""
     if not server_report.validate_operation:
         pytest.skip("the server has no $validate")
-    if bundled_hapi(fhir_base_url):
+    if loads_at_start(server_name, fhir_base_url):
         uploaded: list[str] = []
     else:
         uploaded = ensure_conformance_resources(fhir_base_url, version)

@@ -50,6 +50,7 @@ from fhir_images import (
     synthetic,
 )
 from fhir_images import _codes as c
+from fhir_images import _igpackage as ig
 from fhir_images.fhir.audit import FileAudit, audit_trail
 from fhir_images.fhir.probe import ServerReport
 from fhir_images.fhir.r4.records import SOURCE_NAME
@@ -383,28 +384,12 @@ def by_canonical_url(base: str, resource: Resource) -> list[Resource]:
     return [e["resource"] for e in r.json().get("entry", [])]
 
 
-def same_as_file(stored: Resource, resource: Resource) -> bool:
-    """Whether the server holds the file's content (what the server adds, such as meta or a
-    snapshot, aside)."""
-    return all(stored.get(k) == v for k, v in resource.items() if k not in ("meta", "text"))
-
-
 def ensure_conformance_resources(base: str, version: str) -> list[str]:
-    """Make the server hold every resource of profiles/ for its FHIR version, each once: PUT
-    the ones that are missing (by the file's id) or differ from their file (by the id they have
-    there, so that no canonical URL is defined twice). Returns what was PUT."""
-    put = []
-    for resource in conformance_resources(version):
-        found = by_canonical_url(base, resource)
-        assert len(found) <= 1, f"{resource['url']} is defined {len(found)} times on the server"
-        if found and same_as_file(found[0], resource):
-            continue
-        rid = found[0]["id"] if found else resource["id"]
-        url = f"{base}/{resource['resourceType']}/{rid}"
-        r = requests.put(url, json={**resource, "id": rid}, headers=HEADERS, timeout=TIMEOUT)
-        assert r.status_code in (200, 201), f"PUT {url}: {r.status_code} {r.text[:1000]}"
-        put.append(f"{resource['resourceType']}/{rid}")
-    return put
+    """Make the server hold every resource of profiles/ for its FHIR version, each once (what
+    ``fhir-images profiles load`` does): PUT the ones that are missing or differ from their
+    file. Returns what was PUT."""
+    report = ig.load_resources(FhirClient(base), conformance_resources(version))
+    return list(report.put)
 
 
 @pytest.fixture(scope="module")

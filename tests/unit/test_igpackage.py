@@ -7,6 +7,7 @@ import copy
 import gzip
 import io
 import json
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ import pytest
 import responses
 from click.testing import CliRunner
 
+from fhir_images import FhirClient
 from fhir_images import _igpackage as ig
 from fhir_images._exceptions import BadInput, ServerError
 from fhir_images.cli import main
@@ -23,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PROFILES = ROOT / "fhir_images" / "profiles"
 EXAMPLES = ROOT / "examples" / "resources"
 BASE = "http://fhir.test/fhir"
+BASE_URL_OF = "https://fhir-images.org/fhir"  # the canonical base
 
 Resource = dict[str, Any]
 
@@ -429,3 +432,86 @@ def test_cli_a_server_that_does_not_answer(tmp_path: Path) -> None:
     assert result.exit_code == 1
     assert "no answer" in result.stderr
     assert not (tmp_path / "p.tgz").exists()
+
+
+# ----------------------------------------------------------------------- loading
+
+
+def _capabilities(fhir_version: str) -> Resource:
+    types = ["Media", "DocumentReference", "Consent", "Binary", "Provenance"]
+    return {
+        "resourceType": "CapabilityStatement",
+        "fhirVersion": fhir_version,
+        "rest": [
+            {
+                "mode": "server",
+                "resource": [{"type": t} for t in types],
+                "interaction": [{"code": "transaction"}],
+            }
+        ],
+    }
+
+
+def _server_holding(rsps: responses.RequestsMock, held: dict[str, list[Resource]]) -> list[str]:
+    """A server answering searches by url from ``held`` and recording each PUT."""
+    puts: list[str] = []
+    rsps.get(f"{BASE}/metadata", json=_capabilities("4.0.1"))
+
+    def search(request: Any) -> tuple[int, dict[str, str], str]:
+        url = request.params["url"]
+        entries = [{"resource": r} for r in held.get(url, [])]
+        return 200, {}, json.dumps({"resourceType": "Bundle", "entry": entries})
+
+    def put(request: Any) -> tuple[int, dict[str, str], str]:
+        puts.append(request.path_url.removeprefix("/fhir/"))
+        return 200, {}, request.body
+
+    for rtype in ig.LOAD_TYPES:
+        rsps.add_callback(responses.GET, f"{BASE}/{rtype}", callback=search)
+        rsps.add_callback(responses.PUT, re.compile(rf"{re.escape(BASE)}/{rtype}/.+"), callback=put)
+    return puts
+
+
+@responses.activate
+def test_load_puts_what_is_missing_or_different_under_the_id_it_has() -> None:
+    package = ig.build_package("R4")
+    _, resources = ig.package_contents(package.tgz())
+    assert [r["resourceType"] for r in resources][:1] == ["CodeSystem"]
+    assert {r["resourceType"] for r in resources} == set(ig.LOAD_TYPES)
+    by_url = {r["url"]: r for r in resources}
+    same = by_url[f"{BASE_URL_OF}/ValueSet/confidentiality"]
+    other = {**by_url[f"{BASE_URL_OF}/CodeSystem/image-kind"], "id": "42", "title": "old"}
+    puts = _server_holding(
+        responses.mock,
+        {same["url"]: [{**same, "meta": {"versionId": "3"}}], other["url"]: [other]},
+    )
+    report = ig.load_package(FhirClient(BASE), package.tgz())
+    assert report.unchanged == ("ValueSet/confidentiality",)
+    assert "CodeSystem/42" in report.put and "CodeSystem/image-kind" not in report.put
+    assert len(report.put) == len(resources) - 1
+    assert sorted(puts) == sorted(report.put)
+
+
+@responses.activate
+def test_load_refuses_a_url_defined_twice_on_the_server() -> None:
+    cs = json.loads((PROFILES / "CodeSystem-consent-giver.json").read_text())
+    _server_holding(responses.mock, {cs["url"]: [{**cs, "id": "a"}, {**cs, "id": "b"}]})
+    with pytest.raises(ig.PackageError, match="defined 2 times"):
+        ig.load_resources(FhirClient(BASE), [cs])
+
+
+@responses.activate
+def test_load_refuses_a_package_of_another_fhir_version() -> None:
+    _server_holding(responses.mock, {})
+    with pytest.raises(BadInput, match=r"package is for FHIR 5\.0\.0, the server is FHIR 4\.0\.1"):
+        ig.load_package(FhirClient(BASE), ig.build_package("R5").tgz())
+
+
+@responses.activate
+def test_cli_load_builds_the_package_of_the_servers_version(tmp_path: Path) -> None:
+    puts = _server_holding(responses.mock, {})
+    result = run("profiles", "load", "--server", BASE)
+    assert result.exit_code == 0, result.output
+    assert len(puts) == len(ig.conformance_resources("R4"))
+    assert "StructureDefinition/clinical-image" in result.stdout
+    assert f"{len(puts)} put, 0 already there" in result.stderr
