@@ -25,6 +25,7 @@ owners and modes, no gzip name or time).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import gzip
 import io
@@ -32,7 +33,7 @@ import json
 import re
 import tarfile
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -91,7 +92,7 @@ class IgPackage:
     conformance: tuple[str, ...] = ()  # "Type/id" of each conformance resource
     examples: tuple[str, ...] = ()  # "Type/id" of each example
     snapshots: bool = False
-    notes: tuple[str, ...] = field(default=())
+    notes: tuple[str, ...] = ()
 
     def tgz(self) -> bytes:
         """The package as a gzipped tar, byte for byte the same for the same files."""
@@ -115,10 +116,15 @@ class IgPackage:
         """Write the package to ``path`` (through a temporary file, so a reader never sees half
         a package)."""
         data = self.tgz()
-        path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(path)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(data)
+            tmp.replace(path)
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            raise PackageError(f"cannot write the package to {path}: {exc.strerror}") from None
         return path
 
 

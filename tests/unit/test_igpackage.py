@@ -420,6 +420,13 @@ def test_cli_a_missing_examples_folder_is_an_error(tmp_path: Path) -> None:
     assert not (tmp_path / "p").exists()
 
 
+def test_cli_a_package_that_cannot_be_written(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("")
+    result = run("profiles", "build", "--out", str(tmp_path / "file" / "p.tgz"))
+    assert result.exit_code == 1
+    assert "cannot write the package" in result.stderr
+
+
 def test_cli_a_server_that_does_not_answer(tmp_path: Path) -> None:
     result = run(
         "profiles",
