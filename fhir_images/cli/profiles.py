@@ -48,7 +48,9 @@ def profiles_group() -> None:
     "examples/resources of the source checkout fhir-images runs from, if there is one.",
 )
 @click.option("--no-examples", is_flag=True, help="Build the package without examples.")
+@click.pass_context
 def profiles_build(
+    ctx: click.Context,
     fhir_version: str,
     out: Path | None,
     snapshots_from: str | None,
@@ -72,7 +74,7 @@ def profiles_build(
                 soft_wrap=True,
             )
             folder = None
-    snapshots = ig.server_snapshots(snapshots_from) if snapshots_from else None
+    snapshots = ig.ServerSnapshots(client_for(ctx, snapshots_from)) if snapshots_from else None
     package = ig.build_package(rel, examples=folder, snapshots=snapshots)
     path = out or Path(f"{package.name}-{package.version}.tgz")
     package.write(path)

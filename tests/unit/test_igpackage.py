@@ -239,13 +239,15 @@ def _snapshot_server(
     rsps: responses.RequestsMock, fhir_version: str, extensions_there: bool = True
 ) -> list[str]:
     seen: list[str] = []
-    rsps.get(
-        f"{BASE}/metadata",
-        json={"resourceType": "CapabilityStatement", "fhirVersion": fhir_version},
-    )
+    rsps.get(f"{BASE}/metadata", json=_capabilities(fhir_version))
     rsps.get(
         f"{BASE}/StructureDefinition",
-        json={"resourceType": "Bundle", "entry": [{}] if extensions_there else []},
+        json={
+            "resourceType": "Bundle",
+            "entry": [{"resource": {"resourceType": "StructureDefinition"}}]
+            if extensions_there
+            else [],
+        },
     )
 
     def snapshot(request: Any) -> tuple[int, dict[str, str], str]:
@@ -306,10 +308,15 @@ def test_a_server_of_another_fhir_version_is_refused() -> None:
 
 
 @responses.activate
+def test_a_server_without_snapshot_is_refused() -> None:
+    responses.get(f"{BASE}/metadata", json=_capabilities("4.0.1", snapshot=False))
+    with pytest.raises(BadInput, match=r"no \$snapshot operation"):
+        ig.build_package("R4", snapshots=ig.server_snapshots(BASE))
+
+
+@responses.activate
 def test_a_failing_snapshot_is_an_error() -> None:
-    responses.get(
-        f"{BASE}/metadata", json={"resourceType": "CapabilityStatement", "fhirVersion": "4.0.1"}
-    )
+    responses.get(f"{BASE}/metadata", json=_capabilities("4.0.1"))
     responses.get(f"{BASE}/StructureDefinition", json={"resourceType": "Bundle"})
     responses.post(f"{BASE}/StructureDefinition/$snapshot", status=500, json={})
     with pytest.raises(ServerError, match="HTTP 500"):
@@ -437,22 +444,24 @@ def test_cli_a_server_that_does_not_answer(tmp_path: Path) -> None:
         str(tmp_path / "p.tgz"),
     )
     assert result.exit_code == 1
-    assert "no answer" in result.stderr
+    assert "cannot connect" in result.stderr
     assert not (tmp_path / "p.tgz").exists()
 
 
 # ----------------------------------------------------------------------- loading
 
 
-def _capabilities(fhir_version: str) -> Resource:
+def _capabilities(fhir_version: str, snapshot: bool = True) -> Resource:
     types = ["Media", "DocumentReference", "Consent", "Binary", "Provenance"]
+    operations = [{"name": "snapshot"}] if snapshot else []
     return {
         "resourceType": "CapabilityStatement",
         "fhirVersion": fhir_version,
         "rest": [
             {
                 "mode": "server",
-                "resource": [{"type": t} for t in types],
+                "resource": [{"type": t} for t in types]
+                + [{"type": "StructureDefinition", "operation": operations}],
                 "interaction": [{"code": "transaction"}],
             }
         ],
