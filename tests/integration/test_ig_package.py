@@ -177,3 +177,17 @@ def test_a_package_with_snapshots_from_the_server(
     for sd in sds:
         assert sd["snapshot"]["element"], f"{sd['id']}: empty snapshot"
         assert sd["snapshot"]["element"][0]["path"] == sd["type"], sd["id"]
+
+
+def test_the_implementation_guide_is_a_valid_resource(
+    fhir_base_url: str, package: ig.IgPackage, version: str, server_report: ServerReport
+) -> None:
+    """The package's ImplementationGuide conforms to the base ImplementationGuide of its FHIR
+    version (R4 ``exampleBoolean``/``exampleCanonical``, R5 ``isExample``/``profile``)."""
+    if not server_report.validate_operation:
+        pytest.skip("the server has no $validate")
+    guide = json.loads(package.files["package/ImplementationGuide-fhir-images.json"])
+    base = "http://hl7.org/fhir/StructureDefinition/ImplementationGuide"
+    outcome = validate(fhir_base_url, guide, base, version)
+    problems = [_issue_text(i) for i in [*outcome.errors, *outcome.warnings]]
+    assert not problems, "\n".join(problems)
