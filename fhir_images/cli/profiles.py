@@ -16,7 +16,9 @@ def profiles_group() -> None:
     """The conformance resources (profiles, code systems, value sets) as a FHIR package."""
 
 
-@profiles_group.command("build")
+@profiles_group.command(
+    "build", short_help="Build the FHIR package (package.tgz) of one FHIR version."
+)
 @click.option(
     "--fhir-version",
     type=click.Choice(["R4", "R5"], case_sensitive=False),
@@ -90,7 +92,9 @@ def profiles_build(
     click.echo(str(path))
 
 
-@profiles_group.command("load")
+@profiles_group.command(
+    "load", short_help="Put a package's profiles on a server that cannot install packages."
+)
 @click.argument(
     "package_file",
     required=False,
