@@ -3,9 +3,10 @@
 #   1. installs the package with its test and lint extras into .venv (a clean environment,
 #      so nothing installed by hand elsewhere can hide a missing dependency);
 #   2. builds and starts the project's FHIR servers on 127.0.0.1: HAPI FHIR (servers/hapi,
-#      from Maven Central) as FHIR R4 and, from the same jar, as FHIR R5, and Helios FHIR
+#      from Maven Central) as FHIR R4 and, from the same jar, as FHIR R5, each installing the
+#      fhir-images FHIR package (the profiles) of its version as it starts, and Helios FHIR
 #      Server (servers/hfs, from crates.io with cargo, or from a checksummed ready binary named
-#      by HFS_PREBUILT);
+#      by HFS_PREBUILT), onto which hfs.sh puts the same profiles;
 #   3. runs ruff, mypy, the API reference build (warnings are errors) and pytest: unit tests,
 #      then every integration test against each server;
 #   4. stops the servers it started, whatever happened, and exits non-zero on any failure.
@@ -30,6 +31,11 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e ".[dev]"
+# The servers get fhir-images' FHIR package as they start: hapi.sh builds it with the fhir-images
+# of this environment and HAPI installs it; hfs.sh puts its profiles on HFS ('auto': a package
+# that cannot be built or loaded fails the start).
+export PATH="$PWD/.venv/bin:$PATH"
+export HAPI_IG_PACKAGE=auto HFS_IG_PACKAGE=auto
 
 step "Lint, types and the API reference"
 .venv/bin/ruff check .

@@ -19,6 +19,17 @@
 #   HAPI_START_TIMEOUT  seconds 'start' waits for the server to answer (default 300)
 #   HAPI_FRESH=1        same as 'start --fresh': wipe the H2 database before starting
 #   HAPI_JAVA_OPTS      JVM options (default: -Xmx1536m -XX:TieredStopAtLevel=1 -XX:+UseSerialGC)
+#   HAPI_IG_PACKAGE     a FHIR package (package.tgz) the server installs when it starts, before it
+#                       answers: its code systems, value sets and structure definitions become
+#                       resources of the server (ids as in the package) and $validate uses them.
+#                       Nothing is downloaded (the package's dependency, the FHIR core, is built in).
+#                         unset  build fhir-images' own package for the server's FHIR version into
+#                                the data dir ('fhir-images profiles build', with ${PYTHON:-python3}
+#                                if it can import fhir_images, else fhir-images on PATH) and load
+#                                it; without fhir-images, start with no package (and say so)
+#                         auto   the same, but fail if the package cannot be built
+#                         none   start with no package
+#                         PATH   load that package (it must be of the server's FHIR version)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -33,6 +44,8 @@ PID_FILE="$DATA_DIR/hapi.pid"
 PORT_FILE="$DATA_DIR/hapi.port"
 # FHIR version of the running server (like the port file, removed when it stops) ...
 VERSION_FILE="$DATA_DIR/hapi.fhir-version"
+# The FHIR package of the running server (a copy, so that a rebuild cannot change it under it).
+IG_FILE="$DATA_DIR/ig-package.tgz"
 # ... and of the database, kept next to it for as long as the database lives.
 DB_VERSION_FILE="$DB_DIR/fhir-version"
 
@@ -161,6 +174,38 @@ stop_pid() {
 	done
 }
 
+# fhir_images_cmd: the fhir-images command line, if there is one here
+# shellcheck source=../fhir-images-cmd.sh
+source "$SCRIPT_DIR/../fhir-images-cmd.sh"
+
+# Put the package the server is to load at IG_FILE (or remove IG_FILE for none), per HAPI_IG_PACKAGE.
+prepare_ig_package() {
+	local want="${HAPI_IG_PACKAGE-}" cmd
+	rm -f "$IG_FILE"
+	case "$want" in
+		none) log "HAPI_IG_PACKAGE=none: starting without a FHIR package" ;;
+		"" | auto)
+			cmd="$(fhir_images_cmd)"
+			if [[ -z "$cmd" ]]; then
+				[[ "$want" == auto ]] && die "HAPI_IG_PACKAGE=auto, but neither ${PYTHON:-python3} with fhir_images nor fhir-images on PATH is there to build the package"
+				log "fhir-images is not installed here (neither ${PYTHON:-python3} -m fhir_images.cli nor fhir-images on PATH): starting without its FHIR package (set HAPI_IG_PACKAGE to load one)"
+				return 0
+			fi
+			log "building the fhir-images FHIR $FHIR_VERSION package: $cmd profiles build"
+			# shellcheck disable=SC2086  # cmd is a command and its arguments
+			if ! $cmd profiles build --fhir-version "$FHIR_VERSION" --out "$IG_FILE" >/dev/null; then
+				[[ "$want" == auto ]] && die "building the fhir-images FHIR package FAILED (see above)"
+				log "building the fhir-images FHIR package failed (see above): starting without it"
+				rm -f "$IG_FILE"
+			fi
+			;;
+		*)
+			[[ -f "$want" && -r "$want" ]] || die "HAPI_IG_PACKAGE: no readable file '$want'"
+			cp -f -- "$want" "$IG_FILE"
+			;;
+	esac
+}
+
 cmd_start() {
 	local fresh="${HAPI_FRESH:-0}"
 	while [[ $# -gt 0 ]]; do
@@ -197,6 +242,13 @@ cmd_start() {
 	mkdir -p "$DB_DIR"
 	echo "$FHIR_VERSION" >"$DB_VERSION_FILE"
 	[[ -f "$LOG_FILE" ]] && mv -f "$LOG_FILE" "$LOG_FILE.1"
+	prepare_ig_package
+	# (always passed, so that HAPI_IG_PACKAGE in the environment is never read by the server)
+	local ig_arg=--hapi.ig-package=
+	if [[ -f "$IG_FILE" ]]; then
+		ig_arg="--hapi.ig-package=$IG_FILE"
+		log "the server installs the FHIR package $IG_FILE as it starts"
+	fi
 
 	local started=$SECONDS
 	# shellcheck disable=SC2086  # JAVA_OPTS is a list of options
@@ -205,6 +257,7 @@ cmd_start() {
 		--server.port="$PORT" \
 		--hapi.data-dir="$DATA_DIR" \
 		--hapi.fhir-version="$FHIR_VERSION" \
+		"$ig_arg" \
 		>"$LOG_FILE" 2>&1 </dev/null &
 	pid=$!
 	echo "$pid" >"$PID_FILE"

@@ -21,6 +21,15 @@
 #   HFS_LOG_LEVEL         error, warn, info, debug or trace (default info)
 #   HFS_PREBUILT          a ready hfs 0.2.7 binary, gzipped or not, to install instead of
 #                         building with cargo; its sha256 must match the values pinned below
+#   HFS_IG_PACKAGE        a FHIR package (package.tgz) whose code systems, value sets and
+#                         structure definitions 'start' puts on the server once it answers, before
+#                         it reports it up (HFS cannot install packages itself; this is
+#                         'fhir-images profiles load', with ${PYTHON:-python3} if it can import
+#                         fhir_images, else fhir-images on PATH):
+#                           unset  fhir-images' own R4 package, if fhir-images is there (else say so)
+#                           auto   the same, but fail (and stop the server) if it cannot be loaded
+#                           none   load nothing
+#                           PATH   that package (FHIR R4)
 set -euo pipefail
 
 SCRIPT_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -273,6 +282,39 @@ stop_pid() {
 
 millis() { echo $(($(date +%s%N) / 1000000)); }
 
+# fhir_images_cmd: the fhir-images command line, if there is one here
+# shellcheck source=../fhir-images-cmd.sh
+source "$SCRIPT_DIR/../fhir-images-cmd.sh"
+
+# Put the conformance resources of the package HFS_IG_PACKAGE names on the running server.
+# Returns non-zero when it was required ('auto' or a path) and could not be done.
+load_ig_package() {
+	local want="${HFS_IG_PACKAGE-}" cmd
+	local file=()
+	case "$want" in
+		none) log "HFS_IG_PACKAGE=none: no FHIR package loaded"; return 0 ;;
+		"" | auto) ;;
+		*) [[ -f "$want" && -r "$want" ]] || { log "ERROR: HFS_IG_PACKAGE: no readable file '$want'"; return 1; }
+			file=("$want") ;;
+	esac
+	cmd="$(fhir_images_cmd)"
+	if [[ -z "$cmd" ]]; then
+		if [[ -z "$want" ]]; then
+			log "fhir-images is not installed here: no FHIR package loaded (set HFS_IG_PACKAGE to load one)"
+			return 0
+		fi
+		log "ERROR: HFS_IG_PACKAGE=$want, but neither ${PYTHON:-python3} with fhir_images nor fhir-images on PATH is there to load it"
+		return 1
+	fi
+	log "loading the profiles of the FHIR package ${file[*]:-of fhir-images}: $cmd profiles load"
+	# shellcheck disable=SC2086  # cmd is a command and its arguments
+	if ! $cmd profiles load ${file[@]+"${file[@]}"} --server "$BASE_URL" >/dev/null; then
+		[[ -z "$want" ]] && { log "loading the FHIR package failed (see above): the server runs without it"; return 0; }
+		log "ERROR: loading the FHIR package FAILED (see above)"
+		return 1
+	fi
+}
+
 cmd_start() {
 	local fresh="${HFS_FRESH:-0}"
 	while [[ $# -gt 0 ]]; do
@@ -346,6 +388,12 @@ cmd_start() {
 		sleep 0.2
 	done
 	local ms=$(($(millis) - started))
+	if ! load_ig_package; then
+		log "stopping pid $pid"
+		stop_pid "$pid" 5
+		rm -f "$PID_FILE" "$PORT_FILE"
+		die "HFS was started, but the FHIR package could not be loaded"
+	fi
 	log "HFS is up after $((ms / 1000)).$(printf '%03d' $((ms % 1000)))s (pid $pid)"
 	echo "$BASE_URL"
 }

@@ -79,6 +79,35 @@ def test_database_without_version_marker_counts_as_r4(tmp_path):
     assert not (tmp_path / "hapi.pid").exists(), "nothing was started"
 
 
+def test_an_unreadable_ig_package_fails_with_a_message(tmp_path):
+    missing = tmp_path / "missing.tgz"
+    result = run(["start"], tmp_path, HAPI_PORT=free_port(), HAPI_IG_PACKAGE=str(missing))
+    assert result.returncode != 0
+    assert f"HAPI_IG_PACKAGE: no readable file '{missing}'" in result.stderr
+    assert not (tmp_path / "hapi.pid").exists(), "nothing was started"
+
+
+def test_auto_ig_package_without_fhir_images_fails_with_a_message(tmp_path):
+    """HAPI_IG_PACKAGE=auto: the package must be built, so no fhir-images to build it is an
+    error (unset, the server would start without it and say so)."""
+    path = os.pathsep.join(
+        d
+        for d in os.environ.get("PATH", "").split(os.pathsep)
+        if d and not (Path(d) / "fhir-images").exists()
+    )
+    result = run(
+        ["start"],
+        tmp_path,
+        HAPI_PORT=free_port(),
+        HAPI_IG_PACKAGE="auto",
+        PYTHON="/bin/false",
+        PATH=path,
+    )
+    assert result.returncode != 0
+    assert "HAPI_IG_PACKAGE=auto, but neither" in result.stderr
+    assert not (tmp_path / "hapi.pid").exists(), "nothing was started"
+
+
 @pytest.fixture(scope="module")
 def r5_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, Path]]:
     """One FHIR R5 server on its own port and data dir, shared by the tests below."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import os
 import shutil
+import socket
 import stat
 import subprocess
 from pathlib import Path
@@ -40,6 +41,20 @@ def test_start_on_a_port_in_use_fails_with_a_message(hfs_base_url, tmp_path):
     assert result.returncode != 0
     assert "in use" in result.stderr
     assert not (tmp_path / "hfs.pid").exists(), "nothing was started"
+
+
+def test_an_unreadable_ig_package_stops_the_server_with_a_message(hfs_base_url, tmp_path):
+    """HFS starts, the package cannot be put on it, so the server is stopped again: a server
+    that lacks the profiles it was asked for would validate against nothing."""
+    missing = tmp_path / "missing.tgz"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = str(s.getsockname()[1])
+    result = run(["start", "--fresh"], tmp_path, HFS_PORT=port, HFS_IG_PACKAGE=str(missing))
+    assert result.returncode != 0
+    assert f"HFS_IG_PACKAGE: no readable file '{missing}'" in result.stderr
+    assert "could not be loaded" in result.stderr
+    assert not (tmp_path / "hfs.pid").exists(), "the server was stopped"
 
 
 def test_status_of_a_server_that_is_not_running(tmp_path):
@@ -76,6 +91,8 @@ def sandbox(tmp_path: Path) -> dict[str, Path]:
     home = tmp_path / "hfs"
     home.mkdir()
     shutil.copy(SCRIPT, home / "hfs.sh")
+    # and what it sources, where it looks for it (servers/ above servers/hfs/)
+    shutil.copy(SCRIPT.parents[1] / "fhir-images-cmd.sh", tmp_path / "fhir-images-cmd.sh")
     fakebin = tmp_path / "fakebin"
     fakebin.mkdir()
     cargo_log = tmp_path / "cargo.log"

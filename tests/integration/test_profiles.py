@@ -8,8 +8,11 @@ examples in examples/resources/r5/. R4 definitions are never loaded into an R5 s
 
 HAPI's ``$validate`` answers 200 with an OperationOutcome even for an invalid resource, so the
 issues are read, not the status. HAPI remembers a canonical URL it failed to find for minutes,
-even after it is uploaded: every test here depends on ``profiles``, which PUTs all of profiles/
-(by id, so re-runs are idempotent) before anything is validated.
+even after it is uploaded: every test here depends on ``profiles``, which makes sure the server
+has every resource of profiles/ before anything is validated. The bundled HAPI (R4 and R5) has
+them from the start (hapi.sh builds the FHIR package and the server installs it), so nothing is
+uploaded there; on another server (HFS, a user's own) each resource that is missing, or differs
+from its file, is PUT (by id, so re-runs are idempotent).
 
 Pytest runs the integration files alphabetically, so in the full suite this module runs after
 test_delivery.py and test_lifecycle.py and validates what they wrote. Run alone, it first writes
@@ -47,6 +50,7 @@ from fhir_images import (
     synthetic,
 )
 from fhir_images import _codes as c
+from fhir_images import _igpackage as ig
 from fhir_images.fhir import ds4p
 from fhir_images.fhir.audit import FileAudit, audit_trail
 from fhir_images.fhir.probe import ServerReport
@@ -370,14 +374,31 @@ def version(server_report: ServerReport, fhir_version: FhirVersion) -> str:
     return name
 
 
+def by_canonical_url(base: str, resource: Resource) -> list[Resource]:
+    """The resources of the server with the canonical URL of ``resource``."""
+    r = requests.get(
+        f"{base}/{resource['resourceType']}",
+        params={"url": resource["url"]},
+        headers=HEADERS,
+        timeout=TIMEOUT,
+    )
+    assert r.status_code == 200, f"search {resource['url']}: {r.status_code} {r.text[:500]}"
+    return [e["resource"] for e in r.json().get("entry", [])]
+
+
+def ensure_conformance_resources(base: str, version: str) -> list[str]:
+    """Make the server hold every resource of profiles/ for its FHIR version, each once (what
+    ``fhir-images profiles load`` does): PUT the ones that are missing or differ from their
+    file. Returns what was PUT."""
+    report = ig.load_resources(FhirClient(base), conformance_resources(version))
+    return list(report.put)
+
+
 @pytest.fixture(scope="module")
 def profiles(fhir_base_url: str, version: str) -> str:
-    """Upload the server version's profiles before anything is validated (PUT by id:
-    idempotent)."""
-    for resource in conformance_resources(version):
-        url = f"{fhir_base_url}/{resource['resourceType']}/{resource['id']}"
-        r = requests.put(url, json=resource, headers=HEADERS, timeout=TIMEOUT)
-        assert r.status_code in (200, 201), f"PUT {url}: {r.status_code} {r.text[:1000]}"
+    """The server holds the profiles of its FHIR version before anything is validated: loaded
+    at start (the bundled HAPI), else uploaded here."""
+    ensure_conformance_resources(fhir_base_url, version)
     return fhir_base_url
 
 
