@@ -83,12 +83,21 @@ class Labeller:
         patient = records.patient(image.subject) if image.subject else None
         result = self.policy.assess(image, patient, records.consents_for_image(ref))
         current = image.labels.codings()
-        binary = self._own_binary(image, result)
-        if binary is None:
+        own = self._own_binary(image, result)
+        if own is None:
             apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
         else:
+            binary, binary_current = own
             try:
-                label_image(client, result.media, result.labels, binary=binary, current=current)
+                # the Binary's labels were just read with its securityContext: not read again
+                label_image(
+                    client,
+                    result.media,
+                    result.labels,
+                    binary=binary,
+                    current=current,
+                    binary_current=binary_current,
+                )
             except FhirImagesError as exc:
                 # the image still gets its labels; the Binary is reported, not forgotten
                 apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
@@ -96,9 +105,12 @@ class Labeller:
         self._report(image, result)
         return result
 
-    def _own_binary(self, image: ImageView, result: Assessment) -> str | None:
-        """The image's Binary, given a securityContext naming the image if it has none; None
-        (with the problem recorded) when the bytes are not a Binary this image may label."""
+    def _own_binary(
+        self, image: ImageView, result: Assessment
+    ) -> tuple[str, list[dict[str, Any]]] | None:
+        """The image's Binary and its labels, given a securityContext naming the image if it has
+        none; None (with the problem recorded) when the bytes are not a Binary this image may
+        label."""
         records = self.records
         binary = records.binary_of(image)
         if binary is None:
@@ -123,7 +135,7 @@ class Labeller:
         except FhirImagesError as exc:
             self._unlabelled_binary(result, type(exc).__name__)
             return None
-        return binary
+        return binary, view.labels.codings()
 
     def _unlabelled_binary(self, result: Assessment, why: str) -> None:
         self.unlabelled_binaries += 1
