@@ -25,7 +25,10 @@ from ._context import (
     Explained,
     ImageKind,
     Maker,
+    ParentalResponsibility,
     Permissions,
+    PRBasis,
+    PRHolder,
     Relationship,
 )
 from ._delivery import DeliveryResult, push, retry_failed
@@ -156,6 +159,9 @@ __all__ = [
     "Outbox",
     "OutboxError",
     "Outcome",
+    "PRBasis",
+    "PRHolder",
+    "ParentalResponsibility",
     "PayloadTooLarge",
     "Permissions",
     "Policy",

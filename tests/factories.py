@@ -50,7 +50,7 @@ def parent_consent(**overrides: Any) -> ConsentRecord:
             "given_by": "parent",
             "giver": "RelatedPerson/mum1",
             "relationship": "MTH",
-            "parental_responsibility": True,
+            "parental_responsibility": {"holder": "mother", "basis": "birth_mother"},
             **overrides,
         }
     )

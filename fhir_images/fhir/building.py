@@ -13,6 +13,7 @@ from typing import Any
 from .. import _codes as c
 from .._context import Maker
 from ..policy import Outcome
+from . import parental
 from .common import iso
 from .keys import binary_id, consent_key, image_key, record_key
 
@@ -96,9 +97,11 @@ def provenance_resource(
     targets: list[str],
     now: datetime | None = None,
     record: str | None = None,
+    consent: Any | None = None,
 ) -> dict[str, Any]:
     """Who supplied the image and when (the same in R4 and R5); ``now`` (``recorded``) defaults
-    to the current time."""
+    to the current time. When the author is the parent who consented, their relationship and
+    the basis of their parental responsibility are the author's roles."""
     author: dict[str, Any] = {
         "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
         "who": (
@@ -109,6 +112,9 @@ def provenance_resource(
     }
     if ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER):
         author["onBehalfOf"] = {"reference": ctx.patient}
+    roles = parental.author_roles(consent, ctx.operator)
+    if roles:
+        author["role"] = roles
     agents = [author]
     if ctx.recorded_by:
         agents.append(
@@ -266,7 +272,7 @@ def assemble(
         targets.append(consent_url)
     record = record_key(key, "provenance", ckey)
     provenance = build.provenance(
-        ctx, labels, submission_id=sid, targets=targets, now=now, record=record
+        ctx, labels, submission_id=sid, targets=targets, now=now, record=record, consent=consent
     )
     entries.append(
         conditional_entry(f"urn:uuid:{make_id()}", provenance, f"_tag={c.SID_RECORD}|{record}")

@@ -139,6 +139,13 @@ REASONS: dict[str, ReasonCode] = {
             "Consent was given by someone without parental responsibility.",
         ),
         ReasonCode(
+            "parental-responsibility-not-stated",
+            ("G5",),
+            Outcome.HOLD,
+            "parental responsibility not established",
+            "Consent was given by a parent without recording who holds parental responsibility and on what basis: not every parent has it, so it is held as for someone without it.",
+        ),
+        ReasonCode(
             "best-interests-not-recorded",
             ("G7",),
             Outcome.HOLD,

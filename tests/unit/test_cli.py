@@ -27,6 +27,7 @@ EXPECTED = {
     "10-grandparent-no-parental-responsibility.yaml": (3, "hold", "R"),
     "11-video-consultation-recording.yaml": (4, "refuse", "N"),
     "12-auscultation-audio.yaml": (0, "store", "N"),
+    "13-parent-parental-responsibility-not-stated.yaml": (3, "hold", "R"),
 }
 
 
@@ -98,6 +99,7 @@ def test_required_situations_cite_their_rules(tmp_path):
     assert ("G6", "hold") in reasons("03-parent-unsolicited-intimate-unconfirmed.yaml")
     assert ("S1", "refuse") in reasons("05-strict-policy-intimate-child.yaml")
     assert ("G8", "refuse") in reasons("06-no-purpose.yaml")
+    assert ("G5", "hold") in reasons("13-parent-parental-responsibility-not-stated.yaml")
 
 
 def test_gps_example_is_stored_without_gps_and_same_orientation(tmp_path):

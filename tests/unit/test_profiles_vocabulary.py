@@ -146,7 +146,11 @@ def test_r5_profiles_carry_every_rule_of_r4(url: str) -> None:
         targets = [p for t in element.get("type", []) for p in t.get("targetProfile", [])]
         assert not any(t.endswith("/Media") for t in targets), element["id"]
     if sd["type"] == "Extension":
-        assert sd["context"] == [{"type": "element", "expression": "DocumentReference"}]
+        r5_name = {"Media": "DocumentReference", "Consent.performer": "Consent.grantor"}
+        assert sd["context"] == [
+            {"type": "element", "expression": r5_name.get(x["expression"], x["expression"])}
+            for x in RESOURCES[url]["context"]
+        ]
 
 
 def test_local_urls_match_the_code() -> None:
@@ -286,3 +290,15 @@ def test_value_sets_hold_what_disclosure_recognises() -> None:
     handling = _members("handling")
     assert {(c.V3_ACT_CODE, code) for code in _lifecycle._OBLIGATIONS} <= handling
     assert c.LEGAL_HOLD.system and (c.LEGAL_HOLD.system, c.LEGAL_HOLD.code) in handling
+
+
+def test_parental_responsibility_vocabulary_is_the_code() -> None:
+    from fhir_images import PRBasis, PRHolder
+    from fhir_images.fhir import parental
+
+    assert set(_concepts("parental-responsibility-holder")) == {h.value for h in PRHolder}
+    assert set(_concepts("parental-responsibility-basis")) == {b.value for b in PRBasis}
+    for url in (parental.PR_HOLDER, parental.PR_BASIS, parental.EXT_PARENTAL_RESPONSIBILITY):
+        assert url in RESOURCES and url.replace("CodeSystem", "ValueSet") in RESOURCES | R5 | {
+            parental.EXT_PARENTAL_RESPONSIBILITY: None
+        }

@@ -51,7 +51,8 @@ PUBLIC = {
     # inputs and the types they carry
     "Case", "ClinicalContext", "Coded", "ConsentRecord", "ConsentGiver", "Explained", "ImageKind",
     "Maker",
-    "Permissions", "Relationship", "DisclosureRequest", "Purpose", "Role", "Limits", "Settings",
+    "Permissions", "Relationship", "ParentalResponsibility", "PRHolder", "PRBasis",
+    "DisclosureRequest", "Purpose", "Role", "Limits", "Settings",
     "ImageFacts", "Decision", "Outcome", "Reason", "ConsentState", "SecurityLabels",
     "Confidentiality", "Label", "Verdict", "Policy", "RetentionSchedule",
     # the outbox and the server

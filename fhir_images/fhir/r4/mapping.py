@@ -29,6 +29,7 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, SecurityLabels
+from .. import parental
 from ..building import (
     Builders,
     MappedSubmission,
@@ -185,7 +186,7 @@ def build_consent(
         ],
         "patient": {"reference": ctx.patient},
         "dateTime": _iso(consent.date),
-        "performer": [{"reference": giver}],
+        "performer": [parental.consenter(consent, giver)],
         "sourceAttachment": {
             "contentType": "text/plain; charset=utf-8",
             "data": base64.b64encode(discussion.encode()).decode(),

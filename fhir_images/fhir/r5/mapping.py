@@ -27,6 +27,7 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, SecurityLabels
+from .. import parental
 from ..building import (
     Builders,
     MappedSubmission,
@@ -204,7 +205,7 @@ def build_consent(
         "date": consent.date.astimezone(UTC).date().isoformat(),
         # R5's date has no time of day: the period's start keeps the moment it was given
         "period": {"start": iso(consent.date)},
-        "grantor": [{"reference": giver}],
+        "grantor": [parental.consenter(consent, giver)],
         "sourceAttachment": [
             {
                 "contentType": "text/plain; charset=utf-8",
