@@ -77,6 +77,7 @@ from ._lifecycle import (
     withdraw_consent,
 )
 from ._outbox import DeliveryError, DeliveryState, Entry, EntryMeta, Outbox, State
+from ._requests import ImageRequest, RequestResult, load_request, request_image
 from ._settings import Settings
 from ._version import __version__
 from .fhir import FhirClient, RetryPolicy, ServerProfile, register_server
@@ -145,6 +146,7 @@ __all__ = [
     "ImageFacts",
     "ImageKind",
     "ImageRecord",
+    "ImageRequest",
     "IncompatibleServer",
     "IngestResult",
     "InputTooLarge",
@@ -171,6 +173,7 @@ __all__ = [
     "Reason",
     "Relationship",
     "RepositoryAudit",
+    "RequestResult",
     "ResourceNotFound",
     "RetentionSchedule",
     "RetryPolicy",
@@ -198,6 +201,7 @@ __all__ = [
     "get_policy",
     "ingest",
     "load_case",
+    "load_request",
     "load_structured",
     "narrow_consent",
     "parse_consent",
@@ -211,6 +215,7 @@ __all__ = [
     "register_policy",
     "register_schedule",
     "register_server",
+    "request_image",
     "retry_failed",
     "withdraw_consent",
 ]

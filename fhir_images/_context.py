@@ -23,6 +23,7 @@ PersonRef = Annotated[
     str, reference("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 ]
 OrganizationRef = Annotated[str, reference("Organization")]
+RequestRef = Annotated[str, reference("ServiceRequest")]
 
 #: The earliest date fhir-images accepts for a birth, an image or a consent
 EARLIEST = date(1900, 1, 1)
@@ -132,6 +133,10 @@ class ClinicalContext(InputModel):
     title: Line | None = None
     recorded_by: PractitionerRef | None = None
     organization: OrganizationRef | None = None
+    request: RequestRef | None = Field(
+        default=None,
+        description="The clinician's request this image answers (a ServiceRequest; W5)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ClinicalContext:

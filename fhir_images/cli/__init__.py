@@ -78,9 +78,19 @@ def main(verbose: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-from . import check, consent, disclose, hook, ingest, outbox, records, server  # noqa: E402
+from . import (  # noqa: E402
+    check,
+    consent,
+    disclose,
+    hook,
+    ingest,
+    outbox,
+    records,
+    request,
+    server,
+)
 
-for module in (ingest, outbox, server, disclose, consent, records, hook, check):
+for module in (ingest, request, outbox, server, disclose, consent, records, hook, check):
     module.register(main)
 
 __all__ = ["main"]

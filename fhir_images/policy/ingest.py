@@ -22,6 +22,7 @@ from .._context import (
     Maker,
 )
 from .._exceptions import InvalidContext
+from .._requests import ImageRequest
 from .reasons import REASONS, Outcome
 
 ADULT_AGE = 18
@@ -104,6 +105,8 @@ class Decision:
 class Situation:
     ctx: ClinicalContext
     consent: ConsentRecord | None
+    #: the clinician's request the image answers, when it is linked to one (W5)
+    request: ImageRequest | None = None
 
     @property
     def age(self) -> int:

@@ -28,6 +28,11 @@ EXPECTED = {
     "11-video-consultation-recording.yaml": (4, "refuse", "N"),
     "12-auscultation-audio.yaml": (0, "store", "N"),
     "13-parent-parental-responsibility-not-stated.yaml": (3, "hold", "R"),
+    "14-request-answered.yaml": (0, "store", "N"),
+    "15-request-other-body-site.yaml": (3, "hold", "N"),
+    "16-request-expired.yaml": (3, "hold", "N"),
+    "17-request-intimate-15-year-old.yaml": (4, "refuse", "V"),
+    "18-request-sender-not-named.yaml": (3, "hold", "N"),
 }
 
 
@@ -80,9 +85,10 @@ def test_example_case(name, tmp_path):
     confs = [s["code"] for s in row["security"] if s["system"].endswith("v3-Confidentiality")]
     assert confs == [conf]
     for reason in row["reasons"]:
-        assert reason["rule"][0] in "GS" and reason["text"]
+        assert reason["rule"][0] in "GSW" and reason["text"]
     if decision == "refuse":
         assert row["outbox_entry"] is None
+        assert not any((tmp_path / "ob" / "held").iterdir()), "a refused image is not kept"
     else:
         assert Path(row["outbox_entry"]).is_dir()
 
@@ -100,6 +106,11 @@ def test_required_situations_cite_their_rules(tmp_path):
     assert ("S1", "refuse") in reasons("05-strict-policy-intimate-child.yaml")
     assert ("G8", "refuse") in reasons("06-no-purpose.yaml")
     assert ("G5", "hold") in reasons("13-parent-parental-responsibility-not-stated.yaml")
+    assert ("W5", "store") in reasons("14-request-answered.yaml")
+    assert ("W5", "hold") in reasons("15-request-other-body-site.yaml")
+    assert ("W5", "hold") in reasons("16-request-expired.yaml")
+    assert ("W5", "refuse") in reasons("17-request-intimate-15-year-old.yaml")
+    assert ("W5", "hold") in reasons("18-request-sender-not-named.yaml")
 
 
 def test_gps_example_is_stored_without_gps_and_same_orientation(tmp_path):

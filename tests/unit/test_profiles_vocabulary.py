@@ -181,9 +181,11 @@ def test_every_finding_the_checks_can_make_is_in_the_table() -> None:
     finding that does not match its table entry fails at run time too)."""
     from fhir_images.policy import REASONS
     from fhir_images.policy import ingest as rules
+    from fhir_images.policy import requests as request_rules
 
-    source = Path(rules.__file__).read_text()
+    source = Path(rules.__file__).read_text() + Path(request_rules.__file__).read_text()
     used = set(re.findall(r'_r\(\s*"([a-z0-9-]+)"', source))
+    used |= set(re.findall(r'^\s+"(request-[a-z0-9-]+)",$', source, re.M))
     assert len(used) > 15
     assert used == set(REASONS)
 

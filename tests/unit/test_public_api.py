@@ -39,7 +39,7 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PUBLIC = {
     # operations
     "ingest", "recheck", "load_case", "load_structured", "parse_context", "parse_consent",
-    "push", "retry_failed",
+    "push", "retry_failed", "request_image", "load_request",
     "disclose", "read_record", "patient_records",
     "withdraw_consent", "narrow_consent", "destroy", "anonymise",
     "approve", "refuse_approval", "pending_approvals",
@@ -47,12 +47,12 @@ PUBLIC = {
     "get_policy", "register_policy", "register_schedule", "register_server",
     # results
     "IngestResult", "DeliveryResult", "DisclosureResult", "DisclosureDecision", "ConsentChange",
-    "DestructionResult", "AnonymisedCopy", "Approval", "ImageRecord",
+    "DestructionResult", "AnonymisedCopy", "Approval", "ImageRecord", "RequestResult",
     # inputs and the types they carry
     "Case", "ClinicalContext", "Coded", "ConsentRecord", "ConsentGiver", "Explained", "ImageKind",
     "Maker",
     "Permissions", "Relationship", "ParentalResponsibility", "PRHolder", "PRBasis",
-    "DisclosureRequest", "Purpose", "Role", "Limits", "Settings",
+    "DisclosureRequest", "ImageRequest", "Purpose", "Role", "Limits", "Settings",
     "ImageFacts", "Decision", "Outcome", "Reason", "ConsentState", "SecurityLabels",
     "Confidentiality", "Label", "Verdict", "Policy", "RetentionSchedule",
     # the outbox and the server

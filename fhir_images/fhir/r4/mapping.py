@@ -114,6 +114,8 @@ def build_media(
         data["modality"]["coding"].insert(0, {"system": c.DICOM, "code": code, "display": display})
     if encounter_ref:
         data["encounter"] = {"reference": encounter_ref}
+    if ctx.request:  # the clinician's request it answers (W5)
+        data["basedOn"] = [{"reference": ctx.request}]
     if ctx.operator:
         data["operator"] = {"reference": ctx.operator}
     if ctx.body_site:

@@ -142,6 +142,8 @@ def build_image(
         data["event"] = [{"concept": concept(ctx.purpose_code)}]
     if encounter_ref:
         data["context"] = [{"reference": encounter_ref}]
+    if ctx.request:  # the clinician's request it answers (W5)
+        data["basedOn"] = [{"reference": ctx.request}]
     if ctx.operator:
         data["author"] = [{"reference": ctx.operator}]
     if ctx.body_site:
