@@ -76,6 +76,7 @@ from ._lifecycle import (
     read_record,
     withdraw_consent,
 )
+from ._maturity import MaturityReview, Reconsent, maturity_review, reconsent
 from ._outbox import DeliveryError, DeliveryState, Entry, EntryMeta, Outbox, State
 from ._requests import ImageRequest, RequestResult, load_request, request_image
 from ._settings import Settings
@@ -158,6 +159,7 @@ __all__ = [
     "LabelVerificationFailed",
     "Limits",
     "Maker",
+    "MaturityReview",
     "Outbox",
     "OutboxError",
     "Outcome",
@@ -171,6 +173,7 @@ __all__ = [
     "Purpose",
     "RateLimited",
     "Reason",
+    "Reconsent",
     "Relationship",
     "RepositoryAudit",
     "RequestResult",
@@ -203,6 +206,7 @@ __all__ = [
     "load_case",
     "load_request",
     "load_structured",
+    "maturity_review",
     "narrow_consent",
     "parse_consent",
     "parse_context",
@@ -211,6 +215,7 @@ __all__ = [
     "push",
     "read_record",
     "recheck",
+    "reconsent",
     "refuse_approval",
     "register_policy",
     "register_schedule",

@@ -41,13 +41,14 @@ PUBLIC = {
     "ingest", "recheck", "load_case", "load_structured", "parse_context", "parse_consent",
     "push", "retry_failed", "request_image", "load_request",
     "disclose", "read_record", "patient_records",
-    "withdraw_consent", "narrow_consent", "destroy", "anonymise",
+    "withdraw_consent", "narrow_consent", "maturity_review", "reconsent", "destroy", "anonymise",
     "approve", "refuse_approval", "pending_approvals",
     "decide", "decide_disclosure", "earliest_destruction",
     "get_policy", "register_policy", "register_schedule", "register_server",
     # results
     "IngestResult", "DeliveryResult", "DisclosureResult", "DisclosureDecision", "ConsentChange",
     "DestructionResult", "AnonymisedCopy", "Approval", "ImageRecord", "RequestResult",
+    "MaturityReview", "Reconsent",
     # inputs and the types they carry
     "Case", "ClinicalContext", "Coded", "ConsentRecord", "ConsentGiver", "Explained", "ImageKind",
     "Maker",

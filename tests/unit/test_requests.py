@@ -19,27 +19,7 @@ from fhir_images.fhir.r5 import R5
 from fhir_images.policy import Policy, register_policy
 from fhir_images.policy.packs import POLICIES
 
-from ..factories import CAPTURED, make_consent, make_context
-
-FOREARM = {"code": "14975008", "display": "Forearm"}
-
-
-def make_request(**overrides: Any) -> ImageRequest:
-    data: dict[str, Any] = {
-        "id": "ServiceRequest/r1",
-        "patient": "Patient/p1",
-        "birth_date": "1985-06-30",
-        "requester": "Practitioner/gp1",
-        "kind": "photo",
-        "body_site": FOREARM,
-        "intimate": False,
-        "reason": "Rash on forearm; judge response to treatment.",
-        "authored": CAPTURED - timedelta(days=1),
-        "valid_until": CAPTURED + timedelta(days=6),
-        "senders": ["Patient/p1"],
-    }
-    data.update(overrides)
-    return ImageRequest.model_validate(data)
+from ..factories import CAPTURED, FOREARM, make_consent, make_context, make_request
 
 
 def teen(**overrides: Any) -> tuple[Any, Any, ImageRequest]:
