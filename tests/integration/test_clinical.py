@@ -17,6 +17,8 @@ from fhir_images import (
     ImageRequest,
     Outbox,
     Outcome,
+    RetentionSchedule,
+    destroy,
     ingest,
     load_request,
     push,
@@ -26,6 +28,7 @@ from fhir_images import (
 from fhir_images._maturity import SID_MATURITY_TASK, maturity_review, reconsent, task_key
 from fhir_images.cli import main
 from fhir_images.fhir import Repository
+from fhir_images.fhir.audit import FileAudit
 
 from ..factories import FOREARM, make_consent, make_context, make_request, parent_consent
 
@@ -260,3 +263,52 @@ def test_an_intimate_image_of_a_15_year_old_is_neither_requested_nor_stored(
     assert push(client, outbox) == []
     assert client.read(str(recorded.id))["status"] == "active"
     assert list(client.search(client.version.image_type, {"subject": patient})) == []
+
+
+def test_a_recording_summarised_in_the_record_is_destroyed_early_and_audited(
+    fhir_base_url, tmp_path, family
+):
+    """England's Code lets an original recording go once its content is in the record (W6):
+    refused without that, destroyed with it, the audit saying why."""
+    audit_file = tmp_path / "audit" / "trail.jsonl"
+    client = FhirClient(fhir_base_url, audit=f"file:{audit_file}")
+    patient = f"Patient/adult-{uuid.uuid4().hex[:10]}"
+    _put(
+        client, {"resourceType": "Patient", "id": patient.split("/")[1], "birthDate": "1970-01-01"}
+    )
+    at = datetime.now(UTC) - timedelta(days=1)
+    ctx = make_context(
+        patient=patient,
+        operator=patient,
+        captured=at,
+        kind="audio",
+        intimate=False,
+        purpose="Auscultation recorded in a video consultation; findings in the consultation note.",
+    )
+    outbox = Outbox(tmp_path / "ob")
+    result = ingest(synthetic.wav(), ctx, make_consent(date=at), outbox=outbox)
+    assert result.decision.outcome is Outcome.STORE, result.decision.blocking
+    [delivered] = push(client, outbox)
+    assert delivered.delivered and delivered.media, delivered.error
+    with pytest.raises(ActionRefused, match="retention"):
+        destroy(client, delivered.media, by="Practitioner/gp1", reason="summarised")
+    with pytest.raises(ActionRefused, match="does not provide"):
+        destroy(
+            client,
+            delivered.media,
+            by="Practitioner/gp1",
+            reason="summarised",
+            schedule=RetentionSchedule.load("scotland"),
+            summary_in_record="note",
+        )
+    done = destroy(
+        client,
+        delivered.media,
+        by="Practitioner/gp1",
+        reason="content summarised in the notes",
+        summary_in_record="consultation note of the same day",
+    )
+    assert delivered.media in done.deleted
+    [audit] = [e["resource"] for e in FileAudit(audit_file).entries()]
+    text = json.dumps(audit)
+    assert "W6" in text and "consultation note of the same day" in text
