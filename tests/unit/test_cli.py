@@ -331,3 +331,103 @@ def test_the_hook_service_gets_the_chosen_pack(monkeypatch):
     result = run("hook", "serve", "--server", "http://fhir.test/fhir", "--policy", "strict")
     assert result.exit_code == 0, result.output
     assert seen["pack"].labeller.policy.name == "strict"
+
+
+def test_ingest_with_a_request_file(tmp_path):
+    """`ingest --request FILE` links the image to the request and checks it against it."""
+    case = EXAMPLES / "cases" / "02-adult-rash-video-consultation.yaml"
+    request = EXAMPLES / "requests" / "adult-forearm-rash.yaml"
+    result = run(
+        "ingest", "--json", "--outbox", str(tmp_path / "ob"), "--request", str(request), str(case)
+    )
+    assert result.exit_code == 2, result.output
+    assert "another patient" in result.output, "the request is for another patient than the case"
+    ctx = tmp_path / "ctx.json"
+    ctx.write_text(
+        json.dumps(
+            {
+                "patient": "Patient/ex-adult-2",
+                "birth_date": "1985-06-30",
+                "captured": "2026-11-20T10:00:00Z",
+                "made_by": "patient",
+                "operator": "Patient/ex-adult-2",
+                "solicited": True,
+                "intimate": False,
+                "remote": True,
+                "body_site": {"code": "72696002", "display": "Knee"},
+                "purpose": "Itchy rash; baseline photo.",
+            }
+        )
+    )
+    held = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        "--context",
+        str(ctx),
+        "--consent",
+        str(EXAMPLES / "consent" / "adult-requested-photo.yaml"),
+        "--request",
+        str(request),
+        str(EXAMPLES / "images" / "wound-clinic.jpg"),
+    )
+    assert held.exit_code == 3, held.output
+    row = json.loads(held.output)
+    assert {r["code"] for r in row["reasons"] if r["outcome"] == "hold"} == {
+        "request-other-body-site"
+    }
+
+
+def test_a_request_by_id_needs_a_server(tmp_path):
+    result = run(
+        "ingest",
+        "--outbox",
+        str(tmp_path / "ob"),
+        "--request",
+        "ServiceRequest/1",
+        str(EXAMPLES / "cases" / "14-request-answered.yaml"),
+    )
+    assert result.exit_code == 2 and "--server" in result.output
+
+
+def test_asking_for_an_intimate_image_of_a_child_is_refused_before_anything_is_sent():
+    result = CliRunner().invoke(
+        main,
+        [
+            "request",
+            "create",
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--patient",
+            "Patient/t1",
+            "--birth-date",
+            "2011-03-10",
+            "--requester",
+            "Practitioner/gp1",
+            "--body-site",
+            "|Groin",
+            "--intimate",
+            "--reason",
+            "Rash",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+            "--sender",
+            "Patient/t1",
+        ],
+    )
+    assert result.exit_code == 4, result.output
+    assert "request.intimate" in result.output and "Patient/t1" not in result.output
+
+
+def test_the_example_discard_leaves_a_record_and_a_note(tmp_path):
+    case = str(EXAMPLES / "cases" / "17-request-intimate-15-year-old.yaml")
+    result = run("ingest", "--json", "--outbox", str(tmp_path / "ob"), case)
+    assert result.exit_code == 4
+    row = json.loads(result.output)
+    assert row["discarded"] and "description" in row["notes"][0]
+    [record] = list((tmp_path / "ob" / "discarded").glob("*.json"))
+    assert json.loads(record.read_text())["reason"] == "W5 request-intimate-under-18"
+    table = run("ingest", "--outbox", str(tmp_path / "ob2"), case)
+    flat = "".join(ch for ch in table.output if ch.isalnum())
+    assert table.exit_code == 4 and "discarded" in flat and "Notetocomplete" in flat

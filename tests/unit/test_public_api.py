@@ -74,6 +74,7 @@ PUBLIC = {
 ASYNC = {
     "push", "disclose", "read_record", "patient_records", "withdraw_consent", "narrow_consent",
     "destroy", "anonymise", "approve", "refuse_approval", "pending_approvals",
+    "request_image", "load_request", "maturity_review", "reconsent",
 }  # fmt: skip
 
 
