@@ -368,11 +368,14 @@ def recheck(
     *,
     context: ClinicalContext | None = None,
     policy: str | Policy | None = None,
+    request: ImageRequest | None = None,
 ) -> IngestResult:
-    """Re-run the decision for a held entry, with newly recorded consent or context.
+    """Re-run the decision for a held entry, with newly recorded consent or context, or a new
+    request the image answers (one held because its request had expired, say).
 
-    If the image may now be stored, the entry moves to ready; otherwise it stays
-    held with the new decision recorded. A held image is never dropped here.
+    If the image may now be stored, the entry moves to ready; otherwise it stays held with the
+    new decision recorded. A held image is never dropped here, except one the rules discard at
+    once (an intimate image of an under-18 answering a request), which leaves its record.
     """
     entry = outbox.get(entry_id)
     if entry.state != "held":
@@ -381,7 +384,10 @@ def recheck(
     if consent is None and entry.has("consent.json"):
         consent = parse_consent(entry.read_json("consent.json"))
     pack = policy or entry.meta.decision["policy"]
-    request = _stored_request(entry)
+    if request is not None:
+        ctx = _linked(ctx.model_copy(update={"request": None}), request)
+    else:
+        request = _stored_request(entry)
     decision = decide(ctx, consent, policy=pack, request=request)
     facts = facts_from_json(entry.meta.facts)
     files = _files(ctx, consent, request)

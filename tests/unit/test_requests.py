@@ -217,3 +217,21 @@ def test_the_request_file_is_what_ingest_reads(tmp_path):
 
     assert parse_request(load_structured(path, "request file")) == make_request()
     assert datetime.now(UTC) > CAPTURED
+
+
+def test_an_image_held_for_an_expired_request_is_stored_on_a_new_request(tmp_path):
+    """recheck with a new request relinks the held image; the old request is forgotten."""
+    from fhir_images import recheck
+
+    outbox = Outbox(tmp_path / "ob")
+    expired = make_request(authored=CAPTURED - timedelta(days=9))
+    ctx = make_context(body_site=FOREARM)
+    held = ingest(synthetic.jpeg(), ctx, make_consent(), outbox=outbox, request=expired)
+    assert held.entry is not None and "request-expired" in blocking(held.decision)
+    renewed = make_request(id="ServiceRequest/r2", authored=CAPTURED - timedelta(hours=1))
+    result = recheck(outbox, held.entry.id, request=renewed)
+    assert result.decision.outcome is Outcome.STORE, result.decision.blocking
+    assert result.entry is not None and result.entry.state == "ready"
+    bundle = result.entry.read_json("bundle.json")
+    [media] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media"]
+    assert media["basedOn"] == [{"reference": "ServiceRequest/r2"}]
