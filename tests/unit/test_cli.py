@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fhir_images import __version__, synthetic
+from fhir_images import __version__, load_structured, synthetic
 from fhir_images.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -346,11 +346,11 @@ def test_ingest_with_a_request_file(tmp_path):
     ctx.write_text(
         json.dumps(
             {
-                "patient": "Patient/ex-adult-2",
+                "patient": "Patient/ex-adult-4",
                 "birth_date": "1985-06-30",
                 "captured": "2026-11-20T10:00:00Z",
                 "made_by": "patient",
-                "operator": "Patient/ex-adult-2",
+                "operator": "Patient/ex-adult-4",
                 "solicited": True,
                 "intimate": False,
                 "remote": True,
@@ -431,3 +431,18 @@ def test_the_example_discard_leaves_a_record_and_a_note(tmp_path):
     table = run("ingest", "--outbox", str(tmp_path / "ob2"), case)
     flat = "".join(ch for ch in table.output if ch.isalnum())
     assert table.exit_code == 4 and "discarded" in flat and "Notetocomplete" in flat
+
+
+def test_every_example_case_names_people_of_the_seed_bundle_as_they_are_there():
+    """The example cases can be sent to a server loaded with examples/fhir/seed-bundle.json:
+    each patient is there with the same birth date, and each RelatedPerson is there."""
+    seed = json.loads((EXAMPLES / "fhir" / "seed-bundle.json").read_text())
+    people = {f"{r['resourceType']}/{r['id']}": r for r in (e["resource"] for e in seed["entry"])}
+    for case in sorted((EXAMPLES / "cases").glob("*.yaml")):
+        context = load_structured(case)["context"]
+        patient = people.get(context["patient"])
+        assert patient is not None, case.name
+        assert patient["birthDate"] == str(context["birth_date"]), case.name
+        operator = context.get("operator", "")
+        if operator.startswith("RelatedPerson/"):
+            assert operator in people, case.name
