@@ -244,7 +244,6 @@ def reconsent(
             "kind": image.kind.value,
             "intimate": c.INTIMATE in image.labels,
             "purpose": image.purpose,
-            "best_interests": "Recorded with the image.",
         }
     )
     blocking = [r for r in decide(ctx, consent).blocking if r.code in _CONSENT_FINDINGS]

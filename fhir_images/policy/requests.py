@@ -67,6 +67,8 @@ def check_request_scope(s: Situation) -> Iterable[Reason]:
         return
     if request.patient != s.ctx.patient:
         raise InvalidContext("request: the request is for another patient than the context")
+    if request.birth_date != s.ctx.birth_date:
+        raise InvalidContext("request: birth_date differs from the context's")
     if s.ctx.request is not None and request.id is not None and s.ctx.request != request.id:
         raise InvalidContext("request: context.request names another request")
     findings = []

@@ -111,6 +111,15 @@ def test_a_request_for_another_patient_is_bad_input():
         )
 
 
+def test_a_request_with_another_birth_date_is_bad_input():
+    with pytest.raises(InvalidContext, match="birth_date"):
+        decide(
+            make_context(body_site=FOREARM),
+            make_consent(),
+            request=make_request(birth_date="1986-06-30"),
+        )
+
+
 def test_a_context_naming_a_request_needs_the_request():
     with pytest.raises(InvalidContext, match=r"context\.request"):
         decide(make_context(request="ServiceRequest/r1"), make_consent())
