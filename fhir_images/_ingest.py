@@ -220,14 +220,18 @@ def parse_request(data: Any) -> ImageRequest | None:
 
 
 def _linked(context: ClinicalContext, request: ImageRequest | None) -> ClinicalContext:
-    """The context linked to the request it answers (``context.request``)."""
+    """The context linked to the request it answers (``context.request``); an image answering
+    a request was asked for, so ``solicited`` is true unless the context says otherwise."""
     if request is None:
         return context
     if request.id is None:
         raise InvalidContext("request.id: record the request on the server first")
+    update: dict[str, Any] = {}
     if context.request is None:
-        return context.model_copy(update={"request": request.id})
-    return context
+        update["request"] = request.id
+    if context.solicited is None:
+        update["solicited"] = True
+    return context.model_copy(update=update) if update else context
 
 
 def _stored_request(entry: Entry) -> ImageRequest | None:

@@ -244,3 +244,19 @@ def test_an_image_held_for_an_expired_request_is_stored_on_a_new_request(tmp_pat
     bundle = result.entry.read_json("bundle.json")
     [media] = [e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "Media"]
     assert media["basedOn"] == [{"reference": "ServiceRequest/r2"}]
+
+
+def test_an_image_answering_a_request_was_asked_for(tmp_path):
+    """A parent's photo of a child sent on request is not 'unsolicited' (G6) when the context
+    does not say."""
+    from ..factories import child_context, parent_consent
+
+    ctx = child_context(solicited=None, intimate=False, routine_in_person=False, body_site=FOREARM)
+    consent = parent_consent(confirmed=False)
+    request = make_request(
+        patient="Patient/c1", birth_date="2024-08-02", senders=["RelatedPerson/mum1"]
+    )
+    alone = decide(ctx, consent)
+    assert "consent-unconfirmed-unsolicited" in blocking(alone)
+    result = ingest(synthetic.jpeg(), ctx, consent, outbox=Outbox(tmp_path / "ob"), request=request)
+    assert result.decision.outcome is Outcome.STORE, result.decision.blocking
