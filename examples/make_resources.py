@@ -29,6 +29,7 @@ from typing import Any
 from fhir_images import (
     DisclosureRequest,
     ImageRecord,
+    ImageRequest,
     Outcome,
     RetentionSchedule,
     decide,
@@ -56,6 +57,7 @@ STORED_CASES = (
     "08-clinician-wound-photo",
     "09-teen-own-photo-heic",
     "12-auscultation-audio",
+    "14-request-answered",
 )
 
 #: When the examples were "ingested" and "disclosed" (after every case's capture).
@@ -93,7 +95,11 @@ def ingest_case(name: str, versions: tuple[FhirVersion, ...] = (R4,)) -> list[di
         consent_data = load_structured(path.parent / consent_data)
     ctx = parse_context(data["context"])
     consent = parse_consent(consent_data)
-    decision = decide(ctx, consent, policy=str(data.get("policy", "default")))
+    request = None
+    if data.get("request"):
+        request = ImageRequest.model_validate(load_structured(path.parent / str(data["request"])))
+        ctx = ctx.model_copy(update={"request": request.id})
+    decision = decide(ctx, consent, policy=str(data.get("policy", "default")), request=request)
     if decision.outcome is not Outcome.STORE:
         raise SystemExit(f"{name}: expected a decision to store, got {decision.outcome}")
     with tempfile.TemporaryDirectory() as tmp:

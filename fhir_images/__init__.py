@@ -25,7 +25,10 @@ from ._context import (
     Explained,
     ImageKind,
     Maker,
+    ParentalResponsibility,
     Permissions,
+    PRBasis,
+    PRHolder,
     Relationship,
 )
 from ._delivery import DeliveryResult, push, retry_failed
@@ -73,7 +76,9 @@ from ._lifecycle import (
     read_record,
     withdraw_consent,
 )
+from ._maturity import MaturityReview, Reconsent, maturity_review, reconsent
 from ._outbox import DeliveryError, DeliveryState, Entry, EntryMeta, Outbox, State
+from ._requests import ImageRequest, RequestResult, load_request, request_image
 from ._settings import Settings
 from ._version import __version__
 from .fhir import FhirClient, RetryPolicy, ServerProfile, register_server
@@ -142,6 +147,7 @@ __all__ = [
     "ImageFacts",
     "ImageKind",
     "ImageRecord",
+    "ImageRequest",
     "IncompatibleServer",
     "IngestResult",
     "InputTooLarge",
@@ -153,9 +159,13 @@ __all__ = [
     "LabelVerificationFailed",
     "Limits",
     "Maker",
+    "MaturityReview",
     "Outbox",
     "OutboxError",
     "Outcome",
+    "PRBasis",
+    "PRHolder",
+    "ParentalResponsibility",
     "PayloadTooLarge",
     "Permissions",
     "Policy",
@@ -163,8 +173,10 @@ __all__ = [
     "Purpose",
     "RateLimited",
     "Reason",
+    "Reconsent",
     "Relationship",
     "RepositoryAudit",
+    "RequestResult",
     "ResourceNotFound",
     "RetentionSchedule",
     "RetryPolicy",
@@ -192,7 +204,9 @@ __all__ = [
     "get_policy",
     "ingest",
     "load_case",
+    "load_request",
     "load_structured",
+    "maturity_review",
     "narrow_consent",
     "parse_consent",
     "parse_context",
@@ -201,10 +215,12 @@ __all__ = [
     "push",
     "read_record",
     "recheck",
+    "reconsent",
     "refuse_approval",
     "register_policy",
     "register_schedule",
     "register_server",
+    "request_image",
     "retry_failed",
     "withdraw_consent",
 ]

@@ -23,6 +23,7 @@ PersonRef = Annotated[
     str, reference("Practitioner", "PractitionerRole", "Patient", "RelatedPerson")
 ]
 OrganizationRef = Annotated[str, reference("Organization")]
+RequestRef = Annotated[str, reference("ServiceRequest")]
 
 #: The earliest date fhir-images accepts for a birth, an image or a consent
 EARLIEST = date(1900, 1, 1)
@@ -132,6 +133,10 @@ class ClinicalContext(InputModel):
     title: Line | None = None
     recorded_by: PractitionerRef | None = None
     organization: OrganizationRef | None = None
+    request: RequestRef | None = Field(
+        default=None,
+        description="The clinician's request this image answers (a ServiceRequest; W5)",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> ClinicalContext:
@@ -161,6 +166,92 @@ class ClinicalContext(InputModel):
     def age_years(self) -> int:
         born, on = self.birth_date, self.captured.date()
         return on.year - born.year - ((on.month, on.day) < (born.month, born.day))
+
+
+class PRHolder(StrEnum):
+    """Who holds parental responsibility for the child (Children Act 1989 ss2-5, 12, 14C, 33;
+    Children (Scotland) Act 1995 ss1-3, 11; Children (Northern Ireland) Order 1995 arts 5-7)."""
+
+    MOTHER = "mother"
+    FATHER = "father"
+    SECOND_FEMALE_PARENT = "second_female_parent"  # HFEA 2008 ss42-43
+    STEP_PARENT = "step_parent"
+    GUARDIAN = "guardian"
+    SPECIAL_GUARDIAN = "special_guardian"
+    ADOPTER = "adopter"
+    LOCAL_AUTHORITY = "local_authority"
+    OTHER_WITH_ORDER = "other_with_order"  # e.g. a relative the child lives with under an order
+
+
+class PRBasis(StrEnum):
+    """On what basis a person holds parental responsibility."""
+
+    BIRTH_MOTHER = "birth_mother"  # always (CA 1989 s2(1), s2(2)(a))
+    MARRIED_TO_MOTHER = "married_to_mother"  # married to / civil partner of the mother at birth
+    REGISTERED_ON_BIRTH_CERTIFICATE = "registered_on_birth_certificate"  # CA 1989 s4(1)(a), s4ZA
+    PR_AGREEMENT = "pr_agreement"  # CA 1989 s4(1)(b), s4A(1)(a)
+    PR_ORDER = "pr_order"  # CA 1989 s4(1)(c), s4A(1)(b)
+    CHILD_ARRANGEMENTS_ORDER = "child_arrangements_order"  # 'lives with' order, CA 1989 s12(2)
+    GUARDIANSHIP = "guardianship"  # appointed guardian, CA 1989 s5
+    SPECIAL_GUARDIANSHIP_ORDER = "special_guardianship_order"  # CA 1989 s14C
+    ADOPTION_ORDER = "adoption_order"  # Adoption and Children Act 2002 s46
+    PARENTAL_ORDER = "parental_order"  # surrogacy, HFEA 2008 s54
+    CARE_ORDER = "care_order"  # shared with the parents, CA 1989 s33(3)
+
+
+#: How a father or a second female parent can hold parental responsibility
+_SECOND_PARENT_BASES = frozenset(
+    {
+        PRBasis.MARRIED_TO_MOTHER,
+        PRBasis.REGISTERED_ON_BIRTH_CERTIFICATE,
+        PRBasis.PR_AGREEMENT,
+        PRBasis.PR_ORDER,
+        PRBasis.CHILD_ARRANGEMENTS_ORDER,
+        PRBasis.ADOPTION_ORDER,
+        PRBasis.PARENTAL_ORDER,
+    }
+)
+
+#: Which bases can give which holder parental responsibility: a pairing outside this is an input
+#: error (a birth mother's responsibility cannot rest on a care order).
+PR_BASES: dict[PRHolder, frozenset[PRBasis]] = {
+    PRHolder.MOTHER: frozenset(
+        {PRBasis.BIRTH_MOTHER, PRBasis.ADOPTION_ORDER, PRBasis.PARENTAL_ORDER}
+    ),
+    PRHolder.FATHER: _SECOND_PARENT_BASES,
+    PRHolder.SECOND_FEMALE_PARENT: _SECOND_PARENT_BASES,
+    PRHolder.STEP_PARENT: frozenset(
+        {
+            PRBasis.PR_AGREEMENT,
+            PRBasis.PR_ORDER,
+            PRBasis.CHILD_ARRANGEMENTS_ORDER,
+            PRBasis.ADOPTION_ORDER,
+        }
+    ),
+    PRHolder.GUARDIAN: frozenset({PRBasis.GUARDIANSHIP}),
+    PRHolder.SPECIAL_GUARDIAN: frozenset({PRBasis.SPECIAL_GUARDIANSHIP_ORDER}),
+    PRHolder.ADOPTER: frozenset({PRBasis.ADOPTION_ORDER}),
+    PRHolder.LOCAL_AUTHORITY: frozenset({PRBasis.CARE_ORDER}),
+    PRHolder.OTHER_WITH_ORDER: frozenset({PRBasis.CHILD_ARRANGEMENTS_ORDER, PRBasis.PR_ORDER}),
+}
+
+
+class ParentalResponsibility(InputModel):
+    """Who holds parental responsibility and on what basis (GMC 0-18 paras 24-27 and
+    recordings para 34: not every parent has it, so it is stated, never assumed)."""
+
+    input_name: ClassVar[str] = "parental_responsibility"
+    holder: PRHolder
+    basis: PRBasis
+
+    @model_validator(mode="after")
+    def _possible(self) -> ParentalResponsibility:
+        if self.basis not in PR_BASES[self.holder]:
+            raise ValueError(
+                f"basis {self.basis.value} cannot give a {self.holder.value.replace('_', ' ')} "
+                "parental responsibility"
+            )
+        return self
 
 
 class ConsentGiver(StrEnum):
@@ -212,7 +303,11 @@ class ConsentRecord(InputModel):
         default=None, description="Patient/.. or RelatedPerson/.. who gave consent"
     )
     relationship: Relationship | None = None
-    parental_responsibility: bool | None = None
+    parental_responsibility: ParentalResponsibility | bool | None = Field(
+        default=None,
+        description="For consent from a parent: {holder, basis}; false when they have none. "
+        "true (or nothing) without the holder and basis is held as not established (G5)",
+    )
     gillick_competent: bool | None = Field(
         default=None, description="For a patient under 16 consenting for themselves"
     )
@@ -244,9 +339,10 @@ class ConsentRecord(InputModel):
                 )
             if self.relationship is None:
                 raise ValueError("relationship is required when consent is given by someone else")
-        if self.given_by is ConsentGiver.PARENT and self.parental_responsibility is None:
-            raise ValueError(
-                "say whether the parent has parental responsibility "
-                "(parental_responsibility: true or false)"
-            )
         return self
+
+    @property
+    def parental_responsibility_stated(self) -> ParentalResponsibility | None:
+        """The holder and basis of the giver's parental responsibility, when recorded."""
+        pr = self.parental_responsibility
+        return pr if isinstance(pr, ParentalResponsibility) else None

@@ -62,6 +62,7 @@ from ._exceptions import (
     UnsafeServer,
 )
 from ._outbox import DeliveryError, Entry, Outbox
+from ._requests import complete_request
 from ._result import Result
 from .fhir import FhirClient, Labels, Repository, get_version, label_image
 from .fhir.keys import record_key
@@ -265,6 +266,9 @@ class Deliverer:
             # image has no older Consents to supersede (one search per image saved)
             self._supersede(result.consent, stored.image, result)
         self._verify(entry, result, wanted)
+        request = entry.read_json("context.json").get("request")
+        if isinstance(request, str) and complete_request(client, request):
+            result.notes.append("the request it answers is now completed")
         receipt = {
             "id": entry.id,
             "delivered_at": _iso(_now()),
@@ -272,6 +276,7 @@ class Deliverer:
             "resources": stored.refs,
             "binary": binary_ref,
             "binary_reused": result.binary_reused,
+            **({"request": request} if isinstance(request, str) else {}),
             "sha256": sha256,
             "decision": entry.meta.decision.get("outcome"),
             "labels": result.labels,

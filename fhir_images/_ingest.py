@@ -21,10 +21,12 @@ from ._exceptions import InvalidContext, OutboxError
 from ._inputs import load_structured
 from ._intake import ImageFacts, Limits, claimed_type_from_name, intake
 from ._outbox import Entry, EntryMeta, Outbox
+from ._requests import ImageRequest
 from ._result import Result
 from .fhir.keys import consent_key, image_key
 from .fhir.version import get_version
 from .policy import Decision, Outcome, Policy, decide
+from .policy.requests import DISCARD_RECORDED
 
 log = logging.getLogger("fhir_images.ingest")
 
@@ -41,6 +43,8 @@ class IngestResult(Result):
     entry_state: Literal["ready", "held", "failed"] | None = None
     entry_path: Path | None = None
     duplicate_of: str | None = None
+    #: the record kept of an image discarded at once (no image in it), when the rules say so
+    discarded: dict[str, Any] | None = None
     _entry: Entry | None = PrivateAttr(default=None)
 
     @classmethod
@@ -51,6 +55,7 @@ class IngestResult(Result):
         entry: Entry | None,
         *,
         duplicate_of: str | None = None,
+        discarded: dict[str, Any] | None = None,
     ) -> IngestResult:
         result = cls(
             decision=decision,
@@ -59,6 +64,7 @@ class IngestResult(Result):
             entry_state=entry.state if entry else None,
             entry_path=entry.path if entry else None,
             duplicate_of=duplicate_of,
+            discarded=discarded,
         )
         result._entry = entry
         return result
@@ -86,6 +92,8 @@ class IngestResult(Result):
             "metadata_removed": list(self.facts.metadata_removed),
             "outbox_entry": str(self.entry_path) if self.entry_path else None,
             "duplicate_of": self.duplicate_of,
+            **({"notes": list(self.decision.notes)} if self.decision.notes else {}),
+            **({"discarded": self.discarded["id"]} if self.discarded else {}),
         }
 
 
@@ -97,6 +105,7 @@ def _decision_json(decision: Decision) -> dict[str, Any]:
         "age_band": decision.age_band,
         "reasons": [r.as_dict() for r in decision.reasons],
         "security": [label.as_coding() for label in decision.labels.all()],
+        **({"notes": list(decision.notes)} if decision.notes else {}),
     }
 
 
@@ -133,8 +142,11 @@ class Case:
     context: ClinicalContext
     consent: ConsentRecord | None
     policy: str
+    request: ImageRequest | None = None
 
-    _KEYS: ClassVar[frozenset[str]] = frozenset({"image", "context", "consent", "policy"})
+    _KEYS: ClassVar[frozenset[str]] = frozenset(
+        {"image", "context", "consent", "policy", "request"}
+    )
 
 
 def load_case(path: Path) -> Case:
@@ -164,11 +176,17 @@ def load_case(path: Path) -> Case:
         consent = load_structured(path.parent / consent, "consent file")
     elif consent is not None and not isinstance(consent, dict):
         raise InvalidContext("the case file's 'consent' must be a mapping or a file name")
+    request = data.get("request")
+    if isinstance(request, str):
+        request = load_structured(path.parent / request, "request file")
+    elif request is not None and not isinstance(request, dict):
+        raise InvalidContext("the case file's 'request' must be a mapping or a file name")
     return Case(
         image=path.parent / image,
         context=parse_context(data["context"]),
         consent=parse_consent(consent),
         policy=policy,
+        request=parse_request(request),
     )
 
 
@@ -194,10 +212,40 @@ def _meta(
     )
 
 
-def _files(ctx: ClinicalContext, consent: ConsentRecord | None) -> dict[str, bytes]:
+def parse_request(data: Any) -> ImageRequest | None:
+    """An image request from plain data (a mapping), or None. Raises InvalidContext."""
+    if data is None:
+        return None
+    return ImageRequest.model_validate(data)
+
+
+def _linked(context: ClinicalContext, request: ImageRequest | None) -> ClinicalContext:
+    """The context linked to the request it answers (``context.request``); an image answering
+    a request was asked for, so ``solicited`` is true unless the context says otherwise."""
+    if request is None:
+        return context
+    if request.id is None:
+        raise InvalidContext("request.id: record the request on the server first")
+    update: dict[str, Any] = {}
+    if context.request is None:
+        update["request"] = request.id
+    if context.solicited is None:
+        update["solicited"] = True
+    return context.model_copy(update=update) if update else context
+
+
+def _stored_request(entry: Entry) -> ImageRequest | None:
+    return parse_request(entry.read_json("request.json")) if entry.has("request.json") else None
+
+
+def _files(
+    ctx: ClinicalContext, consent: ConsentRecord | None, request: ImageRequest | None = None
+) -> dict[str, bytes]:
     files = {"context.json": ctx.model_dump_json(indent=2).encode()}
     if consent is not None:
         files["consent.json"] = consent.model_dump_json(indent=2).encode()
+    if request is not None:
+        files["request.json"] = request.model_dump_json(indent=2).encode()
     return files
 
 
@@ -210,6 +258,7 @@ def ingest(
     policy: str | Policy = "default",
     claimed_type: str | None = None,
     limits: Limits | None = None,
+    request: ImageRequest | None = None,
 ) -> IngestResult:
     """Take one image or recording through intake, policy and mapping into the outbox.
 
@@ -219,17 +268,27 @@ def ingest(
     The same image of the same patient with the same consent act is kept once:
     a second ingest (even a concurrent one, from another process) returns the
     entry already in the outbox, or the receipt of its delivery, as ``duplicate_of``.
+
+    ``request`` is the clinician's request the image answers (W5): the image is checked
+    against it and, once stored, is ``basedOn`` it. An image the rules discard at once (an
+    intimate image of an under-18 sent on request) is held and discarded in one step: the
+    outbox keeps the record of it (``discarded``, no image) and the decision's ``notes`` give
+    the note the clinician completes instead.
     """
     if claimed_type is None and isinstance(source, Path):
         claimed_type = claimed_type_from_name(source.name)
-    decision = decide(context, consent, policy=policy)  # raises before any work if inconsistent
+    context = _linked(context, request)
+    # raises before any work if inconsistent
+    decision = decide(context, consent, policy=policy, request=request)
     result = intake(source, claimed_type=claimed_type, limits=limits, workdir=outbox.work)
     facts = result.facts
     try:
-        if decision.outcome is Outcome.REFUSE:
+        if decision.outcome is Outcome.REFUSE and not _discard_recorded(decision):
             return IngestResult.of(decision, facts, None)
         meta = _meta(context, consent, facts, decision)
-        files = _files(context, consent)
+        files = _files(context, consent, request)
+        if decision.outcome is Outcome.REFUSE:
+            return _held_then_discarded(outbox, decision, facts, meta, files, result.path)
         with outbox.lock():
             existing = outbox.find(image_key=meta.image_key, consent_key=meta.consent_key)
             if existing is not None:
@@ -256,6 +315,30 @@ def ingest(
         result.path.unlink(missing_ok=True)  # moved into the outbox, or not wanted
 
 
+def _discard_recorded(decision: Decision) -> bool:
+    return any(r.code in DISCARD_RECORDED for r in decision.reasons)
+
+
+def _held_then_discarded(
+    outbox: Outbox,
+    decision: Decision,
+    facts: ImageFacts,
+    meta: EntryMeta,
+    files: dict[str, bytes],
+    content: Path,
+) -> IngestResult:
+    """Hold the image and discard it at once: the outbox keeps who, when and why (no image)."""
+    with outbox.lock():
+        entry = outbox.write("held", meta=meta, files=files, content_from=content)
+    return _discard(outbox, entry, decision, facts)
+
+
+def _discard(outbox: Outbox, entry: Entry, decision: Decision, facts: ImageFacts) -> IngestResult:
+    why = "; ".join(f"{r.rule} {r.code}" for r in decision.blocking)
+    record = outbox.discard(entry.id, by=f"fhir-images policy ({decision.policy})", reason=why)
+    return IngestResult.of(decision, facts, None, discarded=record)
+
+
 def remap(outbox: Outbox, entry: Entry, fhir_version: str) -> Entry:
     """Map a ready entry again for another FHIR version (its server's), from what the entry
     keeps: the context, the consent and the facts of the image. The rules run again with the
@@ -264,7 +347,8 @@ def remap(outbox: Outbox, entry: Entry, fhir_version: str) -> Entry:
     version, so an image mapped twice is still stored once."""
     ctx = parse_context(entry.read_json("context.json"))
     consent = parse_consent(entry.read_json("consent.json")) if entry.has("consent.json") else None
-    decision = decide(ctx, consent, policy=entry.meta.decision["policy"])
+    request = _stored_request(entry)
+    decision = decide(ctx, consent, policy=entry.meta.decision["policy"], request=request)
     facts = facts_from_json(entry.meta.facts)
     meta = entry.meta.model_copy(
         update={"decision": _decision_json(decision), "fhir_version": fhir_version}
@@ -288,11 +372,14 @@ def recheck(
     *,
     context: ClinicalContext | None = None,
     policy: str | Policy | None = None,
+    request: ImageRequest | None = None,
 ) -> IngestResult:
-    """Re-run the decision for a held entry, with newly recorded consent or context.
+    """Re-run the decision for a held entry, with newly recorded consent or context, or a new
+    request the image answers (one held because its request had expired, say).
 
-    If the image may now be stored, the entry moves to ready; otherwise it stays
-    held with the new decision recorded. A held image is never dropped here.
+    If the image may now be stored, the entry moves to ready; otherwise it stays held with the
+    new decision recorded. A held image is never dropped here, except one the rules discard at
+    once (an intimate image of an under-18 answering a request), which leaves its record.
     """
     entry = outbox.get(entry_id)
     if entry.state != "held":
@@ -301,9 +388,13 @@ def recheck(
     if consent is None and entry.has("consent.json"):
         consent = parse_consent(entry.read_json("consent.json"))
     pack = policy or entry.meta.decision["policy"]
-    decision = decide(ctx, consent, policy=pack)
+    if request is not None:
+        ctx = _linked(ctx.model_copy(update={"request": None}), request)
+    else:
+        request = _stored_request(entry)
+    decision = decide(ctx, consent, policy=pack, request=request)
     facts = facts_from_json(entry.meta.facts)
-    files = _files(ctx, consent)
+    files = _files(ctx, consent, request)
     meta = entry.meta.model_copy(
         update={
             "decision": _decision_json(decision),
@@ -312,6 +403,8 @@ def recheck(
             "consent_key": consent_key(consent),
         }
     )
+    if decision.outcome is Outcome.REFUSE and _discard_recorded(decision):
+        return _discard(outbox, outbox.rewrite(entry, meta=meta, files=files), decision, facts)
     if decision.outcome is not Outcome.STORE:
         return IngestResult.of(decision, facts, outbox.rewrite(entry, meta=meta, files=files))
     mapped = get_version(meta.fhir_version).map_submission(

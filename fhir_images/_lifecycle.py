@@ -548,9 +548,14 @@ def destroy(
     last_treatment: date | None = None,
     today: date | None = None,
     audit: AuditTrail | None = None,
+    summary_in_record: str | None = None,
 ) -> DestructionResult:
     """Delete an image, its Binary, its Consents, their Provenance and its Tasks together, with
-    an AuditEvent, once the retention schedule allows it and no legal hold is on it (G13)."""
+    an AuditEvent, once the retention schedule allows it and no legal hold is on it (G13).
+
+    ``summary_in_record`` (where the record holds the recording's content or an accurate
+    summary): an original audio or video recording may go before the period ends where the
+    schedule provides for it (W6); the AuditEvent records that as the reason it was allowed."""
     if not by.strip() or not reason.strip():
         raise ActionRefused("destroying an image needs who (by) and why (reason)")
     trail = audit or audit_trail(client)
@@ -563,6 +568,7 @@ def destroy(
         record_type=record_type,
         last_treatment=last_treatment,
         today=today or datetime.now(UTC).date(),
+        summary_in_record=summary_in_record,
     )
     consents = records.consents_for_image(media_ref)
     shared = [x for x in consents if set(x.images) - {media_ref}]

@@ -10,6 +10,8 @@
 | ``FHIR_IMAGES_OUTBOX`` | the outbox folder (default ``./fhir-images-outbox``) |
 | ``FHIR_IMAGES_HOOK_SECRET`` | the server hook's shared secret (16 characters or more) |
 | ``FHIR_IMAGES_MAX_*`` | input limits (see :class:`fhir_images.Limits`) |
+| ``FHIR_IMAGES_RETENTION_SCHEDULE`` | the retention schedule ``destroy`` applies: ``england`` |
+| | (default), ``scotland``, ``wales``, ``northern-ireland``, or one registered |
 | ``FHIR_IMAGES_CACHE_DIR`` | server probe reports (default ``~/.cache/fhir-images``) |
 | ``FHIR_IMAGES_ACCEPT_RISK`` | server risks accepted knowingly, by name (``no-security-search``) |
 | ``FHIR_IMAGES_AUDIT`` | where AuditEvents go when the server refuses them: an audit |
@@ -52,6 +54,7 @@ class Settings:
     audit: str | None = None
     audit_token: str | None = field(default=None, repr=False)
     fhir_version: str | None = None
+    retention_schedule: str = "england"
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None) -> Settings:
@@ -106,6 +109,7 @@ class Settings:
             accept_risks=risks,
             audit=audit,
             audit_token=get("FHIR_IMAGES_AUDIT_TOKEN"),
+            retention_schedule=get("FHIR_IMAGES_RETENTION_SCHEDULE") or "england",
         )
 
     def require_hook_secret(self) -> str:

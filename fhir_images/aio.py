@@ -30,7 +30,7 @@ import functools
 from collections.abc import Callable, Coroutine
 from typing import Any, ParamSpec, TypeVar
 
-from . import _approvals, _delivery, _lifecycle
+from . import _approvals, _delivery, _lifecycle, _maturity, _requests
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -40,12 +40,16 @@ __all__ = [
     "approve",
     "destroy",
     "disclose",
+    "load_request",
+    "maturity_review",
     "narrow_consent",
     "patient_records",
     "pending_approvals",
     "push",
     "read_record",
+    "reconsent",
     "refuse_approval",
+    "request_image",
     "withdraw_consent",
 ]
 
@@ -70,3 +74,7 @@ anonymise = _twin(_lifecycle.anonymise)
 approve = _twin(_approvals.approve)
 refuse_approval = _twin(_approvals.refuse_approval)
 pending_approvals = _twin(_approvals.pending_approvals)
+request_image = _twin(_requests.request_image)
+load_request = _twin(_requests.load_request)
+maturity_review = _twin(_maturity.maturity_review)
+reconsent = _twin(_maturity.reconsent)

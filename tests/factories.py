@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fhir_images import ClinicalContext, ConsentRecord
+from fhir_images import ClinicalContext, ConsentRecord, ImageRequest
 
 CAPTURED = datetime(2026, 11, 20, 10, 0, tzinfo=UTC)
 
@@ -50,7 +50,7 @@ def parent_consent(**overrides: Any) -> ConsentRecord:
             "given_by": "parent",
             "giver": "RelatedPerson/mum1",
             "relationship": "MTH",
-            "parental_responsibility": True,
+            "parental_responsibility": {"holder": "mother", "basis": "birth_mother"},
             **overrides,
         }
     )
@@ -70,3 +70,27 @@ def child_context(**overrides: Any) -> ClinicalContext:
             **overrides,
         }
     )
+
+
+FOREARM = {"code": "14975008", "display": "Forearm"}
+
+
+def make_request(**overrides: Any) -> ImageRequest:
+    """A request for a photo of an adult's forearm, made the day before CAPTURED, valid a week,
+    to be sent by the patient; override what a test needs."""
+    authored = overrides.pop("authored", CAPTURED - timedelta(days=1))
+    data: dict[str, Any] = {
+        "id": "ServiceRequest/r1",
+        "patient": "Patient/p1",
+        "birth_date": "1985-06-30",
+        "requester": "Practitioner/gp1",
+        "kind": "photo",
+        "body_site": FOREARM,
+        "intimate": False,
+        "reason": "Rash on forearm; judge response to treatment.",
+        "authored": authored,
+        "valid_until": authored + timedelta(days=7),
+        "senders": [overrides.get("patient", "Patient/p1")],
+    }
+    data.update(overrides)
+    return ImageRequest.model_validate(data)

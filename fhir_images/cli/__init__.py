@@ -87,10 +87,11 @@ from . import (  # noqa: E402
     outbox,
     profiles,
     records,
+    request,
     server,
 )
 
-for module in (ingest, outbox, server, disclose, consent, records, hook, check, profiles):
+for module in (ingest, request, outbox, server, disclose, consent, records, hook, check, profiles):
     module.register(main)
 
 __all__ = ["main"]

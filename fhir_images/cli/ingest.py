@@ -12,8 +12,9 @@ from rich.table import Table
 
 from .._context import ImageKind, Maker
 from .._exceptions import BadInput, FhirImagesError
-from .._ingest import ingest, load_case, parse_consent, parse_context
+from .._ingest import ingest, load_case, parse_consent, parse_context, parse_request
 from .._inputs import load_structured
+from .._requests import ImageRequest, load_request
 from ..policy import Outcome
 from ._common import (
     EXIT_BAD_INPUT,
@@ -138,6 +139,13 @@ def _row(label: str, exc: FhirImagesError) -> dict[str, Any]:
     type=click.Path(path_type=Path),
     help="Consent record file (YAML/JSON).",
 )
+@click.option(
+    "--request",
+    "request_arg",
+    default=None,
+    help="The clinician's request the image answers: ServiceRequest/ID (read from --server) "
+    "or a request file (YAML/JSON, as `request create --out` writes it).",
+)
 @click.option("--content-type", default=None, help="The type the sender claimed (checked).")
 @policy_option("'default', or the case file's")
 @outbox_option
@@ -162,6 +170,7 @@ def ingest_cmd(
     server: str | None,
     context_file: Path | None,
     consent_file: Path | None,
+    request_arg: str | None,
     content_type: str | None,
     policy_name: str | None,
     outbox_dir: Path | None,
@@ -180,6 +189,7 @@ def ingest_cmd(
         raise click.UsageError("give image paths or case files")
     outbox = outbox_for(ctx, outbox_dir)
     limits = settings(ctx).limits
+    given_request = _request_from(ctx, request_arg, server) if request_arg else None
 
     rows: list[dict[str, Any]] = []
     codes: list[int] = []
@@ -190,6 +200,7 @@ def ingest_cmd(
             if path.suffix.lower() in CASE_SUFFIXES:
                 case = load_case(path)
                 image, context, consent, pack = case.image, case.context, case.consent, case.policy
+                request = given_request or case.request
             else:
                 base = load_structured(context_file, "context file") if context_file else None
                 context = parse_context(_context_from(flags, base))
@@ -198,7 +209,7 @@ def ingest_cmd(
                     if consent_file
                     else None
                 )
-                image, pack = path, "default"
+                image, pack, request = path, "default", given_request
             result = ingest(
                 image,
                 context,
@@ -207,6 +218,7 @@ def ingest_cmd(
                 policy=policy_name or pack,
                 claimed_type=content_type,
                 limits=limits,
+                request=request,
             )
         except FhirImagesError as exc:
             codes.append(EXIT_BAD_INPUT if isinstance(exc, BadInput) else EXIT_ERROR)
@@ -235,6 +247,17 @@ def ingest_cmd(
     ctx.exit(worst(codes))
 
 
+def _request_from(ctx: click.Context, value: str, server: str | None) -> ImageRequest:
+    """A request named by reference (read from the server) or given as a file."""
+    if value.startswith("ServiceRequest/"):
+        if not server:
+            raise click.UsageError("--request ServiceRequest/ID needs --server to read it from")
+        return load_request(client_for(ctx, server), value)
+    request = parse_request(load_structured(Path(value), "request file"))
+    assert request is not None
+    return request
+
+
 def print_table(rows: list[dict[str, Any]]) -> None:
     console = Console()
     table = Table(show_lines=True)
@@ -250,6 +273,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
     for row in rows:
         decision = row["decision"]
         shown = {"store": "stored", "hold": "held", "refuse": "refused"}.get(decision, decision)
+        if row.get("discarded"):
+            shown += " (discarded; a record is kept, without the image)"
         if row.get("duplicate_of"):
             shown += " (already in the outbox or delivered)"
         delivery: dict[str, Any] | None = row.get("delivery")
@@ -266,6 +291,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         reasons = "\n".join(f"{r['rule']}: {r['text']}" for r in blocking) or ", ".join(
             f"{r['rule']} {r['code']}" for r in row["reasons"]
         )
+        if row.get("notes"):
+            reasons += "\n" + "\n".join(f"Note to complete: {n}" for n in row["notes"])
         table.add_row(
             Path(row["file"]).name,
             f"[{colours[decision]}]{shown}[/]",

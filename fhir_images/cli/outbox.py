@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from .._delivery import retry_failed
-from .._ingest import parse_consent, parse_context, recheck
+from .._ingest import parse_consent, parse_context, parse_request, recheck
 from .._inputs import load_structured
 from .._outbox import STATES
 from ._common import json_option, label_text, outbox_for, outbox_option
@@ -66,17 +66,22 @@ def recheck_entry(
     context_file: Path | None,
     as_json: bool,
     outbox_dir: Path | None,
+    request_file: Path | None = None,
 ) -> None:
     outbox = outbox_for(ctx, outbox_dir)
     consent = parse_consent(load_structured(consent_file, "consent file"))
     context = parse_context(load_structured(context_file, "context file")) if context_file else None
-    result = recheck(outbox, entry_id, consent, context=context)
+    request = parse_request(load_structured(request_file, "request file")) if request_file else None
+    result = recheck(outbox, entry_id, consent, context=context, request=request)
     row = {"file": entry_id, **result.summary()}
     if as_json:
         click.echo(json.dumps(row))
     else:
         print_table([row])
     ctx.exit(OUTCOME_EXIT[result.decision.outcome])
+
+
+_REQUEST_HELP = "A new request the image answers (a request file), e.g. after one expired."
 
 
 @outbox_group.command("recheck")
@@ -95,6 +100,7 @@ def recheck_entry(
     default=None,
     help="A corrected clinical context, if needed.",
 )
+@click.option("--request", "request_file", type=click.Path(path_type=Path), help=_REQUEST_HELP)
 @json_option
 @outbox_option
 @click.pass_context
@@ -103,11 +109,12 @@ def outbox_recheck(
     entry_id: str,
     consent_file: Path,
     context_file: Path | None,
+    request_file: Path | None,
     as_json: bool,
     outbox_dir: Path | None,
 ) -> None:
     """Record consent for a held entry and decide again; it moves to ready if allowed."""
-    recheck_entry(ctx, entry_id, consent_file, context_file, as_json, outbox_dir)
+    recheck_entry(ctx, entry_id, consent_file, context_file, as_json, outbox_dir, request_file)
 
 
 @outbox_group.command("discard")

@@ -10,7 +10,7 @@ import click
 from .._lifecycle import anonymise, destroy
 from ..policy import POLICIES, RetentionSchedule
 from ..policy.lifecycle import ANONYMISATION_PURPOSES
-from ._common import by_reason, client_for, server_option
+from ._common import by_reason, client_for, server_option, settings
 
 
 @click.command("destroy")
@@ -24,9 +24,15 @@ from ._common import by_reason, client_for, server_option
 )
 @click.option(
     "--schedule",
-    default="england",
-    show_default=True,
-    help="Retention schedule name (data shipped in the package).",
+    default=None,
+    help="Retention schedule: england, scotland, wales, northern-ireland, or one registered "
+    "(default: $FHIR_IMAGES_RETENTION_SCHEDULE, else england).",
+)
+@click.option(
+    "--summary-in-record",
+    default=None,
+    help="An original audio or video recording whose content (or an accurate summary) is in "
+    "the record: say where (e.g. 'consultation note 2026-11-20'); recorded in the audit.",
 )
 @click.option(
     "--last-treatment",
@@ -41,7 +47,8 @@ def destroy_cmd(
     by: str,
     reason: str,
     record_type: str,
-    schedule: str,
+    schedule: str | None,
+    summary_in_record: str | None,
     last_treatment: str | None,
     server: str | None,
 ) -> None:
@@ -59,8 +66,9 @@ def destroy_cmd(
         by=by,
         reason=reason,
         record_type=record_type,
-        schedule=RetentionSchedule.load(schedule),
+        schedule=RetentionSchedule.load(schedule or settings(ctx).retention_schedule),
         last_treatment=last,
+        summary_in_record=summary_in_record,
     )
     click.echo(f"deleted {', '.join(result.deleted)}; audit: {result.audit_event}")
     click.echo(f"{media_ref} destroyed")

@@ -13,7 +13,7 @@ from typing import Any
 from .. import _codes as c
 from .._context import Maker
 from ..policy import Outcome
-from . import ds4p
+from . import ds4p, parental
 from .common import iso
 from .keys import binary_id, consent_key, image_key, record_key
 
@@ -127,9 +127,11 @@ def provenance_resource(
     targets: list[str],
     now: datetime | None = None,
     record: str | None = None,
+    consent: Any | None = None,
 ) -> dict[str, Any]:
     """Who supplied the image and when (the same in R4 and R5); ``now`` (``recorded``) defaults
-    to the current time."""
+    to the current time. When the author is the parent who consented, their relationship and
+    the basis of their parental responsibility are the author's roles."""
     author: dict[str, Any] = {
         "type": {"coding": [{"system": c.PROVENANCE_PARTICIPANT, "code": "author"}]},
         "who": (
@@ -140,6 +142,9 @@ def provenance_resource(
     }
     if ctx.made_by in (Maker.PARENT, Maker.RELATIVE_OR_CARER):
         author["onBehalfOf"] = {"reference": ctx.patient}
+    roles = parental.author_roles(consent, ctx.operator)
+    if roles:
+        author["role"] = roles
     agents = [author]
     if ctx.recorded_by:
         agents.append(
@@ -325,7 +330,13 @@ def assemble(
         targets.append(consent_url)
     provenance = claim(
         build.provenance(
-            ctx, labels, submission_id=sid, targets=targets, now=now, record=provenance_record
+            ctx,
+            labels,
+            submission_id=sid,
+            targets=targets,
+            now=now,
+            record=provenance_record,
+            consent=consent,
         ),
         "image-provenance",
     )

@@ -150,6 +150,8 @@ class ConsentView:
     provisions: tuple[tuple[frozenset[str], str], ...]
     base_rule: str
     raw: dict[str, Any] = field(repr=False, compare=False)
+    #: (holder, basis) of the parental responsibility of whoever consented, when recorded
+    parental_responsibility: tuple[str, str] | None = None
 
     @property
     def active(self) -> bool:

@@ -23,7 +23,11 @@ _DESCRIPTION = (
     "names the rule it comes from: G1 to G13 are the rules of the GMC's 'Making and using visual "
     "and audio recordings of patients' as applied by Medical Protection's 'Storing images in "
     "medical records'; S1 is the stricter local policy (NHS England / RCPCH principles for remote "
-    "intimate assessments). The outcome property is what the finding decides on its own; the "
+    "intimate assessments); W1 to W6 are the wider UK guidance (W4: GMC recordings guidance para "
+    "35, a child who grows up is offered re-consent; W5: CQC GP mythbuster 100 and the NHS "
+    "England / RCPCH principles, images only on a clinician's express request and no intimate "
+    "images of under-18s; W6: Records Management Code of Practice, audio and visual records). "
+    "The outcome property is what the finding decides on its own; the "
     "decision is the most serious outcome among the findings."
 )
 
@@ -49,8 +53,9 @@ def codesystem() -> dict[str, Any]:
         "property": [
             {
                 "code": "rule",
-                "description": "The rule the finding comes from (G1-G13, or S1 for the strict "
-                "policy); repeated when the finding can come from more than one rule",
+                "description": "The rule the finding comes from (G1-G13, S1 for the strict "
+                "policy, W1-W6 for the wider UK guidance); repeated when the finding can "
+                "come from more than one rule",
                 "type": "string",
             },
             {

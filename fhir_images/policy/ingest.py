@@ -22,6 +22,7 @@ from .._context import (
     Maker,
 )
 from .._exceptions import InvalidContext
+from .._requests import ImageRequest
 from .reasons import REASONS, Outcome
 
 ADULT_AGE = 18
@@ -104,6 +105,8 @@ class Decision:
 class Situation:
     ctx: ClinicalContext
     consent: ConsentRecord | None
+    #: the clinician's request the image answers, when it is linked to one (W5)
+    request: ImageRequest | None = None
 
     @property
     def age(self) -> int:
@@ -340,6 +343,16 @@ def check_who_consented(s: Situation) -> Iterable[Reason]:
             "Consent was given by someone without parental responsibility. Obtain consent from "
             "a person with parental responsibility, or from the young person if competent.",
         )
+    elif consent.parental_responsibility_stated is None:
+        yield _r(
+            "parental-responsibility-not-stated",
+            HOLD,
+            "G5",
+            "Consent was given by a parent, but who holds parental responsibility and on what "
+            "basis is not recorded; not every parent has it (Children Act 1989 ss2-4). Record "
+            "consent.parental_responsibility (holder and basis), or obtain consent from a "
+            "person who has it, or from the young person if competent.",
+        )
 
 
 def check_child_best_interests(s: Situation) -> Iterable[Reason]:
@@ -448,7 +461,7 @@ def default_labels(s: Situation) -> SecurityLabels:
                 c.PACQAST
                 if consent is not None
                 and consent.given_by is ConsentGiver.PARENT
-                and consent.parental_responsibility is False
+                and consent.parental_responsibility_stated is None
                 else c.SDMAST
             ),
             Maker.RELATIVE_OR_CARER: c.PACQAST,

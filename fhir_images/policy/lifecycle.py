@@ -35,6 +35,10 @@ class RetentionSchedule:
     name: str
     title: str
     record_types: dict[str, Any]
+    #: whether an original recording may go once its content is in the record (W6), and why
+    summary_in_record: dict[str, Any] | None = None
+    #: the publication the schedule comes from
+    source: dict[str, Any] | None = None
 
     @classmethod
     def load(cls, name: str = "england", path: Path | None = None) -> RetentionSchedule:
@@ -49,7 +53,13 @@ class RetentionSchedule:
                     .joinpath("data", f"retention-{name}.json")
                     .read_text()
                 )
-            return cls(data["name"], data["title"], data["record_types"])
+            return cls(
+                data["name"],
+                data["title"],
+                data["record_types"],
+                data.get("summary_in_record"),
+                data.get("source"),
+            )
         except (OSError, ValueError, KeyError, TypeError):
             raise ActionRefused(f"no usable retention schedule named {name!r}") from None
 
@@ -117,10 +127,17 @@ def check_destruction(
     record_type: str,
     last_treatment: date | None,
     today: date,
+    summary_in_record: str | None = None,
 ) -> str:
-    """Why the image may be destroyed now (the retention rule); ActionRefused when it may not."""
+    """Why the image may be destroyed now (the retention rule); ActionRefused when it may not.
+
+    ``summary_in_record`` says where the record holds the recording's content or an accurate
+    summary of it: an original audio or video recording may then go before the record's
+    period ends, where the schedule provides for it (W6); the returned reason says so."""
     if c.LEGAL_HOLD in image.labels:
         raise ActionRefused(f"{image.ref} is under a legal hold: it cannot be destroyed")
+    if summary_in_record is not None:
+        return _summarised(image, schedule, summary_in_record)
     if patient is None:
         raise ActionRefused(f"{image.ref} has no patient: its retention cannot be worked out")
     if patient.birth_date is None:
@@ -141,6 +158,26 @@ def check_destruction(
     if until is None or today < until:
         raise ActionRefused(f"retention ({schedule.title}) says keep it: {why}")
     return why
+
+
+def _summarised(image: ImageView, schedule: RetentionSchedule, where: str) -> str:
+    rule = schedule.summary_in_record or {}
+    if not where.strip():
+        raise ActionRefused("summary_in_record: say where the record holds the content")
+    if rule.get("allowed") is not True:
+        raise ActionRefused(
+            f"summary_in_record: the {schedule.name} schedule does not provide for destroying "
+            "an original recording because its content is in the record; its period applies"
+        )
+    if image.kind.value not in rule.get("kinds", []):
+        raise ActionRefused(
+            "summary_in_record: only an original audio or video recording may go because its "
+            f"content is in the record, not a {image.kind.value.replace('_', ' ')}"
+        )
+    return (
+        f"original recording not kept: its content is in the record ({where}); "
+        f"W6, {rule.get('source', schedule.title)}"
+    )
 
 
 #: The purposes an anonymised copy may be made for: teaching and research.

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from .._context import ClinicalContext, ConsentRecord
 from .._exceptions import InvalidContext, PolicyNotFound
+from .._requests import ImageRequest
 from ..fhir.views import ConsentView, ImageView, PatientView
 from .assessment import (
     DEFAULT_RECORD_CHECKS,
@@ -38,6 +39,7 @@ from .ingest import (
     check_strict_intimate_child as check_strict_ingest,
 )
 from .reasons import Outcome
+from .requests import NOTE_TEMPLATES, REQUEST_CHECKS
 
 
 @dataclass(frozen=True)
@@ -51,12 +53,21 @@ class Policy:
     labels: Callable[[Situation], SecurityLabels] = default_labels
     record_checks: tuple[RecordCheck, ...] = DEFAULT_RECORD_CHECKS
 
-    def decide(self, ctx: ClinicalContext, consent: ConsentRecord | None = None) -> Decision:
-        """Store, hold or refuse a new image, with the findings behind it and its labels."""
+    def decide(
+        self,
+        ctx: ClinicalContext,
+        consent: ConsentRecord | None = None,
+        *,
+        request: ImageRequest | None = None,
+    ) -> Decision:
+        """Store, hold or refuse a new image, with the findings behind it and its labels; an
+        image linked to a request (``ctx.request``) is checked against it (W5)."""
         if consent is not None and consent.date.date() < ctx.birth_date:
             raise InvalidContext("invalid consent: date: is before the patient's birth date")
-        s = Situation(ctx, consent)
-        reasons = [reason for check in self.checks for reason in check(s)]
+        if ctx.request is not None and request is None:
+            raise InvalidContext("context.request: give the request the image answers")
+        s = Situation(ctx, consent, request)
+        reasons = [reason for check in (*self.checks, *REQUEST_CHECKS) for reason in check(s)]
         outcome = max((r.outcome for r in reasons), key=SEVERITY.__getitem__, default=Outcome.STORE)
         if s.implicit_kind and consent is None:
             state = ConsentState.IMPLICIT
@@ -69,6 +80,7 @@ class Policy:
             consent=state,
             policy=self.name,
             age_band=s.age_band,
+            notes=tuple(NOTE_TEMPLATES[r.code] for r in reasons if r.code in NOTE_TEMPLATES),
         )
 
     def assess(
@@ -115,7 +127,11 @@ def get_policy(name: str | Policy) -> Policy:
 
 
 def decide(
-    ctx: ClinicalContext, consent: ConsentRecord | None = None, *, policy: str | Policy = "default"
+    ctx: ClinicalContext,
+    consent: ConsentRecord | None = None,
+    *,
+    policy: str | Policy = "default",
+    request: ImageRequest | None = None,
 ) -> Decision:
     """Decide whether an image may go into the record, and how it is labelled."""
-    return get_policy(policy).decide(ctx, consent)
+    return get_policy(policy).decide(ctx, consent, request=request)

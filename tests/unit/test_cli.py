@@ -8,7 +8,7 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from fhir_images import __version__, synthetic
+from fhir_images import __version__, load_structured, synthetic
 from fhir_images.cli import main
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
@@ -27,6 +27,12 @@ EXPECTED = {
     "10-grandparent-no-parental-responsibility.yaml": (3, "hold", "R"),
     "11-video-consultation-recording.yaml": (4, "refuse", "N"),
     "12-auscultation-audio.yaml": (0, "store", "N"),
+    "13-parent-parental-responsibility-not-stated.yaml": (3, "hold", "R"),
+    "14-request-answered.yaml": (0, "store", "N"),
+    "15-request-other-body-site.yaml": (3, "hold", "N"),
+    "16-request-expired.yaml": (3, "hold", "N"),
+    "17-request-intimate-15-year-old.yaml": (4, "refuse", "V"),
+    "18-request-sender-not-named.yaml": (3, "hold", "N"),
 }
 
 
@@ -79,9 +85,10 @@ def test_example_case(name, tmp_path):
     confs = [s["code"] for s in row["security"] if s["system"].endswith("v3-Confidentiality")]
     assert confs == [conf]
     for reason in row["reasons"]:
-        assert reason["rule"][0] in "GS" and reason["text"]
+        assert reason["rule"][0] in "GSW" and reason["text"]
     if decision == "refuse":
         assert row["outbox_entry"] is None
+        assert not any((tmp_path / "ob" / "held").iterdir()), "a refused image is not kept"
     else:
         assert Path(row["outbox_entry"]).is_dir()
 
@@ -98,6 +105,12 @@ def test_required_situations_cite_their_rules(tmp_path):
     assert ("G6", "hold") in reasons("03-parent-unsolicited-intimate-unconfirmed.yaml")
     assert ("S1", "refuse") in reasons("05-strict-policy-intimate-child.yaml")
     assert ("G8", "refuse") in reasons("06-no-purpose.yaml")
+    assert ("G5", "hold") in reasons("13-parent-parental-responsibility-not-stated.yaml")
+    assert ("W5", "store") in reasons("14-request-answered.yaml")
+    assert ("W5", "hold") in reasons("15-request-other-body-site.yaml")
+    assert ("W5", "hold") in reasons("16-request-expired.yaml")
+    assert ("W5", "refuse") in reasons("17-request-intimate-15-year-old.yaml")
+    assert ("W5", "hold") in reasons("18-request-sender-not-named.yaml")
 
 
 def test_gps_example_is_stored_without_gps_and_same_orientation(tmp_path):
@@ -318,3 +331,118 @@ def test_the_hook_service_gets_the_chosen_pack(monkeypatch):
     result = run("hook", "serve", "--server", "http://fhir.test/fhir", "--policy", "strict")
     assert result.exit_code == 0, result.output
     assert seen["pack"].labeller.policy.name == "strict"
+
+
+def test_ingest_with_a_request_file(tmp_path):
+    """`ingest --request FILE` links the image to the request and checks it against it."""
+    case = EXAMPLES / "cases" / "02-adult-rash-video-consultation.yaml"
+    request = EXAMPLES / "requests" / "adult-forearm-rash.yaml"
+    result = run(
+        "ingest", "--json", "--outbox", str(tmp_path / "ob"), "--request", str(request), str(case)
+    )
+    assert result.exit_code == 2, result.output
+    assert "another patient" in result.output, "the request is for another patient than the case"
+    ctx = tmp_path / "ctx.json"
+    ctx.write_text(
+        json.dumps(
+            {
+                "patient": "Patient/ex-adult-4",
+                "birth_date": "1985-06-30",
+                "captured": "2026-11-20T10:00:00Z",
+                "made_by": "patient",
+                "operator": "Patient/ex-adult-4",
+                "solicited": True,
+                "intimate": False,
+                "remote": True,
+                "body_site": {"code": "72696002", "display": "Knee"},
+                "purpose": "Itchy rash; baseline photo.",
+            }
+        )
+    )
+    held = run(
+        "ingest",
+        "--json",
+        "--outbox",
+        str(tmp_path / "ob"),
+        "--context",
+        str(ctx),
+        "--consent",
+        str(EXAMPLES / "consent" / "adult-requested-photo.yaml"),
+        "--request",
+        str(request),
+        str(EXAMPLES / "images" / "wound-clinic.jpg"),
+    )
+    assert held.exit_code == 3, held.output
+    row = json.loads(held.output)
+    assert {r["code"] for r in row["reasons"] if r["outcome"] == "hold"} == {
+        "request-other-body-site"
+    }
+
+
+def test_a_request_by_id_needs_a_server(tmp_path):
+    result = run(
+        "ingest",
+        "--outbox",
+        str(tmp_path / "ob"),
+        "--request",
+        "ServiceRequest/1",
+        str(EXAMPLES / "cases" / "14-request-answered.yaml"),
+    )
+    assert result.exit_code == 2 and "--server" in result.output
+
+
+def test_asking_for_an_intimate_image_of_a_child_is_refused_before_anything_is_sent():
+    result = CliRunner().invoke(
+        main,
+        [
+            "request",
+            "create",
+            "--server",
+            "http://127.0.0.1:9/fhir",
+            "--patient",
+            "Patient/t1",
+            "--birth-date",
+            "2011-03-10",
+            "--requester",
+            "Practitioner/gp1",
+            "--body-site",
+            "|Groin",
+            "--intimate",
+            "--reason",
+            "Rash",
+            "--valid-until",
+            "2099-01-01T00:00:00Z",
+            "--sender",
+            "Patient/t1",
+        ],
+    )
+    assert result.exit_code == 4, result.output
+    assert "request.intimate" in result.output and "Patient/t1" not in result.output
+
+
+def test_the_example_discard_leaves_a_record_and_a_note(tmp_path):
+    case = str(EXAMPLES / "cases" / "17-request-intimate-15-year-old.yaml")
+    result = run("ingest", "--json", "--outbox", str(tmp_path / "ob"), case)
+    assert result.exit_code == 4
+    row = json.loads(result.output)
+    assert row["discarded"] and "description" in row["notes"][0]
+    [record] = list((tmp_path / "ob" / "discarded").glob("*.json"))
+    assert json.loads(record.read_text())["reason"] == "W5 request-intimate-under-18"
+    table = run("ingest", "--outbox", str(tmp_path / "ob2"), case)
+    flat = "".join(ch for ch in table.output if ch.isalnum())
+    assert table.exit_code == 4 and "discarded" in flat and "Notetocomplete" in flat
+
+
+def test_every_example_case_names_people_of_the_seed_bundle_as_they_are_there():
+    """The example cases can be sent to a server loaded with examples/fhir/seed-bundle.json:
+    each patient is there with the same birth date, and each RelatedPerson is there."""
+    seed = json.loads((EXAMPLES / "fhir" / "seed-bundle.json").read_text())
+    people = {f"{r['resourceType']}/{r['id']}": r for r in (e["resource"] for e in seed["entry"])}
+    for case in sorted((EXAMPLES / "cases").glob("*.yaml")):
+        context = load_structured(case)["context"]
+        patient = people.get(context["patient"])
+        assert patient is not None, case.name
+        assert patient["birthDate"] == str(context["birth_date"]), case.name
+        operator = context.get("operator", "")
+        if operator.startswith("RelatedPerson/"):
+            assert operator in people, case.name

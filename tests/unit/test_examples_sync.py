@@ -32,6 +32,7 @@ STORING_CASES = (
     "08-clinician-wound-photo",
     "09-teen-own-photo-heic",
     "12-auscultation-audio",
+    "14-request-answered",
 )
 #: The folder of each FHIR version's examples (relative to RESOURCES) and its image type.
 VERSIONS = {"R4": ("", "Media"), "R5": ("r5/", "DocumentReference")}

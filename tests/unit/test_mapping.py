@@ -9,7 +9,8 @@ from fhir.resources.R4B.bundle import Bundle
 from fhir_images import _codes as c
 from fhir_images import decide, synthetic
 from fhir_images._intake import intake
-from fhir_images.fhir import ds4p
+from fhir_images.fhir import ds4p, parental
+from fhir_images.fhir.r4 import R4
 from fhir_images.fhir.r4.mapping import UNNAMED_ORGANISATION, map_submission
 
 from ..factories import child_context, make_consent, make_context, parent_consent
@@ -193,7 +194,9 @@ def test_parent_consent_names_the_parent_and_the_confirmation(workdir):
     mapped, _ = _mapped(child_context(), parent_consent(), workdir)
     entries = _entries(mapped)
     res = entries["Consent"]["resource"]
-    assert res["performer"] == [{"reference": "RelatedPerson/mum1"}]
+    [performer] = res["performer"]
+    assert performer["reference"] == "RelatedPerson/mum1"
+    assert parental.read(performer) == ("mother", "birth_mother")
     assert "verification" not in res  # IHE PCF does not use it
     [confirmed] = res["extension"]
     assert confirmed["url"] == c.EXT_CONSENT_CONFIRMED
@@ -202,6 +205,9 @@ def test_parent_consent_names_the_parent_and_the_confirmation(workdir):
     author = prov["agent"][0]
     assert author["who"] == {"reference": "RelatedPerson/mum1"}
     assert author["onBehalfOf"] == {"reference": "Patient/c1"}
+    roles = {(cd["system"], cd["code"]) for role in author["role"] for cd in role["coding"]}
+    assert roles == {(c.V3_ROLE_CODE, "MTH"), (parental.PR_BASIS, "birth_mother")}
+    assert R4.consent(res | {"id": "x"}).parental_responsibility == ("mother", "birth_mother")
     assert {t["reference"] for t in prov["target"]} == {
         entries["Media"]["fullUrl"],
         entries["Consent"]["fullUrl"],

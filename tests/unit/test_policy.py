@@ -152,6 +152,33 @@ def test_no_parental_responsibility_is_held():
     assert "PACQAST" in codes(d)
 
 
+@pytest.mark.parametrize("stated", [None, True])
+def test_parent_whose_parental_responsibility_is_not_stated_is_held(stated):
+    """A parent is not assumed to hold parental responsibility: without holder and basis the
+    image is held, labelled as supplied by someone without it."""
+    d = decide(child_context(), parent_consent(parental_responsibility=stated))
+    assert d.outcome is Outcome.HOLD
+    assert "parental-responsibility-not-stated" in {r.code for r in d.blocking}
+    assert "G5" in rules(d, Outcome.HOLD)
+    assert "PACQAST" in codes(d) and "SDMAST" not in codes(d)
+
+
+def test_parent_with_stated_parental_responsibility_is_stored():
+    consent = parent_consent(
+        relationship="FTH",
+        giver="RelatedPerson/dad1",
+        parental_responsibility={"holder": "father", "basis": "registered_on_birth_certificate"},
+    )
+    d = decide(child_context(operator="RelatedPerson/dad1"), consent)
+    assert d.outcome is Outcome.STORE, d.blocking
+    assert "SDMAST" in codes(d)
+
+
+def test_parental_responsibility_on_an_impossible_basis_is_bad_input():
+    with pytest.raises(InvalidContext, match="parental_responsibility"):
+        parent_consent(parental_responsibility={"holder": "mother", "basis": "care_order"})
+
+
 def test_relative_without_parental_responsibility_is_held():
     d = decide(
         child_context(made_by="relative_or_carer", operator="RelatedPerson/gran"),

@@ -160,7 +160,11 @@ def test_r5_profiles_carry_every_rule_of_r4(url: str) -> None:
         targets = [p for t in element.get("type", []) for p in t.get("targetProfile", [])]
         assert not any(t.endswith("/Media") for t in targets), element["id"]
     if sd["type"] == "Extension":
-        assert sd["context"] == [{"type": "element", "expression": "DocumentReference"}]
+        r5_name = {"Media": "DocumentReference", "Consent.performer": "Consent.grantor"}
+        assert sd["context"] == [
+            {"type": "element", "expression": r5_name.get(x["expression"], x["expression"])}
+            for x in RESOURCES[url]["context"]
+        ]
 
 
 def test_local_urls_match_the_code() -> None:
@@ -192,9 +196,11 @@ def test_every_finding_the_checks_can_make_is_in_the_table() -> None:
     finding that does not match its table entry fails at run time too)."""
     from fhir_images.policy import REASONS
     from fhir_images.policy import ingest as rules
+    from fhir_images.policy import requests as request_rules
 
-    source = Path(rules.__file__).read_text()
+    source = Path(rules.__file__).read_text() + Path(request_rules.__file__).read_text()
     used = set(re.findall(r'_r\(\s*"([a-z0-9-]+)"', source))
+    used |= set(re.findall(r'^\s+"(request-[a-z0-9-]+)",$', source, re.M))
     assert len(used) > 15
     assert used == set(REASONS)
 
@@ -301,3 +307,15 @@ def test_value_sets_hold_what_disclosure_recognises() -> None:
     handling = _members("handling")
     assert {(c.V3_ACT_CODE, code) for code in _lifecycle._OBLIGATIONS} <= handling
     assert c.LEGAL_HOLD.system and (c.LEGAL_HOLD.system, c.LEGAL_HOLD.code) in handling
+
+
+def test_parental_responsibility_vocabulary_is_the_code() -> None:
+    from fhir_images import PRBasis, PRHolder
+    from fhir_images.fhir import parental
+
+    assert set(_concepts("parental-responsibility-holder")) == {h.value for h in PRHolder}
+    assert set(_concepts("parental-responsibility-basis")) == {b.value for b in PRBasis}
+    for url in (parental.PR_HOLDER, parental.PR_BASIS, parental.EXT_PARENTAL_RESPONSIBILITY):
+        assert url in RESOURCES and url.replace("CodeSystem", "ValueSet") in RESOURCES | R5 | {
+            parental.EXT_PARENTAL_RESPONSIBILITY: None
+        }

@@ -39,19 +39,21 @@ EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
 PUBLIC = {
     # operations
     "ingest", "recheck", "load_case", "load_structured", "parse_context", "parse_consent",
-    "push", "retry_failed",
+    "push", "retry_failed", "request_image", "load_request",
     "disclose", "read_record", "patient_records",
-    "withdraw_consent", "narrow_consent", "destroy", "anonymise",
+    "withdraw_consent", "narrow_consent", "maturity_review", "reconsent", "destroy", "anonymise",
     "approve", "refuse_approval", "pending_approvals",
     "decide", "decide_disclosure", "earliest_destruction",
     "get_policy", "register_policy", "register_schedule", "register_server",
     # results
     "IngestResult", "DeliveryResult", "DisclosureResult", "DisclosureDecision", "ConsentChange",
-    "DestructionResult", "AnonymisedCopy", "Approval", "ImageRecord",
+    "DestructionResult", "AnonymisedCopy", "Approval", "ImageRecord", "RequestResult",
+    "MaturityReview", "Reconsent",
     # inputs and the types they carry
     "Case", "ClinicalContext", "Coded", "ConsentRecord", "ConsentGiver", "Explained", "ImageKind",
     "Maker",
-    "Permissions", "Relationship", "DisclosureRequest", "Purpose", "Role", "Limits", "Settings",
+    "Permissions", "Relationship", "ParentalResponsibility", "PRHolder", "PRBasis",
+    "DisclosureRequest", "ImageRequest", "Purpose", "Role", "Limits", "Settings",
     "ImageFacts", "Decision", "Outcome", "Reason", "ConsentState", "SecurityLabels",
     "Confidentiality", "Label", "Verdict", "Policy", "RetentionSchedule",
     # the outbox and the server
@@ -72,6 +74,7 @@ PUBLIC = {
 ASYNC = {
     "push", "disclose", "read_record", "patient_records", "withdraw_consent", "narrow_consent",
     "destroy", "anonymise", "approve", "refuse_approval", "pending_approvals",
+    "request_image", "load_request", "maturity_review", "reconsent",
 }  # fmt: skip
 
 

@@ -29,6 +29,7 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, SecurityLabels
+from .. import parental
 from ..building import (
     Builders,
     MappedSubmission,
@@ -113,6 +114,8 @@ def build_media(
         data["modality"]["coding"].insert(0, {"system": c.DICOM, "code": code, "display": display})
     if encounter_ref:
         data["encounter"] = {"reference": encounter_ref}
+    if ctx.request:  # the clinician's request it answers (W5)
+        data["basedOn"] = [{"reference": ctx.request}]
     if ctx.operator:
         data["operator"] = {"reference": ctx.operator}
     if ctx.body_site:
@@ -217,7 +220,7 @@ def build_consent(
         ],
         "patient": {"reference": ctx.patient},
         "dateTime": _iso(consent.date),
-        "performer": [{"reference": giver}],
+        "performer": [parental.consenter(consent, giver)],
         "organization": [
             {"reference": ctx.organization}
             if ctx.organization

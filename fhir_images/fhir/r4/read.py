@@ -6,6 +6,7 @@ from typing import Any
 
 from ... import _codes as c
 from ..._context import ImageKind
+from .. import parental
 from ..common import KIND_BY_MODALITY, parse_instant
 from ..common import codings as _codings
 from ..common import labels_of as _labels
@@ -120,6 +121,7 @@ def consent(resource: dict[str, Any]) -> ConsentView:
         provisions=provisions,
         base_rule=base_rule,
         raw=resource,
+        parental_responsibility=parental.first_stated(resource.get("performer")),
     )
 
 

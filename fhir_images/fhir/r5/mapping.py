@@ -27,7 +27,7 @@ from ... import _codes as c
 from ..._context import ClinicalContext, ConsentGiver, ConsentRecord, ImageKind, Permissions
 from ..._intake import ImageFacts
 from ...policy import Decision, SecurityLabels
-from .. import ds4p
+from .. import ds4p, parental
 from ..building import (
     Builders,
     MappedSubmission,
@@ -142,6 +142,8 @@ def build_image(
         data["event"] = [{"concept": concept(ctx.purpose_code)}]
     if encounter_ref:
         data["context"] = [{"reference": encounter_ref}]
+    if ctx.request:  # the clinician's request it answers (W5)
+        data["basedOn"] = [{"reference": ctx.request}]
     if ctx.operator:
         data["author"] = [{"reference": ctx.operator}]
     if ctx.body_site:
@@ -205,7 +207,7 @@ def build_consent(
         "date": consent.date.astimezone(UTC).date().isoformat(),
         # R5's date has no time of day: the period's start keeps the moment it was given
         "period": {"start": iso(consent.date)},
-        "grantor": [{"reference": giver}],
+        "grantor": [parental.consenter(consent, giver)],
         "sourceAttachment": [
             {
                 "contentType": "text/plain; charset=utf-8",
