@@ -34,6 +34,7 @@ from ._context import ClinicalContext, ConsentGiver, ConsentRecord
 from ._exceptions import ActionRefused, ResourceNotFound
 from ._result import Result
 from .fhir import FhirClient, Repository
+from .fhir.building import claim
 from .fhir.common import iso
 from .fhir.keys import consent_key
 from .fhir.views import ConsentView, ImageView, TaskView
@@ -256,8 +257,12 @@ def reconsent(
         "reconsent."
         + hashlib.sha256(f"{image.ref}|{consent_key(consent)}".encode()).hexdigest()[:32]
     )
-    resource = _consent_builder(client.version.name)(
-        ctx, consent, _labels(image), submission_id=record, image_ref=image.ref, record=record
+    # the Consent claims its profile and its labels say who assigned them, as at ingest
+    resource = claim(
+        _consent_builder(client.version.name)(
+            ctx, consent, _labels(image), submission_id=record, image_ref=image.ref, record=record
+        ),
+        "recording-consent",
     ).model_dump(mode="json", exclude_none=True)
     new_ref = records.create_once(resource, f"identifier={c.SID_RECORD}|{record}")
     result = Reconsent(consent=new_ref)
