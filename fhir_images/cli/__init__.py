@@ -78,9 +78,9 @@ def main(verbose: int) -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
-from . import check, consent, disclose, hook, ingest, outbox, records, server  # noqa: E402
+from . import check, consent, disclose, gateway, hook, ingest, outbox, records, server  # noqa: E402
 
-for module in (ingest, outbox, server, disclose, consent, records, hook, check):
+for module in (ingest, outbox, server, disclose, consent, records, hook, gateway, check):
     module.register(main)
 
 __all__ = ["main"]

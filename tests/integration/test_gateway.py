@@ -1,0 +1,265 @@
+"""End to end: clients reach the server only through the gateway (started once per server)."""
+
+from __future__ import annotations
+
+import secrets
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+import uvicorn
+
+from fhir_images import DisclosureRequest, FhirClient, withdraw_consent
+from fhir_images import _codes as c
+from fhir_images._approvals import approve, request_approval
+from fhir_images._gateway import Gateway, TokenVerifier
+from fhir_images._lifecycle import read_record
+
+from .test_lifecycle import adult_image, audits_for, child_image, make_people
+
+pytestmark = pytest.mark.integration
+
+CONF = c.V3_CONFIDENTIALITY
+SECRET = secrets.token_bytes(32)
+
+
+def gateway_port() -> int:
+    """A free port among those kept for the gateway's tests."""
+    for port in range(28200, 28300):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 28200-28299")
+
+
+def token(**claims: Any) -> str:
+    body = {
+        "sub": "Practitioner/gp1",
+        "fhirUser": "Practitioner/gp1",
+        "exp": int(time.time()) + 600,
+        "scope": "user/*.cruds",
+        "purpose_of_use": "TREAT",
+        "clearance": "N",
+        **claims,
+    }
+    return jwt.encode(body, SECRET, algorithm="HS256")
+
+
+@pytest.fixture(scope="module")
+def client(connect: Callable[..., FhirClient]) -> FhirClient:
+    return connect()
+
+
+@pytest.fixture(scope="module")
+def gw(client: FhirClient) -> Iterator[str]:
+    """The gateway in front of the server under test, in a thread, until the module ends."""
+    port = gateway_port()
+    url = f"http://127.0.0.1:{port}"
+    gateway = Gateway(client, TokenVerifier(algorithm="HS256", secret=SECRET), public_url=url)
+    config = uvicorn.Config(gateway, host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    runner = threading.Thread(target=server.run, daemon=True)
+    runner.start()
+    for _ in range(300):
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    yield url
+    server.should_exit = True
+    runner.join(timeout=10)
+
+
+@pytest.fixture()
+def people(client: FhirClient) -> dict[str, str]:
+    return make_people(client)
+
+
+def get(gw: str, path: str, tok: str | None = None, **kw: Any) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {tok or token()}", **kw.pop("headers", {})}
+    return httpx.get(gw + path, headers=headers, timeout=60, **kw)
+
+
+def ids(bundle: dict[str, Any], rtype: str) -> set[str]:
+    return {
+        f"{rtype}/{e['resource']['id']}"
+        for e in bundle.get("entry", [])
+        if e.get("resource", {}).get("resourceType") == rtype
+    }
+
+
+def approval_for(client: FhirClient, media: str, patient: str, clearance: str = "V") -> None:
+    req = DisclosureRequest(
+        purpose="TREAT", requester="Practitioner/gp1", role="clinician", clearance=clearance
+    )
+    task = request_approval(client, read_record(client, media), req, patient, ["HUAPRV"])
+    approve(client, task, by="Practitioner/lead")
+
+
+# ------------------------------------------------------------------------------ writes
+
+
+def test_an_unlabelled_image_written_through_the_gateway_is_labelled_on_arrival(
+    gw, client, people, image_type
+):
+    media: dict[str, Any] = {
+        "resourceType": image_type,
+        "status": "completed" if image_type == "Media" else "current",
+        "subject": {"reference": people["child"]},
+    }
+    if image_type == "Media":
+        media["content"] = {"contentType": "image/jpeg", "title": "photo"}
+    else:
+        media["content"] = [{"attachment": {"contentType": "image/jpeg", "title": "photo"}}]
+    answer = httpx.post(
+        f"{gw}/{image_type}",
+        json=media,
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    assert "|V" in answer.headers["X-Fhir-Images-Labels"]
+    ref = f"{image_type}/{answer.json()['id']}"
+    # straight from the server, right after the write returned
+    labels = {(x["system"], x["code"]) for x in client.read(ref)["meta"]["security"]}
+    assert (CONF, "V") in labels  # a child, no consent, no purpose: fail closed
+    assert (c.V3_ACT_CODE, "HUAPRV") in labels
+
+
+def test_a_raw_binary_without_a_security_context_is_labelled_restrictively(gw, client):
+    answer = httpx.post(
+        f"{gw}/Binary",
+        content=b"\xff\xd8\xff\xe0 not really a jpeg" * 100,
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    ref = f"Binary/{answer.json()['id']}"
+    labels = {(x["system"], x["code"]) for x in client.binary_meta(ref)["meta"]["security"]}
+    assert (CONF, "V") in labels and (c.V3_ACT_CODE, "HUAPRV") in labels
+
+
+# ------------------------------------------------------------------------------- reads
+
+
+def test_a_v_child_image_is_hidden_at_clearance_n_everywhere(
+    gw, client, tmp_path, people, image_type
+):
+    child = child_image(client, tmp_path, people, 71)
+    adult = adult_image(client, tmp_path, people, 72)
+    before = len(audits_for(client, child.media))
+    patient = people["child"]
+    media_id = child.media.split("/")[1]
+    binary = read_record(client, child.media).binary
+    assert binary is not None
+
+    # read, vread, Binary read, $binary-access-read
+    read = get(gw, f"/{child.media}")
+    assert read.status_code == 403 and "withheld" in read.text
+    assert get(gw, f"/{child.media}/_history/1").status_code == 403
+    assert get(gw, f"/{binary.ref}", headers={"Accept": "image/jpeg"}).status_code == 403
+    assert get(gw, f"/{binary.ref}").status_code == 403
+    assert get(gw, f"/{child.media}/$binary-access-read").status_code == 403
+    # a missing image gets the same answer as a withheld one
+    missing = get(gw, f"/{image_type}/no-such-{uuid.uuid4().hex[:8]}")
+    assert missing.status_code == 403 and missing.json() == read.json()
+
+    # search, include, history
+    found = get(gw, f"/{image_type}", params={"subject": patient, "_count": "50"})
+    assert found.status_code == 200, found.text
+    assert child.media not in ids(found.json(), image_type) and "total" not in found.json()
+    inc = get(
+        gw,
+        "/Patient",
+        params={"_id": patient.split("/")[1], "_revinclude": f"{image_type}:subject"},
+    )
+    assert inc.status_code == 200, inc.text
+    assert ids(inc.json(), image_type) == set() and ids(inc.json(), "Patient") == {patient}
+    hist = get(gw, f"/{child.media}/_history")
+    assert hist.status_code == 200 and ids(hist.json(), image_type) == set()
+    type_hist = get(gw, f"/{image_type}/_history", params={"_count": "50"})
+    assert media_id not in {e["resource"]["id"] for e in type_hist.json().get("entry", [])}
+
+    # searches that could infer it are refused, and so is widening by _security:not
+    assert (
+        get(gw, "/Patient", params={"_has:" + image_type + ":subject:_security": "V"}).status_code
+        == 403
+    )
+    assert get(gw, f"/{image_type}", params={"_security:not": f"{CONF}|V"}).status_code == 403
+    assert get(gw, "/Consent", params={f"data:{image_type}._security": "V"}).status_code == 403
+    assert get(gw, f"/{image_type}", params={"_summary": "count"}).status_code == 403
+
+    # nothing was released, so nothing audited
+    assert len(audits_for(client, child.media)) == before
+
+    # the adult's N image with consent is released, and audited before it went out
+    audited = len(audits_for(client, adult.media))
+    ok = get(gw, f"/{adult.media}")
+    assert ok.status_code == 200, ok.text
+    assert len(audits_for(client, adult.media)) == audited + 1
+
+
+def test_clearance_v_with_consent_and_approval_opens_it_and_withdrawal_closes_it(
+    gw, client, tmp_path, people, image_type
+):
+    child = child_image(client, tmp_path, people, 73)
+    v = token(clearance="V")
+    # cleared, consented, but HUAPRV: a person must approve each disclosure
+    assert get(gw, f"/{child.media}", v).status_code == 403
+    approval_for(client, child.media, people["child"])
+    shown = get(gw, f"/{child.media}", v)
+    assert shown.status_code == 200, shown.text
+    assert len(audits_for(client, child.media)) == 1
+    approval_for(client, child.media, people["child"])
+    found = get(gw, f"/{image_type}", v, params={"subject": people["child"]})
+    assert child.media in ids(found.json(), image_type)
+    assert len(audits_for(client, child.media)) == 2
+
+    withdraw_consent(client, child.media, by=people["mum"], reason="asked to withdraw")
+    approval_for(client, child.media, people["child"])
+    assert get(gw, f"/{child.media}", v).status_code == 403
+    assert len(audits_for(client, child.media)) == 2
+
+
+def test_the_binary_of_a_released_image_streams_through(gw, client, tmp_path, people):
+    adult = adult_image(client, tmp_path, people, 74)
+    binary = read_record(client, adult.media).binary
+    assert binary is not None
+    raw = get(gw, f"/{binary.ref}", headers={"Accept": "image/jpeg"})
+    assert raw.status_code == 200, raw.text
+    assert raw.content[:2] == b"\xff\xd8" and raw.headers["content-type"] == "image/jpeg"
+    assert len(audits_for(client, adult.media)) == 1
+
+
+def test_other_resources_pass_through_and_paging_stays_behind_the_gateway(gw, client, people):
+    found = get(gw, "/Patient", params={"_count": "1"})
+    assert found.status_code == 200
+    for link in found.json().get("link", []):
+        assert link["url"].startswith(gw)
+    nxt = [x["url"] for x in found.json().get("link", []) if x["relation"] == "next"]
+    if nxt:
+        page = httpx.get(nxt[0], headers={"Authorization": f"Bearer {token()}"}, timeout=60)
+        assert page.status_code == 200, page.text
+
+
+def test_admin_explain_names_the_rule(gw, client, tmp_path, people):
+    child = child_image(client, tmp_path, people, 75)
+    params = {"requester": "Practitioner/gp1", "purpose": "TREAT", "role": "clinician"}
+    assert get(gw, f"/{child.media}/$explain", params=params).status_code == 403
+    admin = token(scope="fhir-images/explain")
+    answer = get(gw, f"/{child.media}/$explain", admin, params=params)
+    assert answer.status_code == 200, answer.text
+    parameters = {p["name"]: p for p in answer.json()["parameter"]}
+    assert parameters["verdict"]["valueCode"] == "withhold"
+    reasons = [p["valueString"] for p in answer.json()["parameter"] if p["name"] == "reason"]
+    assert any("clearance is N" in r for r in reasons)
