@@ -68,6 +68,22 @@ __all__ = ["Gateway", "GatewayLimits"]
 
 log = logging.getLogger("fhir_images.gateway")
 
+#: loggers whose lines carry URLs (with ids and search parameters) or request lines: nothing
+#: under WARNING from them gets out, whatever the logging configuration
+URL_LOGGERS = ("httpx", "httpcore", "urllib3.connectionpool", "uvicorn.access")
+
+
+def _below_warning(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
+def quiet_url_loggers() -> None:
+    for name in URL_LOGGERS:
+        logger = logging.getLogger(name)
+        if _below_warning not in logger.filters:
+            logger.addFilter(_below_warning)
+
+
 FHIR_JSON = "application/fhir+json"
 LABELS_HEADER = "X-Fhir-Images-Labels"
 CONTEXT_HEADER = "X-Security-Context"
@@ -146,6 +162,7 @@ class Gateway:
         self.labeller = Labeller(client, self.policy)
         self.records = Repository(client)
         self.upstream = client.base_url.rstrip("/")
+        quiet_url_loggers()
 
     # ---------------------------------------------------------------- life cycle
 
@@ -171,7 +188,8 @@ class Gateway:
 
     async def stop(self) -> None:
         if self._http is not None:
-            await self._http.aclose()
+            http, self._http = self._http, None
+            await http.aclose()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":

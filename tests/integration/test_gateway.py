@@ -263,3 +263,85 @@ def test_admin_explain_names_the_rule(gw, client, tmp_path, people):
     assert parameters["verdict"]["valueCode"] == "withhold"
     reasons = [p["valueString"] for p in answer.json()["parameter"] if p["name"] == "reason"]
     assert any("clearance is N" in r for r in reasons)
+
+
+def test_a_transaction_is_labelled_with_the_record_it_brings(gw, client, image_type):
+    """The Patient in the same transaction gives the birth date: an adult's image with no
+    Consent yet is restricted (R), not treated as a child's (V)."""
+    patient = {"resourceType": "Patient", "birthDate": "1970-01-01"}
+    media: dict[str, Any] = {
+        "resourceType": image_type,
+        "status": "completed" if image_type == "Media" else "current",
+        "subject": {"reference": "urn:uuid:p"},
+    }
+    if image_type == "Media":
+        media["content"] = {"contentType": "image/jpeg", "title": "photo"}
+    else:
+        media["content"] = [{"attachment": {"contentType": "image/jpeg", "title": "photo"}}]
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "transaction",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:p",
+                "resource": patient,
+                "request": {"method": "POST", "url": "Patient"},
+            },
+            {
+                "fullUrl": "urn:uuid:m",
+                "resource": media,
+                "request": {"method": "POST", "url": image_type},
+            },
+        ],
+    }
+    answer = httpx.post(
+        gw,
+        json=bundle,
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
+        timeout=60,
+    )
+    assert answer.status_code == 200, answer.text
+    locations = [e["response"]["location"] for e in answer.json()["entry"]]
+    assert not any(x.startswith(client.base_url) for x in locations)  # never the server's
+    ref = next(
+        "/".join(x.removeprefix(gw + "/").split("/")[:2]) for x in locations if image_type in x
+    )
+    labels = {(x["system"], x["code"]) for x in client.read(ref)["meta"]["security"]}
+    assert (CONF, "R") in labels and (CONF, "V") not in labels
+
+
+class FailingTrail:
+    atomic = False
+
+    def record(self, audits: list[dict[str, Any]]) -> list[str]:
+        from fhir_images import AuditError
+
+        raise AuditError("the audit repository is down")
+
+
+def test_a_release_that_cannot_be_audited_is_not_made(client, tmp_path, people, image_type):
+    import asyncio
+
+    adult = adult_image(client, tmp_path, people, 76)
+    gateway = Gateway(
+        client,
+        TokenVerifier(algorithm="HS256", secret=SECRET),
+        public_url="http://gw.test",
+        audit=FailingTrail(),
+    )
+
+    async def ask(path: str, **params: str) -> httpx.Response:
+        transport = httpx.ASGITransport(app=gateway)
+        async with httpx.AsyncClient(transport=transport, base_url="http://gw.test") as http:
+            try:
+                return await http.get(
+                    path, params=params, headers={"Authorization": f"Bearer {token()}"}
+                )
+            finally:
+                await gateway.stop()
+
+    read = asyncio.run(ask(f"/{adult.media}"))
+    assert read.status_code == 503 and read.json()["resourceType"] == "OperationOutcome"
+    assert adult.media.split("/")[1] not in read.text
+    found = asyncio.run(ask(f"/{image_type}", subject=people["adult"]))
+    assert found.status_code == 503 and image_type not in found.text.replace("OperationOutcome", "")
