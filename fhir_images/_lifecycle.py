@@ -36,6 +36,7 @@ from ._result import Result
 from .fhir import FhirClient, ImageView, Repository, label_image
 from .fhir.audit import AuditTrail, audit_trail
 from .fhir.common import created, is_reference, iso
+from .fhir.views import ConsentView
 from .policy import (
     DisclosureDecision,
     DisclosureRequest,
@@ -85,8 +86,14 @@ def _private_dir(out_dir: Path) -> None:
 # -------------------------------------------------------------------------------- reading
 
 
-def _record(records: Repository, image: ImageView) -> ImageRecord:
-    consents, consent_error = records.try_consents_for_image(image.ref)
+def _record(
+    records: Repository,
+    image: ImageView,
+    consents_found: tuple[list[ConsentView], str | None] | None = None,
+) -> ImageRecord:
+    """One image as the disclosure rules see it; ``consents_found`` when its Consents (or the
+    error that stopped reading them) are already known."""
+    consents, consent_error = consents_found or records.try_consents_for_image(image.ref)
     binary, binary_error = None, None
     binary_ref = records.binary_of(image)
     if binary_ref is not None:

@@ -44,10 +44,10 @@ from starlette.types import Receive, Scope, Send
 
 from .. import _codes as c
 from .._approvals import approvals_for
-from .._exceptions import FhirImagesError, LabelError, ResourceNotFound
+from .._exceptions import FhirImagesError, LabelError, ResourceNotFound, ServerError
 from .._hook import Labeller, _no_duplicate_keys
-from .._lifecycle import _audit_release, _record
-from ..fhir import FhirClient, Labels, Repository
+from .._lifecycle import _audit_release, _record, disclosure_audit
+from ..fhir import FhirClient, ImageView, Labels, Repository
 from ..fhir.audit import AuditTrail, audit_trail
 from ..fhir.auth import BasicAuth, BearerToken
 from ..fhir.labels import plan_label_change
@@ -511,33 +511,68 @@ class Gateway:
         except ValidationError:
             return None
 
-    async def _record(self, resource: dict[str, Any], history: bool) -> ImageRecord | None:
-        """The image (or the image a Binary belongs to) as the disclosure rules see it."""
+    async def _image_of(
+        self, resource: dict[str, Any], history: bool
+    ) -> tuple[ImageView, BinaryView | None] | None:
+        """The image a resource in an answer stands for (an image, or the image a Binary names
+        as its securityContext), with the Binary's own view; None when there is none."""
         version = self.client.version
         async with self._lookups:
             if resource.get("resourceType") == "Binary":
                 view = version.binary(resource)
-                if view.security_context is None or not view.security_context.startswith(
-                    version.image_type + "/"
-                ):
+                context = view.security_context
+                if context is None or not context.startswith(version.image_type + "/"):
                     return None
                 try:
-                    image = await asyncio.to_thread(self.records.image, view.security_context)
+                    return await asyncio.to_thread(self.records.image, context), view
                 except ResourceNotFound:
                     return None
-                record = await asyncio.to_thread(_record, self.records, image)
-                if record.binary is None or record.binary.ref.split("/")[-1] != resource.get("id"):
-                    return None  # the image names other bytes
-                # the labels of the version handed out count as well as the current one's
-                return replace(record, binary=_with_labels(record.binary, view.labels))
             image = version.image(resource)
             if history:
+                # the labels of the version handed out count as well as the current one's
                 try:
                     current = await asyncio.to_thread(self.records.image, image.ref)
                 except ResourceNotFound:
                     return None
                 image = replace(current, labels=current.labels | image.labels)
-            return await asyncio.to_thread(_record, self.records, image)
+            return image, None
+
+    async def _records(
+        self, resources: list[dict[str, Any]], history: bool
+    ) -> list[ImageRecord | None]:
+        """Each resource's image as the disclosure rules see it (``_record``, as ``disclose``
+        reads it), the Consents of them all read in one search per 50 images."""
+        images = await asyncio.gather(*(self._image_of(r, history) for r in resources))
+        refs = sorted({found[0].ref for found in images if found is not None})
+        consents: dict[str, list[ConsentView]] = {}
+        error: str | None = None
+        try:
+            for i in range(0, len(refs), 50):
+                consents.update(
+                    await asyncio.to_thread(self.records.consents_for_images, refs[i : i + 50])
+                )
+        except ServerError as exc:
+            error = type(exc).__name__
+
+        async def one(
+            resource: dict[str, Any], found: tuple[ImageView, BinaryView | None] | None
+        ) -> ImageRecord | None:
+            if found is None:
+                return None
+            image, own = found
+            async with self._lookups:
+                record = await asyncio.to_thread(
+                    _record, self.records, image, (consents.get(image.ref, []), error)
+                )
+            if own is None:
+                return record
+            if record.binary is None or record.binary.ref != own.ref:
+                return None  # the image names other bytes
+            return replace(record, binary=_with_labels(record.binary, own.labels))
+
+        return list(
+            await asyncio.gather(*(one(r, f) for r, f in zip(resources, images, strict=True)))
+        )
 
     async def _decide(
         self, caller: Caller, resources: list[dict[str, Any]], *, history: bool = False
@@ -548,7 +583,7 @@ class Gateway:
         req = self._disclosure_request(caller)
         if req is None:
             return []
-        found = await asyncio.gather(*(self._record(r, history) for r in resources))
+        found = await self._records(resources, history)
         now = datetime.now(UTC)
         released: list[tuple[dict[str, Any], ImageRecord, DisclosureDecision]] = []
         for resource, record in zip(resources, found, strict=True):
@@ -580,8 +615,9 @@ class Gateway:
         released: list[tuple[dict[str, Any], ImageRecord, DisclosureDecision]],
         req: DisclosureRequest,
     ) -> None:
-        """One audit per released image, per patient, before anything goes out: the same
-        function (and approval bookkeeping) as ``disclose``."""
+        """Audit the release before anything goes out, with the AuditEvents ``disclose`` writes:
+        per patient, one naming every image released without an approval (BALP allows several
+        entities), and one per approved image, its approval marked used as ``disclose`` does."""
         assert self._trail is not None
         by_patient: dict[str, list[tuple[ImageRecord, DisclosureDecision]]] = {}
         seen: set[str] = set()
@@ -593,7 +629,17 @@ class Gateway:
         trail = self._trail
         try:
             for patient, items in by_patient.items():
-                await asyncio.to_thread(_audit_release, self.client, trail, items, req, patient)
+                plain = [(r, d) for r, d in items if d.approval is None]
+                approved = [(r, d) for r, d in items if d.approval is not None]
+                if plain:  # one AuditEvent naming every image released to this patient's record
+                    events = [
+                        disclosure_audit(r, req, patient, client=self.client) for r, _ in plain
+                    ]
+                    await asyncio.to_thread(trail.record, [_merged(events)])
+                if approved:  # each with its approver, and the approval marked used
+                    await asyncio.to_thread(
+                        _audit_release, self.client, trail, approved, req, patient
+                    )
         except FhirImagesError as exc:
             log.error("gateway: release not audited, so not made (%s)", type(exc).__name__)
             raise _Problem(
@@ -999,6 +1045,31 @@ def _rewrite_links(bundle: dict[str, Any], public: Any) -> None:
     for link in bundle.get("link", []) or []:
         if isinstance(link, dict) and isinstance(link.get("url"), str):
             link["url"] = public(link["url"])
+
+
+def _merged(events: list[dict[str, Any]]) -> dict[str, Any]:
+    """One AuditEvent of several built for the same patient, requester and purpose: every
+    entity of each, once; labelled with the highest confidentiality of them."""
+    merged: dict[str, Any] = json.loads(json.dumps(events[0]))
+    seen = {json.dumps(e, sort_keys=True) for e in merged.get("entity", [])}
+    for event in events[1:]:
+        for entity in event.get("entity", []):
+            key = json.dumps(entity, sort_keys=True)
+            if key not in seen:
+                seen.add(key)
+                merged["entity"].append(entity)
+    levels = [
+        x["code"]
+        for e in events
+        for x in e.get("meta", {}).get("security", [])
+        if x.get("system") == c.V3_CONFIDENTIALITY
+    ]
+    if levels:
+        top = max(levels, key=lambda code: c.Confidentiality[code])
+        merged["meta"]["security"] = [
+            x for x in merged["meta"]["security"] if x.get("system") != c.V3_CONFIDENTIALITY
+        ] + [{"system": c.V3_CONFIDENTIALITY, "code": top}]
+    return merged
 
 
 def _with_labels(binary: BinaryView, labels: Labels) -> BinaryView:
