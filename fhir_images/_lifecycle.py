@@ -159,12 +159,18 @@ def disclosure_audit(
     client: FhirClient | None = None,
     now: datetime | None = None,
     approver: str | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
-    """The AuditEvent of one released image (IHE BALP privacy disclosure at the source)."""
+    """The AuditEvent of one released image (IHE BALP privacy disclosure at the source),
+    checked against the FHIR models unless ``validate`` is False (for the many events of one
+    release whose first was checked: the same builder, other images)."""
     from .fhir.r4 import R4
 
     version = client.version if client is not None else R4
-    return version.disclosure_audit(
+    build = version.disclosure_audit
+    if not validate:
+        build = getattr(build, "__wrapped__", build)
+    return build(
         record.image,
         releasable_labels(record) if record.binary is not None else record.image.labels,
         record.confidentiality,

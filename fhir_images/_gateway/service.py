@@ -32,6 +32,7 @@ import contextlib
 import json
 import logging
 from collections.abc import AsyncIterator, Iterable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -108,7 +109,7 @@ class GatewayLimits:
     max_answer: int = 64 << 20
     max_binary: int = 256 << 20
     max_form: int = 64 << 10
-    lookups: int = 8
+    lookups: int = 16
 
 
 class _Problem(Exception):
@@ -179,6 +180,10 @@ class Gateway:
         self._screen = Screen(frozenset(types), version.image_type)
         if self._trail is None:
             self._trail = await asyncio.to_thread(audit_trail, self.client)
+        # the record look-ups run in worker threads (the FHIR client is synchronous): as many
+        # as may run at once, not the interpreter's default of a few
+        loop = asyncio.get_running_loop()
+        loop.set_default_executor(ThreadPoolExecutor(self.limits.lookups + 4, "gateway"))
         self._http = httpx.AsyncClient(
             transport=self._transport,
             timeout=httpx.Timeout(120.0, connect=10.0),
@@ -633,7 +638,8 @@ class Gateway:
                 approved = [(r, d) for r, d in items if d.approval is not None]
                 if plain:  # one AuditEvent naming every image released to this patient's record
                     events = [
-                        disclosure_audit(r, req, patient, client=self.client) for r, _ in plain
+                        disclosure_audit(r, req, patient, client=self.client, validate=i == 0)
+                        for i, (r, _) in enumerate(plain)
                     ]
                     await asyncio.to_thread(trail.record, [_merged(events)])
                 if approved:  # each with its approver, and the approval marked used

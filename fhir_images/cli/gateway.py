@@ -88,7 +88,7 @@ def gateway_serve(
         raise click.UsageError(str(exc)) from None
     settings(ctx)
     gateway = parts["Gateway"](
-        client_for(ctx, upstream, 16),
+        client_for(ctx, upstream, 20),
         verifier,
         public_url=public_url or f"http://{listen}",
         policy=policy_name or "default",
