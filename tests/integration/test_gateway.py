@@ -345,3 +345,87 @@ def test_a_release_that_cannot_be_audited_is_not_made(client, tmp_path, people, 
     assert adult.media.split("/")[1] not in read.text
     found = asyncio.run(ask(f"/{image_type}", subject=people["adult"]))
     assert found.status_code == 503 and image_type not in found.text.replace("OperationOutcome", "")
+
+
+def test_the_gateway_logs_no_patient_data_or_tokens_at_full_verbosity(
+    fhir_base_url, client, tmp_path, image_type
+):
+    import subprocess
+    import sys
+
+    canary = "CanaryPid7731"
+    secret = tmp_path / "secret"
+    secret.write_bytes(SECRET.hex().encode())
+    port = gateway_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "fhir_images.cli",
+            "-vv",
+            "gateway",
+            "serve",
+            "--upstream",
+            fhir_base_url,
+            "--listen",
+            f"127.0.0.1:{port}",
+            "--jwt-secret-file",
+            str(secret),
+        ],
+        stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+    )
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                time.sleep(0.1)
+        key = SECRET.hex().encode()
+        good = jwt.encode(
+            {
+                "sub": "Practitioner/gp1",
+                "exp": int(time.time()) + 600,
+                "scope": "user/*.cruds",
+                "purpose_of_use": "TREAT",
+            },
+            key,
+            algorithm="HS256",
+        )
+        auth = {"Authorization": f"Bearer {good}"}
+        client.update({"resourceType": "Patient", "id": canary, "birthDate": "1980-01-01"})
+        httpx.get(f"{url}/Patient/{canary}", headers=auth, timeout=60)
+        httpx.get(
+            f"{url}/{image_type}", params={"subject": f"Patient/{canary}"}, headers=auth, timeout=60
+        )
+        httpx.get(
+            f"{url}/Patient", params={"_has:Media:subject:_id": canary}, headers=auth, timeout=60
+        )
+        httpx.get(
+            f"{url}/Patient/{canary}", headers={"Authorization": f"Bearer {canary}.x.y"}, timeout=60
+        )
+        media = {
+            "resourceType": image_type,
+            "status": "completed" if image_type == "Media" else "current",
+            "subject": {"reference": f"Patient/{canary}"},
+        }
+        httpx.post(f"{url}/{image_type}", json=media, headers=auth, timeout=60)
+        httpx.post(
+            f"{url}/Binary",
+            content=canary.encode(),
+            headers={
+                **auth,
+                "Content-Type": "image/jpeg",
+                "X-Security-Context": f"{image_type}/{canary}",
+            },
+            timeout=60,
+        )
+    finally:
+        proc.terminate()
+        _, err = proc.communicate(timeout=30)
+    text = err.decode(errors="replace")
+    assert "gateway: read Patient" in text  # the logs were on
+    assert canary not in text, text[-2000:]
+    assert good not in text and SECRET.hex() not in text
