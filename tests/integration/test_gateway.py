@@ -41,6 +41,17 @@ def gateway_port() -> int:
     raise RuntimeError("no free port in 28200-28299")
 
 
+def wait_for_health(url: str, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise AssertionError("the gateway did not start")
+
+
 def token(**claims: Any) -> str:
     body = {
         "sub": "Practitioner/gp1",
@@ -69,12 +80,7 @@ def gw(client: FhirClient) -> Iterator[str]:
     server = uvicorn.Server(config)
     runner = threading.Thread(target=server.run, daemon=True)
     runner.start()
-    for _ in range(300):
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                break
-        except httpx.TransportError:
-            time.sleep(0.1)
+    wait_for_health(url)
     yield url
     server.should_exit = True
     runner.join(timeout=10)
@@ -377,12 +383,7 @@ def test_the_gateway_logs_no_patient_data_or_tokens_at_full_verbosity(
         stdout=subprocess.PIPE,
     )
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                time.sleep(0.1)
+        wait_for_health(url)
         key = SECRET.hex().encode()
         good = jwt.encode(
             {
