@@ -785,13 +785,14 @@ class Gateway:
             resource, caller.patient
         ):
             raise _Problem(403, "forbidden", "patient/ scopes allow writes of that patient only")
-        if route.id is not None and rtype == self._screen.image_type:
-            await self._may_overwrite(caller, f"{rtype}/{route.id}")
+        kept: list[dict[str, str]] = []
+        if route.id is not None and rtype in self._screen.hidden:
+            kept = await self._may_overwrite(caller, f"{rtype}/{route.id}")
         labels: list[dict[str, str]] = []
         if rtype == self._screen.image_type:
             labels = await asyncio.to_thread(self._label_image, resource, {}, [], route.id)
         elif rtype == "Binary":
-            labels = await asyncio.to_thread(self._label_binary, resource, {})
+            labels = await asyncio.to_thread(self._label_binary, resource, {}, kept)
         headers = {k: v for k, v in request.headers.items() if k in _FORWARD_REQUEST}
         headers["Content-Type"] = FHIR_JSON
         method = "PUT" if route.id else "POST"
@@ -808,15 +809,21 @@ class Gateway:
             out[LABELS_HEADER] = _label_header(labels)
         return self._json(body, response.status_code, out)
 
-    async def _may_overwrite(self, caller: Caller, ref: str) -> None:
-        """An update must not write over (and so learn the labels of) an image the caller may
-        not see; a new id is fine."""
+    async def _may_overwrite(self, caller: Caller, ref: str) -> list[dict[str, str]]:
+        """An update must not write over (and so learn the labels of, or replace the bytes of)
+        an image or Binary the caller may not see; a new id is fine. The labels the server's
+        copy has (a Binary's are kept: they are only ever raised)."""
         try:
-            current = await asyncio.to_thread(self.client.read, ref)
+            if ref.startswith("Binary/"):
+                current = await asyncio.to_thread(self.client.binary_meta, ref)
+                current["id"] = ref.split("/", 1)[1]
+            else:
+                current = await asyncio.to_thread(self.client.read, ref)
         except ResourceNotFound:
-            return
+            return []
         if not await self._decide(caller, [current]):
             raise _withheld()
+        return Labels.of(_security(current)).codings()
 
     async def _after_write(self, rtype: str, ref: str | None) -> list[dict[str, str]]:
         """After the server took it: the hook's labelling, run now, so that the image's Binary
@@ -856,13 +863,16 @@ class Gateway:
         return _set_labels(resource, current, assessment.labels)
 
     def _label_binary(
-        self, resource: dict[str, Any], images: dict[str, list[dict[str, str]]]
+        self,
+        resource: dict[str, Any],
+        images: dict[str, list[dict[str, str]]],
+        kept: list[dict[str, str]] | None = None,
     ) -> list[dict[str, str]]:
         """A Binary takes the labels of the image it names as its securityContext (in the same
         transaction or on the server), or restrictive ones when it names none."""
         version = self.client.version
         view = version.binary(resource)
-        current = list(view.labels.codings())
+        current = list(view.labels.codings()) + list(kept or [])
         context = view.security_context
         wanted = list(_RESTRICTIVE)
         if context is not None and context in images:
@@ -882,7 +892,8 @@ class Gateway:
             resource["id"] = route.id
         if context:
             resource["securityContext"] = {"reference": context.strip()}
-        labels = await asyncio.to_thread(self._label_binary, resource, {})
+        kept = await self._may_overwrite(caller, f"Binary/{route.id}") if route.id else []
+        labels = await asyncio.to_thread(self._label_binary, resource, {}, kept)
         head = json.dumps(resource)[:-1].encode() + b', "data": "'
         limit = self.limits.max_binary
 
@@ -925,6 +936,7 @@ class Gateway:
             raise _Problem(400, "invalid", "entry: must be a list")
         image_type = self._screen.image_type
         patients: dict[str, PatientView] = {}
+        kept: dict[str, list[dict[str, str]]] = {}
         consents: dict[str, list[ConsentView]] = {}
         version = self.client.version
         for entry in entries:
@@ -983,8 +995,8 @@ class Gateway:
                     view = version.consent(resource)
                     for named in _named_images(resource):
                         consents.setdefault(named, []).append(view)
-                if rtype == image_type and method == "PUT":
-                    await self._may_overwrite(caller, url)
+                if rtype in self._screen.hidden and method == "PUT":
+                    kept[url] = await self._may_overwrite(caller, url)
         labelled: dict[str, list[dict[str, str]]] = {}
         for entry in entries:
             resource = entry.get("resource")
@@ -1002,7 +1014,8 @@ class Gateway:
         for entry in entries:
             resource = entry.get("resource")
             if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
-                await asyncio.to_thread(self._label_binary, resource, labelled)
+                url = str(entry["request"].get("url", ""))
+                await asyncio.to_thread(self._label_binary, resource, labelled, kept.get(url))
         response = await self._send(
             "POST",
             Route("transaction"),
@@ -1102,6 +1115,12 @@ def _set_labels(
     meta["security"] = codings
     resource["meta"] = meta
     return codings
+
+
+def _security(resource: dict[str, Any]) -> list[dict[str, Any]]:
+    meta = resource.get("meta")
+    found = meta.get("security") if isinstance(meta, dict) else None
+    return [x for x in found if isinstance(x, dict)] if isinstance(found, list) else []
 
 
 def _label_header(labels: list[dict[str, str]]) -> str:

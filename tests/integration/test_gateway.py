@@ -430,3 +430,29 @@ def test_the_gateway_logs_no_patient_data_or_tokens_at_full_verbosity(
     assert "gateway: read Patient" in text  # the logs were on
     assert canary not in text, text[-2000:]
     assert good not in text and SECRET.hex() not in text
+
+
+def test_the_bytes_of_a_hidden_image_cannot_be_written_over(gw, client, tmp_path, people):
+    child = child_image(client, tmp_path, people, 77)
+    binary = read_record(client, child.media).binary
+    assert binary is not None
+    before = client.binary_meta(binary.ref)["meta"]["security"]
+    bid = binary.ref.split("/")[1]
+    raw = httpx.put(
+        f"{gw}/{binary.ref}",
+        content=b"replaced",
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "image/jpeg"},
+        timeout=60,
+    )
+    assert raw.status_code == 403, raw.text
+    as_json = httpx.put(
+        f"{gw}/{binary.ref}",
+        json={"resourceType": "Binary", "id": bid, "contentType": "image/jpeg", "data": "eA=="},
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
+        timeout=60,
+    )
+    assert as_json.status_code == 403, as_json.text
+    after = client.binary_meta(binary.ref)
+    assert (
+        after["meta"]["security"] == before and after["meta"].get("versionId") == binary.version_id
+    )
