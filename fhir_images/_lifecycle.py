@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,7 +36,7 @@ from ._result import Result
 from .fhir import FhirClient, ImageView, Repository, label_image
 from .fhir.audit import AuditTrail, audit_trail
 from .fhir.common import created, is_reference, iso
-from .fhir.views import ConsentView
+from .fhir.views import BinaryView, ConsentView
 from .policy import (
     DisclosureDecision,
     DisclosureRequest,
@@ -90,15 +90,17 @@ def _record(
     records: Repository,
     image: ImageView,
     consents_found: tuple[list[ConsentView], str | None] | None = None,
+    binaries_found: Mapping[str, BinaryView] | None = None,
 ) -> ImageRecord:
     """One image as the disclosure rules see it; ``consents_found`` when its Consents (or the
-    error that stopped reading them) are already known."""
+    error that stopped reading them) are already known, ``binaries_found`` Binaries already
+    read (by reference; one not there is read now)."""
     consents, consent_error = consents_found or records.try_consents_for_image(image.ref)
     binary, binary_error = None, None
     binary_ref = records.binary_of(image)
     if binary_ref is not None:
         try:
-            binary = records.binary(binary_ref)
+            binary = (binaries_found or {}).get(binary_ref) or records.binary(binary_ref)
         except ResourceNotFound:
             binary_error = "the Binary is not on the server"
         except ServerError as exc:

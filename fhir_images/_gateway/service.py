@@ -558,6 +558,9 @@ class Gateway:
                 )
         except ServerError as exc:
             error = type(exc).__name__
+        binaries = await self._binaries(
+            [b for b in (self.records.binary_of(f[0]) for f in images if f) if b]
+        )
 
         async def one(
             resource: dict[str, Any], found: tuple[ImageView, BinaryView | None] | None
@@ -567,7 +570,7 @@ class Gateway:
             image, own = found
             async with self._lookups:
                 record = await asyncio.to_thread(
-                    _record, self.records, image, (consents.get(image.ref, []), error)
+                    _record, self.records, image, (consents.get(image.ref, []), error), binaries
                 )
             if own is None:
                 return record
@@ -578,6 +581,36 @@ class Gateway:
         return list(
             await asyncio.gather(*(one(r, f) for r, f in zip(resources, images, strict=True)))
         )
+
+    async def _binaries(self, refs: list[str]) -> dict[str, BinaryView]:
+        """The labels and securityContext of many Binaries, 50 a search, without their bytes
+        (``_elements``); a bounded read, so a server that sends the bytes anyway costs at most
+        the answer limit. What is not found here is read one by one later, as ``disclose``
+        reads it."""
+        assert self._http is not None
+        version = self.client.version
+        found: dict[str, BinaryView] = {}
+        wanted = sorted(set(refs))
+        for i in range(0, len(wanted), 50):
+            ids = [ref.split("/", 1)[1] for ref in wanted[i : i + 50]]
+            params = [("_id", ",".join(ids)), ("_elements", "securityContext")]
+            params.append(("_count", str(len(ids))))
+            try:
+                response = await self._send("GET", Route("search", "Binary"), params=params)
+                if response.status_code != 200:
+                    await response.aclose()
+                    continue
+                bundle = await self._answer_json(response)
+            except (httpx.HTTPError, _Problem):
+                continue
+            for entry in (bundle or {}).get("entry", []) or []:
+                resource = entry.get("resource") if isinstance(entry, dict) else None
+                if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+                    resource.pop("data", None)
+                    view = version.binary(resource)
+                    if view.ref in wanted:
+                        found[view.ref] = view
+        return found
 
     async def _decide(
         self, caller: Caller, resources: list[dict[str, Any]], *, history: bool = False
