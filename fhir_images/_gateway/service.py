@@ -497,9 +497,6 @@ class Gateway:
         if not bundle["entry"]:
             del bundle["entry"]
         bundle.pop("total", None)
-        for entry in bundle.get("entry", []):
-            if "fullUrl" in entry:
-                entry["fullUrl"] = self._public(str(entry["fullUrl"]))
 
     # --------------------------------------------------------------- decisions
 
@@ -1094,9 +1091,13 @@ def _parse_json(body: bytes, what: str) -> Any:
 
 
 def _rewrite_links(bundle: dict[str, Any], public: Any) -> None:
+    """Links and fullUrls that name the server name the gateway instead."""
     for link in bundle.get("link", []) or []:
         if isinstance(link, dict) and isinstance(link.get("url"), str):
             link["url"] = public(link["url"])
+    for entry in bundle.get("entry", []) or []:
+        if isinstance(entry, dict) and isinstance(entry.get("fullUrl"), str):
+            entry["fullUrl"] = public(entry["fullUrl"])
 
 
 def _merged(events: list[dict[str, Any]]) -> dict[str, Any]:

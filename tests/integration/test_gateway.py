@@ -245,6 +245,9 @@ def test_the_binary_of_a_released_image_streams_through(gw, client, tmp_path, pe
     assert raw.status_code == 200, raw.text
     assert raw.content[:2] == b"\xff\xd8" and raw.headers["content-type"] == "image/jpeg"
     assert len(audits_for(client, adult.media)) == 1
+    op = get(gw, f"/{adult.media}/$binary-access-read")
+    assert op.status_code == 200 and op.content == raw.content
+    assert len(audits_for(client, adult.media)) == 2
 
 
 def test_other_resources_pass_through_and_paging_stays_behind_the_gateway(gw, client, people):
@@ -252,6 +255,8 @@ def test_other_resources_pass_through_and_paging_stays_behind_the_gateway(gw, cl
     assert found.status_code == 200
     for link in found.json().get("link", []):
         assert link["url"].startswith(gw)
+    for entry in found.json().get("entry", []):
+        assert not entry["fullUrl"].startswith(client.base_url)
     nxt = [x["url"] for x in found.json().get("link", []) if x["relation"] == "next"]
     if nxt:
         page = httpx.get(nxt[0], headers={"Authorization": f"Bearer {token()}"}, timeout=60)
