@@ -36,6 +36,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 from pydantic import ValidationError
@@ -778,7 +779,7 @@ class Gateway:
                 self._screen,
                 images_possible=False,
             )
-            headers["If-None-Exist"] = "&".join(f"{k}={v}" for k, v in clean)
+            headers["If-None-Exist"] = urlencode(clean)  # re-encoded: no '&' smuggled in
         content = None if request.method == "DELETE" else self._bounded(request)
         response = await self._send(
             request.method, route, params=route.params, headers=headers, content=content
@@ -1075,7 +1076,7 @@ class Gateway:
 
 async def _closing(response: httpx.Response) -> AsyncIterator[bytes]:
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.aiter_bytes():  # decoded: Content-Encoding is not passed on
             yield chunk
     finally:
         await response.aclose()

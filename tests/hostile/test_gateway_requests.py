@@ -530,6 +530,31 @@ def test_a_transaction_entry_that_reads_or_strips_is_refused(
     assert gw.forwarded == 0
 
 
+def test_a_conditional_create_cannot_smuggle_a_refused_parameter(gw: Harness) -> None:
+    answer = gw.call(
+        "POST",
+        b"/Observation",
+        headers={
+            "content-type": "application/fhir+json",
+            "if-none-exist": "code=x%26_has:Media:subject:_security=V",
+        },
+        body=b'{"resourceType": "Observation"}',
+    )
+    assert answer.status == 200
+    [sent] = gw.upstream
+    assert sent.headers["if-none-exist"] == "code=x%26_has%3AMedia%3Asubject%3A_security%3DV"
+    refused(
+        gw.call(
+            "POST",
+            b"/Observation",
+            headers={"content-type": "application/fhir+json", "if-none-exist": "_has:Media:x=1"},
+            body=b'{"resourceType": "Observation"}',
+        ),
+        403,
+    )
+    assert len(gw.upstream) == 1
+
+
 def test_the_callers_token_never_reaches_the_server(gw: Harness) -> None:
     answer = gw.call(
         "GET", b"/Patient", b"name=x", headers={"cookie": "a=b", "x-forwarded-for": "1.2.3.4"}

@@ -461,3 +461,18 @@ def test_the_bytes_of_a_hidden_image_cannot_be_written_over(gw, client, tmp_path
     assert (
         after["meta"]["security"] == before and after["meta"].get("versionId") == binary.version_id
     )
+
+
+def test_other_resources_are_written_through_unchanged(gw, client):
+    sent = {"resourceType": "Practitioner", "name": [{"family": "Gateway"}]}
+    answer = httpx.post(
+        f"{gw}/Practitioner",
+        json=sent,
+        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
+        timeout=60,
+    )
+    assert answer.status_code == 201, answer.text
+    assert "X-Fhir-Images-Labels" not in answer.headers
+    stored = client.read(f"Practitioner/{answer.json()['id']}")
+    assert stored["name"] == sent["name"] and not stored.get("meta", {}).get("security")
+    assert not answer.headers.get("location", "").startswith(client.base_url)
