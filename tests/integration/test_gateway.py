@@ -96,6 +96,11 @@ def get(gw: str, path: str, tok: str | None = None, **kw: Any) -> httpx.Response
     return httpx.get(gw + path, headers=headers, timeout=60, **kw)
 
 
+def post_json(url: str, body: dict[str, Any]) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"}
+    return httpx.post(url, json=body, headers=headers, timeout=60)
+
+
 def ids(bundle: dict[str, Any], rtype: str) -> set[str]:
     return {
         f"{rtype}/{e['resource']['id']}"
@@ -127,12 +132,7 @@ def test_an_unlabelled_image_written_through_the_gateway_is_labelled_on_arrival(
         media["content"] = {"contentType": "image/jpeg", "title": "photo"}
     else:
         media["content"] = [{"attachment": {"contentType": "image/jpeg", "title": "photo"}}]
-    answer = httpx.post(
-        f"{gw}/{image_type}",
-        json=media,
-        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
-        timeout=60,
-    )
+    answer = post_json(f"{gw}/{image_type}", media)
     assert answer.status_code == 201, answer.text
     assert "|V" in answer.headers["X-Fhir-Images-Labels"]
     ref = f"{image_type}/{answer.json()['id']}"
@@ -305,12 +305,7 @@ def test_a_transaction_is_labelled_with_the_record_it_brings(gw, client, image_t
             },
         ],
     }
-    answer = httpx.post(
-        gw,
-        json=bundle,
-        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
-        timeout=60,
-    )
+    answer = post_json(gw, bundle)
     assert answer.status_code == 200, answer.text
     locations = [e["response"]["location"] for e in answer.json()["entry"]]
     assert not any(x.startswith(client.base_url) for x in locations)  # never the server's
@@ -465,12 +460,7 @@ def test_the_bytes_of_a_hidden_image_cannot_be_written_over(gw, client, tmp_path
 
 def test_other_resources_are_written_through_unchanged(gw, client):
     sent = {"resourceType": "Practitioner", "name": [{"family": "Gateway"}]}
-    answer = httpx.post(
-        f"{gw}/Practitioner",
-        json=sent,
-        headers={"Authorization": f"Bearer {token()}", "Content-Type": "application/fhir+json"},
-        timeout=60,
-    )
+    answer = post_json(f"{gw}/Practitioner", sent)
     assert answer.status_code == 201, answer.text
     assert "X-Fhir-Images-Labels" not in answer.headers
     stored = client.read(f"Practitioner/{answer.json()['id']}")
