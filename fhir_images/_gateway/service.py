@@ -679,6 +679,14 @@ class Gateway:
                     )
         except FhirImagesError as exc:
             log.error("gateway: release not audited, so not made (%s)", type(exc).__name__)
+            known = await asyncio.to_thread(_exists, self.records, req.requester)
+            if known is False:  # the audit names the requester: a server may insist they exist
+                raise _Problem(
+                    403,
+                    "forbidden",
+                    "fhirUser: the requester the token names is not on the server, so a release "
+                    "to them cannot be audited: record them first",
+                ) from None
             raise _Problem(
                 503, "transient", "the release could not be audited, so nothing was released"
             ) from None
@@ -1150,6 +1158,14 @@ def _set_labels(
     meta["security"] = codings
     resource["meta"] = meta
     return codings
+
+
+def _exists(records: Repository, ref: str) -> bool | None:
+    """Whether the server has it; None when that cannot be told now."""
+    try:
+        return records.exists(ref)
+    except FhirImagesError:
+        return None
 
 
 def _security(resource: dict[str, Any]) -> list[dict[str, Any]]:

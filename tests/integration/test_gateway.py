@@ -466,3 +466,20 @@ def test_other_resources_are_written_through_unchanged(gw, client):
     stored = client.read(f"Practitioner/{answer.json()['id']}")
     assert stored["name"] == sent["name"] and not stored.get("meta", {}).get("security")
     assert not answer.headers.get("location", "").startswith(client.base_url)
+
+
+def test_a_requester_unknown_to_the_server_is_told_so(gw, client, tmp_path, people):
+    adult = adult_image(client, tmp_path, people, 78)
+    stranger = token(sub="Practitioner/nobody-here", fhirUser="Practitioner/nobody-here")
+    answer = get(gw, f"/{adult.media}", stranger)
+    if audit_refs_checked(client):
+        assert answer.status_code == 403 and "fhirUser" in answer.text
+    else:  # an audit file names anyone: released, audited
+        assert answer.status_code == 200
+
+
+def audit_refs_checked(client: FhirClient) -> bool:
+    """Whether audits go to the server itself (which checks the references in them)."""
+    from fhir_images.fhir.audit import ServerAudit, audit_trail
+
+    return isinstance(audit_trail(client), ServerAudit)
