@@ -77,6 +77,8 @@ class Harness:
     gateway: Gateway
     upstream: list[httpx.Request] = field(default_factory=list)
     lookups: responses.RequestsMock | None = None
+    #: what the server answers (the first), else an empty searchset
+    replies: list[dict[str, Any]] = field(default_factory=list)
 
     def call(
         self,
@@ -149,10 +151,12 @@ class Harness:
 
 def _harness(tmp_path: Path, verifier: TokenVerifier, **limits: Any) -> Iterator[Harness]:
     seen: list[httpx.Request] = []
+    replies: list[dict[str, Any]] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         seen.append(request)
-        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset"})
+        body = replies[0] if replies else {"resourceType": "Bundle", "type": "searchset"}
+        return httpx.Response(200, json=body)
 
     with responses.RequestsMock(assert_all_requests_are_fired=False) as rsps:
         rsps.get(f"{BASE}/metadata", json=CAPABILITIES)
@@ -165,7 +169,7 @@ def _harness(tmp_path: Path, verifier: TokenVerifier, **limits: Any) -> Iterator
             audit=FileAudit(tmp_path / "audit.jsonl"),
             limits=GatewayLimits(**limits),
         )
-        yield Harness(gateway, seen, rsps)
+        yield Harness(gateway, seen, rsps, replies)
 
 
 @pytest.fixture()
@@ -564,3 +568,74 @@ def test_the_callers_token_never_reaches_the_server(gw: Harness) -> None:
     assert sent.headers["authorization"] == "Bearer upstream-secret"
     assert "cookie" not in sent.headers and "x-forwarded-for" not in sent.headers
     assert sent.url.params.get("name") == "x"
+
+
+# ---------------------------------------------------------------------- patient/ scopes
+
+
+def patient_token(**claims: Any) -> str:
+    return token(scope="patient/*.rs", patient="p1", sub="Patient/p1", **claims)
+
+
+def test_a_patient_scope_sees_only_that_patients_resources(gw: Harness) -> None:
+    gw.replies.append({"resourceType": "Patient", "id": "p2"})
+    refused(gw.call("GET", b"/Patient/p2", tok=patient_token()), 403)
+    gw.replies[0] = {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": 2,
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o1",
+                    "subject": {"reference": "Patient/p1"},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Observation",
+                    "id": "o2",
+                    "subject": {"reference": "Patient/p2"},
+                }
+            },
+        ],
+    }
+    found = gw.call("GET", b"/Observation", b"code=x", tok=patient_token())
+    assert found.status == 200
+    body = found.json()
+    assert [e["resource"]["id"] for e in body["entry"]] == ["o1"] and "total" not in body
+
+
+def test_a_patient_scope_writes_only_for_that_patient(gw: Harness) -> None:
+    tok = token(scope="patient/*.cruds", patient="p1", sub="Patient/p1")
+    media = {"resourceType": "Media", "subject": {"reference": "Patient/p2"}}
+    answer = gw.call(
+        "POST",
+        b"/Media",
+        tok=tok,
+        headers={"content-type": "application/fhir+json"},
+        body=json.dumps(media).encode(),
+    )
+    refused(answer, 403)
+    assert gw.forwarded == 0
+
+
+def test_included_resources_of_a_type_no_scope_covers_are_left_out(gw: Harness) -> None:
+    gw.replies.append(
+        {
+            "resourceType": "Bundle",
+            "type": "searchset",
+            "entry": [
+                {"resource": {"resourceType": "Patient", "id": "p1"}},
+                {
+                    "resource": {"resourceType": "Observation", "id": "o1"},
+                    "search": {"mode": "include"},
+                },
+            ],
+        }
+    )
+    found = gw.call(
+        "GET", b"/Patient", b"_revinclude=Observation:subject", tok=token(scope="user/Patient.rs")
+    )
+    assert [e["resource"]["resourceType"] for e in found.json()["entry"]] == ["Patient"]
