@@ -284,7 +284,28 @@ class Gateway:
             return await self._transaction(request, caller)
         if route.resource_type in self._screen.hidden or route.resource_type == "Consent":
             return await self._write_hidden(request, caller, route)
+        if route.resource_type and caller.patient_only(route.resource_type, str(route.permission)):
+            return await self._patient_write(request, caller, route)
         return await self._pass_write(request, route)
+
+    async def _patient_write(self, request: Request, caller: Caller, route: Route) -> Response:
+        """A write under ``patient/`` scopes only: of that patient's resources, checked (so the
+        body is read, bounded, rather than streamed)."""
+        rtype = str(route.resource_type)
+        if request.method == "DELETE":
+            try:
+                current = await asyncio.to_thread(self.client.read, f"{rtype}/{route.id}")
+            except ResourceNotFound:
+                current = {}
+            if not _of_patient(current, caller.patient):
+                raise _Problem(
+                    403, "forbidden", "patient/ scopes allow writes of that patient only"
+                )
+            return await self._pass_write(request, route)
+        resource = await self._json_body(request)
+        if not _of_patient(resource, caller.patient):
+            raise _Problem(403, "forbidden", "patient/ scopes allow writes of that patient only")
+        return await self._pass_write(request, route, json.dumps(resource).encode())
 
     def _check_accept(self, request: Request, route: Route) -> None:
         accept = request.headers.get("accept", "*/*").lower()
@@ -773,8 +794,10 @@ class Gateway:
 
     # ------------------------------------------------------------------- writes
 
-    async def _pass_write(self, request: Request, route: Route) -> Response:
-        """Another resource type: forwarded as it came (streamed, bounded)."""
+    async def _pass_write(
+        self, request: Request, route: Route, body: bytes | None = None
+    ) -> Response:
+        """Another resource type: forwarded as it came (streamed, bounded), or ``body``."""
         headers = {k: v for k, v in request.headers.items() if k in _FORWARD_REQUEST}
         ctype = request.headers.get("content-type")
         if ctype:
@@ -788,7 +811,9 @@ class Gateway:
                 images_possible=False,
             )
             headers["If-None-Exist"] = urlencode(clean)  # re-encoded: no '&' smuggled in
-        content = None if request.method == "DELETE" else self._bounded(request)
+        content: bytes | AsyncIterator[bytes] | None = body
+        if body is None and request.method != "DELETE":
+            content = self._bounded(request)
         response = await self._send(
             request.method, route, params=route.params, headers=headers, content=content
         )
@@ -1016,6 +1041,10 @@ class Gateway:
                     images_possible=False,
                 )
             resource = entry.get("resource")
+            if method == "DELETE" and caller.patient_only(rtype, "d"):
+                raise _Problem(
+                    403, "forbidden", "patient/ scopes: delete one resource at a time, not here"
+                )
             if method in ("POST", "PUT"):
                 if not isinstance(resource, dict) or resource.get("resourceType") != rtype:
                     raise _Problem(

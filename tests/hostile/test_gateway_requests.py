@@ -96,6 +96,11 @@ class Harness:
             hdrs.setdefault("authorization", f"Bearer {token() if tok == 'default' else tok}")
         return asyncio.run(self._call(method, raw_path, query, hdrs, chunks or [body]))
 
+    def send_json(self, method: str, path: bytes, body: Any, tok: str) -> Answer:
+        data = json.dumps(body).encode() if body is not None else b""
+        headers = {"content-type": "application/fhir+json"}
+        return self.call(method, path, tok=tok, headers=headers, body=data)
+
     async def _call(
         self, method: str, raw_path: bytes, query: bytes, headers: dict[str, str], body: list[bytes]
     ) -> Answer:
@@ -610,15 +615,38 @@ def test_a_patient_scope_sees_only_that_patients_resources(gw: Harness) -> None:
 def test_a_patient_scope_writes_only_for_that_patient(gw: Harness) -> None:
     tok = token(scope="patient/*.cruds", patient="p1", sub="Patient/p1")
     media = {"resourceType": "Media", "subject": {"reference": "Patient/p2"}}
-    answer = gw.call(
-        "POST",
-        b"/Media",
-        tok=tok,
-        headers={"content-type": "application/fhir+json"},
-        body=json.dumps(media).encode(),
-    )
+    answer = gw.send_json("POST", b"/Media", media, tok)
     refused(answer, 403)
     assert gw.forwarded == 0
+
+
+@pytest.mark.parametrize(
+    "method,path,body",
+    [
+        (
+            "POST",
+            b"/Observation",
+            {"resourceType": "Observation", "subject": {"reference": "Patient/p2"}},
+        ),
+        ("PUT", b"/Observation/o2", {"resourceType": "Observation", "id": "o2"}),
+        ("DELETE", b"/Observation/o2", None),
+    ],
+)
+def test_a_patient_scope_cannot_write_another_patients_resources(
+    gw: Harness, method: str, path: bytes, body: dict[str, Any] | None
+) -> None:
+    tok = token(scope="patient/*.cruds", patient="p1", sub="Patient/p1")
+    assert gw.lookups is not None
+    gw.lookups.get(
+        f"{BASE}/Observation/o2",
+        json={"resourceType": "Observation", "id": "o2", "subject": {"reference": "Patient/p2"}},
+    )
+    answer = gw.send_json(method, path, body, tok)
+    refused(answer, 403)
+    assert not gw.upstream
+    mine = {"resourceType": "Observation", "subject": {"reference": "Patient/p1"}}
+    ok = gw.send_json("POST", b"/Observation", mine, tok)
+    assert ok.status == 200 and len(gw.upstream) == 1
 
 
 def test_included_resources_of_a_type_no_scope_covers_are_left_out(gw: Harness) -> None:
