@@ -304,9 +304,10 @@ def screen(
         raise Refused(403, "forbidden", "system-wide interactions are not offered")
     rtype = _type(segments[0], screen)
     hidden = rtype in screen.hidden or rtype == "Consent"
+    names_images = rtype == "Consent"  # a Consent names images: decided with them
     if n == 1:
         if method == "GET":
-            clean, involves = screen_params(rtype, params, screen, images_possible=False)
+            clean, involves = screen_params(rtype, params, screen, images_possible=names_images)
             return Route("search", rtype, params=clean, involves_images=involves, permission="s")
         if method == "POST":
             if params:
@@ -326,7 +327,7 @@ def screen(
     if n == 2 and segments[1] == "_search" and method == "POST":
         return Route("search-post", rtype, permission="s")
     if n == 2 and segments[1] == "_history" and method == "GET":
-        clean, involves = screen_params(rtype, params, screen, images_possible=False)
+        clean, involves = screen_params(rtype, params, screen, images_possible=names_images)
         return Route("history-type", rtype, params=clean, involves_images=involves, permission="s")
     rid = _id(segments[1])
     if n == 2:
@@ -334,7 +335,8 @@ def screen(
             _check_format(params)
             if any(k not in _DROPPED for k, _ in params):
                 raise Refused(400, "invalid", "a read takes no parameters but _format")
-            return Route("read", rtype, rid, involves_images=rtype in screen.hidden, permission="r")
+            involves = rtype in screen.hidden or names_images
+            return Route("read", rtype, rid, involves_images=involves, permission="r")
         if method == "PUT":
             if params:
                 raise Refused(400, "invalid", "an update takes no parameters")
@@ -353,7 +355,7 @@ def screen(
     if method != "GET":
         raise Refused(405, "not-supported", f"{method} is not offered on this path")
     if n == 3 and segments[2] == "_history":
-        clean, involves = screen_params(rtype, params, screen, images_possible=False)
+        clean, involves = screen_params(rtype, params, screen, images_possible=names_images)
         return Route(
             "history-instance", rtype, rid, params=clean, involves_images=involves, permission="s"
         )
@@ -364,7 +366,7 @@ def screen(
             rtype,
             rid,
             version=_id(segments[3]),
-            involves_images=rtype in screen.hidden,
+            involves_images=rtype in screen.hidden or names_images,
             permission="r",
         )
     if n == 3 and _OP.match(segments[2]):

@@ -465,7 +465,14 @@ class Gateway:
                 raise _withheld()
             return self._json(body, status, headers)
         if not isinstance(body, dict) or body.get("resourceType") != "Bundle" or status >= 400:
-            if single and isinstance(body, dict) and not self._in_scope(caller, body):
+            if (
+                single
+                and isinstance(body, dict)
+                and status < 400
+                and not (
+                    self._in_scope(caller, body) and await self._names_only_shown(caller, [body])
+                )
+            ):
                 raise _withheld()
             return self._json(body, status, headers)
         await self._filter_bundle(caller, body, history=route.interaction.startswith("history"))
@@ -509,11 +516,19 @@ class Gateway:
             kept.append(entry)
         released = await self._decide(caller, to_decide, history=history) if to_decide else []
         keep_ids = {id(r) for r, _ in released}
+        consents = [
+            e["resource"]
+            for e in kept
+            if isinstance(e.get("resource"), dict)
+            and e["resource"].get("resourceType") == "Consent"
+        ]
+        shown = await asyncio.gather(*(self._names_only_shown(caller, [x]) for x in consents))
+        keep_ids |= {id(x) for x, ok in zip(consents, shown, strict=True) if ok}
         bundle["entry"] = [
             e
             for e in kept
             if not isinstance(e.get("resource"), dict)
-            or e["resource"].get("resourceType") not in hidden
+            or e["resource"].get("resourceType") not in (*hidden, "Consent")
             or id(e["resource"]) in keep_ids
         ]
         if not bundle["entry"]:
@@ -630,6 +645,36 @@ class Gateway:
                     if view.ref in wanted:
                         found[view.ref] = view
         return found
+
+    async def _names_only_shown(self, caller: Caller, resources: list[dict[str, Any]]) -> bool:
+        """Whether every image these resources (Consents) name would be released to the caller:
+        a Consent shows that its images exist and what was agreed about them. Decided as a
+        read of each image would be, but nothing is released (so nothing audited)."""
+        if not resources or resources[0].get("resourceType") != "Consent":
+            return True
+        version = self.client.version
+        named = sorted({ref for r in resources for ref in version.consent(r).images})
+        if not named:
+            return True
+        req = self._disclosure_request(caller)
+        if req is None:
+            return False
+        try:
+            images = [await asyncio.to_thread(self.records.image, ref) for ref in named]
+        except ResourceNotFound:
+            return False
+        records = await self._records([i.raw for i in images], False)
+        now = datetime.now(UTC)
+        for record in records:
+            if record is None or (
+                caller.patient_only(version.image_type, "r")
+                and record.image.subject != caller.patient
+            ):
+                return False
+            _, decision = await self._decide_one(record, req, now)
+            if decision.verdict is not Verdict.RELEASE:
+                return False
+        return True
 
     async def _decide(
         self, caller: Caller, resources: list[dict[str, Any]], *, history: bool = False

@@ -205,6 +205,15 @@ def test_a_v_child_image_is_hidden_at_clearance_n_everywhere(
     assert get(gw, "/Consent", params={f"data:{image_type}._security": "V"}).status_code == 403
     assert get(gw, f"/{image_type}", params={"_summary": "count"}).status_code == 403
 
+    # its Consent shows that it exists, and what was agreed: hidden with it
+    consents = get(gw, "/Consent", params={"data": child.media})
+    assert consents.status_code == 200, consents.text
+    assert not consents.json().get("entry") and "total" not in consents.json()
+    shown = get(gw, "/Consent", params={"data": adult.media})
+    assert len(shown.json().get("entry", [])) == 1
+    [consent] = read_record(client, child.media).consents
+    assert get(gw, f"/{consent.ref}").status_code == 403
+
     # nothing was released, so nothing audited
     assert len(audits_for(client, child.media)) == before
 
