@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -36,6 +36,7 @@ from ._result import Result
 from .fhir import FhirClient, ImageView, Repository, label_image
 from .fhir.audit import AuditTrail, audit_trail
 from .fhir.common import created, is_reference, iso
+from .fhir.views import BinaryView, ConsentView
 from .policy import (
     DisclosureDecision,
     DisclosureRequest,
@@ -85,13 +86,21 @@ def _private_dir(out_dir: Path) -> None:
 # -------------------------------------------------------------------------------- reading
 
 
-def _record(records: Repository, image: ImageView) -> ImageRecord:
-    consents, consent_error = records.try_consents_for_image(image.ref)
+def _record(
+    records: Repository,
+    image: ImageView,
+    consents_found: tuple[list[ConsentView], str | None] | None = None,
+    binaries_found: Mapping[str, BinaryView] | None = None,
+) -> ImageRecord:
+    """One image as the disclosure rules see it; ``consents_found`` when its Consents (or the
+    error that stopped reading them) are already known, ``binaries_found`` Binaries already
+    read (by reference; one not there is read now)."""
+    consents, consent_error = consents_found or records.try_consents_for_image(image.ref)
     binary, binary_error = None, None
     binary_ref = records.binary_of(image)
     if binary_ref is not None:
         try:
-            binary = records.binary(binary_ref)
+            binary = (binaries_found or {}).get(binary_ref) or records.binary(binary_ref)
         except ResourceNotFound:
             binary_error = "the Binary is not on the server"
         except ServerError as exc:
@@ -152,12 +161,18 @@ def disclosure_audit(
     client: FhirClient | None = None,
     now: datetime | None = None,
     approver: str | None = None,
+    validate: bool = True,
 ) -> dict[str, Any]:
-    """The AuditEvent of one released image (IHE BALP privacy disclosure at the source)."""
+    """The AuditEvent of one released image (IHE BALP privacy disclosure at the source),
+    checked against the FHIR models unless ``validate`` is False (for the many events of one
+    release whose first was checked: the same builder, other images)."""
     from .fhir.r4 import R4
 
     version = client.version if client is not None else R4
-    return version.disclosure_audit(
+    build = version.disclosure_audit
+    if not validate:
+        build = getattr(build, "__wrapped__", build)
+    return build(
         record.image,
         releasable_labels(record) if record.binary is not None else record.image.labels,
         record.confidentiality,

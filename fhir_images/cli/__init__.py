@@ -82,6 +82,7 @@ from . import (  # noqa: E402
     check,
     consent,
     disclose,
+    gateway,
     hook,
     ingest,
     outbox,
@@ -91,7 +92,19 @@ from . import (  # noqa: E402
     server,
 )
 
-for module in (ingest, request, outbox, server, disclose, consent, records, hook, check, profiles):
+for module in (
+    ingest,
+    request,
+    outbox,
+    server,
+    disclose,
+    consent,
+    records,
+    hook,
+    gateway,
+    check,
+    profiles,
+):
     module.register(main)
 
 __all__ = ["main"]

@@ -62,6 +62,21 @@ class Repository:
         rtype, params = self.version.consents_of_image(image)
         return [self.version.consent(r) for r in self.client.search(rtype, params)]
 
+    def consents_for_images(self, images: list[str]) -> dict[str, list[ConsentView]]:
+        """The Consents of each of several images, found by one search (the query of
+        :meth:`consents_for_image`, its values OR-ed), each matched to the images it names."""
+        found: dict[str, list[ConsentView]] = {ref: [] for ref in images}
+        if not images:
+            return found
+        rtype, params = self.version.consents_of_image(",".join(images))
+        for raw in self.client.search(rtype, params):
+            consent = self.version.consent(raw)
+            for named in consent.images:
+                ref = "/".join(named.removeprefix(self.client.base_url).split("/")[:2])
+                if ref in found and consent not in found[ref]:
+                    found[ref].append(consent)
+        return found
+
     def consent(self, ref: str) -> ConsentView:
         return self.version.consent(self.client.read(ref))
 

@@ -56,6 +56,11 @@ def client(connect: Callable[..., FhirClient]) -> FhirClient:
 @pytest.fixture()
 def people(client: FhirClient) -> dict[str, str]:
     """A fresh adult, a fresh young child with a mother, and a GP."""
+    return make_people(client)
+
+
+def make_people(client: FhirClient) -> dict[str, str]:
+    """A fresh adult, a fresh young child with a mother, and a GP (on the server)."""
     tag = uuid.uuid4().hex[:10]
     adult, child, mum = f"a-{tag}", f"c-{tag}", f"m-{tag}"
     client.transaction(
