@@ -295,7 +295,13 @@ def profile_push(base: str, files: list[Path], workers: int) -> dict[str, object
 
 
 def one_round(
-    base: str, files: list[Path], workers: int, order: list[str], raw: bool, naive_ok: bool
+    base: str,
+    files: list[Path],
+    workers: int,
+    order: list[str],
+    raw: bool,
+    naive_ok: bool,
+    verify: str = "full",
 ) -> dict[str, float]:
     """Time floor, naive and push once each, in ``order``, on a new patient."""
     pid = f"bench-{time.time_ns()}"
@@ -314,7 +320,7 @@ def one_round(
                 times[name] = concurrently(lambda f: naive(base, patient, f), files, workers)
             elif name == "ours":
                 started = time.perf_counter()
-                results = push(client, outbox, workers=workers)
+                results = push(client, outbox, workers=workers, verify=verify)  # type: ignore[arg-type]
                 times[name] = time.perf_counter() - started
                 failed = [r for r in results if not r.delivered]
                 if failed:
@@ -332,6 +338,9 @@ def main() -> None:
     ap.add_argument("--video-mb", type=int, default=0, help="Also a video's peak memory.")
     ap.add_argument(
         "--profile", action="store_true", help="Only profile one push by kind of request."
+    )
+    ap.add_argument(
+        "--verify", choices=["full", "links"], default="full", help="push's verification mode."
     )
     args = ap.parse_args()
     if not args.server:
@@ -362,7 +371,7 @@ def main() -> None:
         rounds = []
         for i in range(args.rounds):
             order = ["floor", "naive", "ours"] if i % 2 == 0 else ["ours", "naive", "floor"]
-            t = one_round(base, files, args.workers, order, raw, naive_ok)
+            t = one_round(base, files, args.workers, order, raw, naive_ok, args.verify)
             line = {
                 "bench": "push-round",
                 "round": i + 1,
@@ -370,6 +379,7 @@ def main() -> None:
                 "photos": args.count,
                 "bytes": total,
                 "workers": args.workers,
+                "verify": args.verify,
                 "fhir_version": report.fhir_version,
                 **{f"{k}_s": round(v, 2) for k, v in t.items()},
                 "ours_vs_floor": round(t["ours"] / t["floor"], 3),
@@ -403,6 +413,7 @@ def main() -> None:
         "photos": args.count,
         "bytes": total,
         "workers": args.workers,
+        "verify": args.verify,
         "rounds": args.rounds,
         "ours_vs_floor": summary("ours_vs_floor"),
         "naive_vs_ours": summary("naive_vs_ours"),
