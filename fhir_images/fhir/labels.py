@@ -16,12 +16,22 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from .._codes import V3_CONFIDENTIALITY, Confidentiality
+from .._codes import V3_CONFIDENTIALITY, V3_OBSERVATION_VALUE, Confidentiality
 from .._exceptions import LabelError, LabelVerificationFailed
 from . import ds4p
 from .client import FhirClient
 
 Coding = tuple[str, str]
+
+#: The provenance (integrity) codes, by how far the assertion of the image's origin is trusted:
+#: a clinician or device, the patient, a substitute decision maker, an acquaintance
+_TRUST: dict[Coding, int] = {
+    (V3_OBSERVATION_VALUE, "CLINAST"): 4,
+    (V3_OBSERVATION_VALUE, "DEVAST"): 4,
+    (V3_OBSERVATION_VALUE, "PATAST"): 3,
+    (V3_OBSERVATION_VALUE, "SDMAST"): 2,
+    (V3_OBSERVATION_VALUE, "PACQAST"): 1,
+}
 
 
 def _key(coding: dict[str, Any]) -> Coding:
@@ -64,8 +74,9 @@ def plan_label_change(
 
     ``desired`` labels are added. A desired confidentiality code replaces the
     current one only if it is higher (or ``allow_lower``); a lower one is an
-    error, unless ``keep_higher``, which keeps the current code instead. Other
-    current labels stay unless named in ``remove``.
+    error, unless ``keep_higher``, which keeps the current code instead. Of two
+    provenance (integrity) codes the less trusted is kept. Other current labels stay unless
+    named in ``remove``.
     """
     cur = {_key(c) for c in current}
     want = {_key(c) for c in desired}
@@ -96,6 +107,14 @@ def plan_label_change(
         # a server left two confidentiality codes: keep only the highest
         top = max(cur_conf, key=_conf_rank)
         delete |= cur_conf - {top}
+    # exactly one provenance (integrity) code too (DS4P; the profiles require it): where two
+    # accounts of who asserted the image meet (a hook that cannot see who made it, a second
+    # submission of the same bytes), the less trusted one is kept, which asks more caution
+    integrity = {k for k in cur | want if k in _TRUST} - drop
+    if len(integrity) > 1:
+        keep = min(integrity, key=_TRUST.__getitem__)
+        add -= integrity - {keep}
+        delete |= (cur & integrity) - {keep}
     after = (cur | add) - delete
     if cur_conf and not any(k[0] == V3_CONFIDENTIALITY for k in after):
         raise LabelError("refusing to remove the last confidentiality label")

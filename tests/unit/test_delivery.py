@@ -460,3 +460,24 @@ def test_delta_can_keep_a_higher_code_instead_of_refusing():
         [V, PHY], [N, {"system": c.V3_ACT_CODE, "code": "NOPAT"}], keep_higher=True
     )
     assert delta.add == {(c.V3_ACT_CODE, "NOPAT")} and not delta.delete
+
+
+def _ov(code: str) -> dict[str, str]:
+    return {"system": c.V3_OBSERVATION_VALUE, "code": code}
+
+
+def test_two_accounts_of_an_images_origin_leave_the_less_trusted_one() -> None:
+    """Exactly one provenance (integrity) code: a hook that cannot see who made an image
+    (PACQAST) meeting one pushed as a parent's with parental responsibility (SDMAST) leaves
+    PACQAST, whichever came first; codes not in play are untouched."""
+    conf = {"system": c.V3_CONFIDENTIALITY, "code": "V"}
+    delta = plan_label_change([conf, _ov("SDMAST")], [conf, _ov("PACQAST")])
+    assert delta.add == {(c.V3_OBSERVATION_VALUE, "PACQAST")}
+    assert delta.delete == {(c.V3_OBSERVATION_VALUE, "SDMAST")}
+    delta = plan_label_change([conf, _ov("PACQAST")], [conf, _ov("SDMAST")])
+    assert delta.empty
+    delta = plan_label_change([conf, _ov("CLINAST")], [conf, _ov("CLINAST"), _ov("PATAST")])
+    assert delta.result({(s["system"], s["code"]) for s in [conf, _ov("CLINAST")]}) == {
+        (c.V3_CONFIDENTIALITY, "V"),
+        (c.V3_OBSERVATION_VALUE, "PATAST"),
+    }
