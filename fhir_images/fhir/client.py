@@ -136,7 +136,12 @@ def error_for(response: requests.Response, *, idempotent: bool, base: str = "") 
     cls = _STATUS_ERRORS.get(response.status_code, ServerError)
     # 429 and 503 say the request was not processed; after a 502/504 it may have been
     retry_safe = idempotent if response.status_code in (502, 504) else None
-    message = f"{response.request.method} {_path(response.url, base)}: HTTP {response.status_code}"
+    path = _path(response.url, base)
+    if response.status_code == 409 and idempotent and response.request.method == "POST":
+        # a transaction of conditional creates and fixed-id PUTs that met a concurrent write of
+        # the same records (HAPI answers 409): a repeat matches what the other wrote
+        retry_safe = True if path == "/" else retry_safe
+    message = f"{response.request.method} {path}: HTTP {response.status_code}"
     if codes:
         message += f" ({', '.join(codes)})"
     if response.status_code == 413:

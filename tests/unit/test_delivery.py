@@ -134,7 +134,8 @@ def mock_read_back(
         ({"status": 401, "json": outcome("no token")}, "AuthenticationFailed", 0),
         ({"status": 403, "json": outcome("forbidden")}, "AuthenticationFailed", 0),
         ({"status": 404, "json": outcome("not found")}, "ResourceNotFound", 1),
-        ({"status": 409, "json": outcome("conflict")}, "VersionConflict", 1),
+        # a conflict with a concurrent write of the same records: safe to repeat
+        ({"status": 409, "json": outcome("conflict")}, "VersionConflict", 0),
         ({"status": 412, "json": outcome("precondition")}, "VersionConflict", 1),
         ({"status": 429, "headers": {"Retry-After": "0"}}, "RateLimited", 0),
         ({"status": 503}, "ServerUnavailable", 0),
