@@ -672,6 +672,24 @@ class FhirClient:
         data["resourceType"] = "Binary"
         return data
 
+    def binary_whole(
+        self, ref: str, on_bytes: Callable[[bytes], None]
+    ) -> tuple[dict[str, Any], bool]:
+        """A Binary read once as FHIR JSON, streamed: its elements but ``data`` (labels,
+        securityContext), and whether the server sent its bytes inline, each decoded piece
+        handed to ``on_bytes`` as it comes (memory stays bounded). A server may leave the
+        bytes out of a JSON read (HAPI does above its inflation limit): False then, and the
+        bytes are to be read by :meth:`iter_binary`. On any exception, what ``on_bytes`` got
+        is not valid content."""
+        response = self.request("GET", ref, headers={"Accept": FHIR_JSON}, stream=True)
+        with response:
+            reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
+            for piece in reader:
+                on_bytes(piece)
+            data = dict(reader.fields)
+        data["resourceType"] = "Binary"
+        return data, reader.has_data
+
     def iter_binary(self, ref: str, content_type: str) -> Iterator[bytes]:
         """A Binary's raw bytes, streamed in chunks."""
         op = self.profile.binary_read.operation

@@ -133,6 +133,8 @@ class BinaryJson:
         self.max_total_field_bytes = max_total_field_bytes
         self.require_data = require_data
         self.fields: dict[str, Any] = {}
+        #: once iteration has ended: whether the Binary had a ``data`` member
+        self.has_data = False
         self._chunks = iter(chunks)
         self._started = False
         self._buf = b""  # the chunk being read
@@ -338,7 +340,8 @@ class BinaryJson:
             _fail("trailing data after the JSON object")
         if "resourceType" not in self.fields:
             _fail("no resourceType member")
-        if "data" not in seen and self.require_data:
+        self.has_data = "data" in seen
+        if not self.has_data and self.require_data:
             _fail("no data member")
 
     # -- data ---------------------------------------------------------------------------------

@@ -197,7 +197,10 @@ def profile_from_report(report: ServerReport, name: str | None = None) -> Server
         name or f"probed:{report.software or 'unknown'}",
         labels=labels,
         binary_write=BinaryWrite(_BINARY_OPERATION_WRITE if ops else None),
-        binary_read=BinaryRead(_BINARY_OPERATION_READ if ops else None),
+        binary_read=BinaryRead(
+            _BINARY_OPERATION_READ if ops else None,
+            json_only=not ops and report.binary_raw_read is False and bool(report.binary_json_read),
+        ),
         subscriptions=subscriptions,
         extra_headers={"Cache-Control": "no-cache"},
         audit_on_server=bool(report.audit_event_create),

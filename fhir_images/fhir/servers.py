@@ -164,9 +164,12 @@ class BinaryWrite:
 @dataclass(frozen=True)
 class BinaryRead:
     """How the bytes come back: ``operation`` (HAPI answers a plain read of a large,
-    externalised Binary with JSON, not bytes), else a plain read."""
+    externalised Binary with JSON, not bytes), else a plain read. ``json_only``: the server
+    answers a read of a Binary only as FHIR JSON with its bytes in base64 (HFS), so one read
+    gives the labels, the securityContext and the bytes together."""
 
     operation: str | None = None
+    json_only: bool = False
 
 
 @dataclass(frozen=True)
@@ -197,6 +200,7 @@ PROFILES: dict[str, ServerProfile] = {
     "hfs": ServerProfile(
         "hfs",
         labels=JsonPatchLabels(),
+        binary_read=BinaryRead(json_only=True),
         subscriptions=TopicBased(),
         audit_on_server=False,
         search_total={"_total": "accurate"},

@@ -16,6 +16,7 @@ from fhir_images import _codes as c
 from fhir_images._exceptions import LabelError
 from fhir_images.fhir import ds4p
 from fhir_images.fhir.labels import plan_label_change
+from fhir_images.fhir.servers import BinaryRead, ServerProfile
 
 from ..factories import make_consent, make_context
 from .test_transport import capability, outcome
@@ -79,8 +80,17 @@ LOCATIONS = (
 
 
 def mock_read_back(
-    entry, *, media_labels=None, binary_labels=None, bytes_=None, context="Media/m1"
+    entry,
+    *,
+    media_labels=None,
+    binary_labels=None,
+    bytes_=None,
+    context="Media/m1",
+    inline=True,
 ):
+    """The server's answers to push's read-back; ``inline``: a read of the Binary as FHIR
+    JSON carries its bytes (else, as HAPI does above its inflation limit, it leaves them out
+    and they come from a raw read)."""
     labels = labels_of(entry)
     media = {
         "resourceType": "Media",
@@ -115,11 +125,13 @@ def mock_read_back(
         f"{BASE}/Consent",
         json={"resourceType": "Bundle", "entry": []},
     )
-    responses.get(
+    content = entry.content_path.read_bytes() if bytes_ is None else bytes_
+    responses.get(  # a read as FHIR JSON: everything, the bytes as base64
         f"{BASE}/Binary/b1",
-        body=entry.content_path.read_bytes() if bytes_ is None else bytes_,
-        content_type="image/jpeg",
+        json={**binary, "data": base64.b64encode(content).decode()} if inline else binary,
+        match=[responses.matchers.header_matcher({"Accept": "application/fhir+json"})],
     )
+    responses.get(f"{BASE}/Binary/b1", body=content, content_type="image/jpeg")
 
 
 @responses.activate
@@ -366,14 +378,73 @@ def test_a_binary_that_names_another_media_fails_verification(client, outbox, en
     assert outbox.get(entry.id).state == "ready"
 
 
+#: a server that answers a Binary read only as FHIR JSON (the bytes in base64), as HFS does
+JSON_ONLY = ServerProfile("json-only", binary_read=BinaryRead(json_only=True))
+
+READ_BACKS = {
+    # server profile, whether its JSON read carries the bytes, the Binary reads expected
+    "json-only": (JSON_ONLY, True, {"json": 1, "meta": 0, "raw": 0}),
+    "json-only-bytes-left-out": (JSON_ONLY, False, {"json": 1, "meta": 0, "raw": 1}),
+    "raw-read": ("generic", True, {"json": 0, "meta": 1, "raw": 1}),
+}
+
+
+def binary_reads():
+    kinds = {"json": 0, "meta": 0, "raw": 0}
+    for call in responses.calls:
+        request = call.request
+        if request.method != "GET" or "/Binary/b1" not in request.url:
+            continue
+        if "_elements" in request.url:
+            kinds["meta"] += 1
+        elif request.headers.get("Accept") == "application/fhir+json":
+            kinds["json"] += 1
+        else:
+            kinds["raw"] += 1
+    return kinds
+
+
 @responses.activate
-def test_bytes_that_do_not_match_the_hash_fail_verification(client, outbox, entry):
+@pytest.mark.parametrize("server", sorted(READ_BACKS))
+def test_bytes_that_do_not_match_the_hash_fail_verification(monkeypatch, outbox, entry, server):
+    profile, inline, _ = READ_BACKS[server]
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    client = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile=profile)
+    mock_before_transaction()
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    mock_read_back(entry, bytes_=b"something else", inline=inline)
+    [result] = push(client, outbox, verify="full")
+    assert not result.delivered and "do not match" in result.error
+    assert outbox.get(entry.id).state == "ready"
+
+
+@responses.activate
+@pytest.mark.parametrize("server", sorted(READ_BACKS))
+def test_full_verification_reads_every_byte_once(monkeypatch, outbox, entry, server):
+    """Where the server answers only JSON, one read checks labels, securityContext and bytes
+    (the bytes read raw when it leaves them out); elsewhere a read of the labels and a raw read
+    of the bytes, cheaper than the bytes as base64."""
+    profile, inline, expected = READ_BACKS[server]
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    client = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile=profile)
+    mock_before_transaction()
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    mock_read_back(entry, inline=inline)
+    [result] = push(client, outbox, verify="full")
+    assert result.delivered, result.error
+    assert binary_reads() == expected
+    [receipt] = outbox.receipts()
+    assert receipt["verification"] == "full"
+
+
+@responses.activate
+def test_links_verification_reads_no_byte(client, outbox, entry):
     mock_before_transaction()
     responses.post(BASE + "/", json=answer(*LOCATIONS))
     mock_read_back(entry, bytes_=b"something else")
-    [result] = push(client, outbox)
-    assert not result.delivered and "do not match" in result.error
-    assert outbox.get(entry.id).state == "ready"
+    [result] = push(client, outbox)  # the default
+    assert result.delivered, result.error  # the bytes are not read, so not compared
+    assert binary_reads() == {"json": 0, "meta": 1, "raw": 0}
 
 
 # ------------------------------------------------------------------------- label deltas

@@ -57,6 +57,13 @@ def test_strategies_follow_what_the_server_did():
     assert isinstance(meta.labels, MetaOperations) and meta.labels.replace_header
     assert meta.binary_write.operation and meta.binary_read.operation
     assert isinstance(meta.subscriptions, RestHook) and meta.audit_on_server
+    assert not meta.binary_read.json_only
+    # a Binary read only as JSON (as HFS answers): labels and bytes checked in one read
+    json_only = profile_from_report(replace(SAFE, binary_raw_read=False, binary_json_read=True))
+    assert json_only.binary_read.json_only
+    for unsure in (None, True):  # raw reads work, or it is not known: not assumed
+        raw = profile_from_report(replace(SAFE, binary_raw_read=unsure, binary_json_read=True))
+        assert not raw.binary_read.json_only
     put = profile_from_report(replace(SAFE, json_patch_labels=False, subscriptions=()))
     assert isinstance(put.labels, ReplaceByUpdate)
     assert isinstance(put.subscriptions, NoSubscriptions)
