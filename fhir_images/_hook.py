@@ -22,6 +22,12 @@ work in the background, from a bounded queue:
   missing, and then opens a Task for a clinician (closed again once the record
   is complete).
 
+Notifications queued together (up to ``batch``) are handled together: their images, Patients,
+Consents and Tasks are read in one search a kind (a search that fails is read one by one), then
+each image is labelled, retried and reported on its own. An image whose version and labels are
+exactly as the hook left them is not assessed again: the notification is the echo of its own
+labelling.
+
 Callers authenticate with a shared secret header set in the Subscription.
 Requests without it get 401. A full queue answers 503 with Retry-After, so the
 server retries later. Notifications for the same resource are coalesced while
@@ -31,11 +37,13 @@ queued. Logs carry resource ids, never patient identifiers or content.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import json
 import logging
+import threading
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +58,7 @@ from ._inputs import reference_parts
 from .fhir import FhirClient, ImageView, Labels, Repository, apply_labels, label_image
 from .fhir.subscriptions import HOOK_SECRET_HEADER, hook_path_token
 from .fhir.subscriptions import install_subscriptions as subscribe
+from .fhir.views import ConsentView, PatientView, TaskView
 from .policy import Assessment, Policy, get_policy
 
 log = logging.getLogger("fhir_images.hook")
@@ -58,39 +67,127 @@ SECRET_HEADER = HOOK_SECRET_HEADER
 _DRAIN_CHUNK = 1 << 16
 
 
+@dataclass
+class Known:
+    """What was read for a batch of notifications, one search a kind: the images, their
+    Patients (None: none on the server), the Consents naming each image and the hook's Tasks
+    by identifier. What is not here is read one by one."""
+
+    images: dict[str, ImageView] = field(default_factory=dict)
+    patients: dict[str, PatientView | None] = field(default_factory=dict)
+    consents: dict[str, list[ConsentView]] = field(default_factory=dict)
+    tasks: dict[str, list[TaskView]] = field(default_factory=dict)
+
+
+def _task_identifier(image_ref: str) -> str:
+    return f"{SID_HOOK_TASK}|{image_ref}"
+
+
 class Labeller:
     """Reads an image with what it needs, labels it as the policy pack says, and reports what is
     missing."""
+
+    #: how many images' state as last left is remembered (to know a notification of one's own
+    #: labelling when it comes back)
+    REMEMBERED = 10_000
 
     def __init__(self, client: FhirClient, policy: str | Policy = "default") -> None:
         self.client = client
         self.records = Repository(client)
         self.policy = get_policy(policy)
         self.unlabelled_binaries = 0
+        self.echoes = 0
+        self._left: OrderedDict[str, tuple[str | None, Labels]] = OrderedDict()
+        self._left_lock = threading.Lock()
 
-    def process(self, resource_type: str, resource_id: str) -> list[Assessment]:
+    def process_many(self, items: list[tuple[str, str]]) -> list[list[Assessment] | Exception]:
+        """:meth:`process` for several notifications, what their images need read in one
+        search a kind (one by one where a search fails or leaves something out); each item's
+        result, or the exception that stopped it (the others go on)."""
+        images = [f"{t}/{i}" for t, i in items if t != "Consent"]
+        known = self.prefetch(images) if len(images) > 1 else Known()
+        results: list[list[Assessment] | Exception] = []
+        for rtype, rid in items:
+            try:
+                results.append(self.process(rtype, rid, known=known))
+            except Exception as exc:  # reported per item by the caller
+                results.append(exc)
+        return results
+
+    def prefetch(self, refs: list[str]) -> Known:
+        """Read what :meth:`label_image` needs for several images, one search a kind. A search
+        that fails leaves its kind to be read one by one: nothing is decided on less than a
+        read would give."""
+        records, known = self.records, Known()
+        try:
+            known.images = records.images(refs)
+        except FhirImagesError:
+            return known
+        found = sorted(known.images)
+        subjects = sorted({i.subject for i in known.images.values() if i.subject})
+        for kind, read in (
+            ("patients", lambda: records.patients(subjects)),
+            ("consents", lambda: records.consents_for_images(found)),
+            ("tasks", lambda: records.tasks_with_identifiers([_task_identifier(r) for r in found])),
+        ):
+            with contextlib.suppress(FhirImagesError):
+                setattr(known, kind, read())
+        return known
+
+    def process(
+        self, resource_type: str, resource_id: str, *, known: Known | None = None
+    ) -> list[Assessment]:
         if resource_type == "Consent":
             try:
                 consent = self.records.consent(f"Consent/{resource_id}")
             except ResourceNotFound:
                 return []
-            return [self.label_image(ref) for ref in consent.images]
-        return [self.label_image(f"{resource_type}/{resource_id}")]
+            # a change of consent is news about every image it names, whatever their state
+            found = (self.label_image(ref) for ref in consent.images)
+            return [assessed for assessed in found if assessed is not None]
+        assessed = self.label_image(
+            f"{resource_type}/{resource_id}", skip_if_as_left=True, known=known
+        )
+        return [assessed] if assessed is not None else []
 
-    def label_image(self, ref: str) -> Assessment:
+    def label_image(
+        self, ref: str, *, skip_if_as_left: bool = False, known: Known | None = None
+    ) -> Assessment | None:
+        """Label one image (see the module). With ``skip_if_as_left``, an image whose version
+        and labels are exactly as this labeller left them is not assessed again (None): the
+        notification is the echo of its own labelling (a server that notifies label changes),
+        not news of the image. Any other change (a new version, a label added or removed by
+        anyone) is assessed in full."""
         client, records = self.client, self.records
-        image = records.image(ref)
-        patient = records.patient(image.subject) if image.subject else None
-        result = self.policy.assess(image, patient, records.consents_for_image(ref))
+        known = known or Known()
+        image = known.images.get(ref) or records.image(ref)
+        if skip_if_as_left:
+            with self._left_lock:
+                as_left = self._left.get(ref)
+            if as_left is not None and as_left == (image.version_id, image.labels):
+                self.echoes += 1
+                return None
+        patient = None
+        if image.subject in known.patients:
+            patient = known.patients[image.subject]
+        elif image.subject:
+            patient = records.patient(image.subject)
+        consents = known.consents.get(ref)
+        if consents is None:
+            consents = records.consents_for_image(ref)
+        result = self.policy.assess(image, patient, consents)
         current = image.labels.codings()
         own = self._own_binary(image, result)
+        left: list[dict[str, str]]
         if own is None:
-            apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
+            left = apply_labels(
+                client, result.media, result.labels, current=current, keep_higher=True
+            )
         else:
             binary, binary_current = own
             try:
                 # the Binary's labels were just read with its securityContext: not read again
-                label_image(
+                left = label_image(
                     client,
                     result.media,
                     result.labels,
@@ -100,10 +197,22 @@ class Labeller:
                 )
             except FhirImagesError as exc:
                 # the image still gets its labels; the Binary is reported, not forgotten
-                apply_labels(client, result.media, result.labels, current=current, keep_higher=True)
+                left = apply_labels(
+                    client, result.media, result.labels, current=current, keep_higher=True
+                )
                 self._unlabelled_binary(result, f"{type(exc).__name__}")
-        self._report(image, result)
+        self._report(image, result, known.tasks.get(_task_identifier(image.ref)))
+        self._remember(image, left)
         return result
+
+    def _remember(self, image: ImageView, labels: list[dict[str, Any]]) -> None:
+        """The image's state as left: its version (label changes by a meta operation make
+        none) and the labels read back after labelling."""
+        with self._left_lock:
+            self._left[image.ref] = (image.version_id, Labels.of(labels))
+            self._left.move_to_end(image.ref)
+            while len(self._left) > self.REMEMBERED:
+                self._left.popitem(last=False)
 
     def _own_binary(
         self, image: ImageView, result: Assessment
@@ -142,11 +251,16 @@ class Labeller:
         result.problems.append(f"the image's bytes (its Binary) could not be labelled ({why})")
         result.restrict()
 
-    def _report(self, image: ImageView, result: Assessment) -> None:
-        """Open (or close) a Task so a clinician sees an image whose record is incomplete."""
+    def _report(
+        self, image: ImageView, result: Assessment, tasks: list[TaskView] | None = None
+    ) -> None:
+        """Open (or close) a Task so a clinician sees an image whose record is incomplete
+        (``tasks``: the hook's Tasks about the image, when already read)."""
         records = self.records
-        identifier = f"{SID_HOOK_TASK}|{result.media}"
-        existing = next(iter(records.tasks_with_identifier(identifier)), None)
+        identifier = _task_identifier(result.media)
+        if tasks is None:
+            tasks = records.tasks_with_identifier(identifier)
+        existing = next(iter(tasks), None)
         if result.complete:
             if existing and existing.status == "requested":
                 records.update(records.version.completed(existing), existing.version_id)
@@ -195,6 +309,7 @@ class HookService:
         policy: str | Policy = "default",
         max_notification: int = 1 << 20,
         max_events: int = 1000,
+        batch: int = 20,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
@@ -207,6 +322,8 @@ class HookService:
         self.max_body = max_body
         self.max_notification = max_notification
         self.max_events = max_events
+        #: at most this many queued notifications are taken at once (their reads batched)
+        self.batch = max(1, batch)
         self.stats = HookStats()
         self._path_token = hook_path_token(secret)
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
@@ -357,36 +474,64 @@ class HookService:
         return _outcome("queued", status_code=202)
 
     async def _worker(self) -> None:
-        assert self._queue is not None
+        """Takes what is queued, up to ``batch`` notifications at once, so that what their
+        images need is read in one search a kind; each is then labelled, retried and
+        reported on its own."""
+        queue = self._queue
+        assert queue is not None
         while True:
-            rtype, rid, attempt, queued_at = await self._queue.get()
-            self._pending.discard((rtype, rid))
+            batch = [await queue.get()]
+            while len(batch) < self.batch and not queue.empty():
+                batch.append(queue.get_nowait())
+            for rtype, rid, _, _ in batch:
+                self._pending.discard((rtype, rid))
             try:
-                await asyncio.to_thread(self.labeller.process, rtype, rid)
-                self.stats.processed += 1
-                self.stats.latencies.append(time.monotonic() - queued_at)
-            except FhirImagesError as exc:
-                retry = getattr(exc, "retry_safe", False) and attempt < self.retries
-                log.warning(
-                    "hook: %s/%s failed (%s)%s",
-                    rtype,
-                    rid,
-                    type(exc).__name__,
-                    "; will retry" if retry else "",
+                results = await asyncio.to_thread(
+                    self.labeller.process_many, [(rtype, rid) for rtype, rid, _, _ in batch]
                 )
-                if retry:
-                    asyncio.get_running_loop().call_later(
-                        self.retry_delay * (attempt + 1), self._enqueue, rtype, rid, attempt + 1
-                    )
-                else:
-                    self.stats.failed += 1
-                    self.stats.recent_failures.append(f"{rtype}/{rid}: {type(exc).__name__}")
             except Exception as exc:  # a bug must not kill the worker
-                log.exception("hook: %s/%s crashed: %s", rtype, rid, type(exc).__name__)
+                results = [exc] * len(batch)
+            for item, result in zip(batch, results, strict=True):
+                try:
+                    self._done(*item, result)
+                finally:
+                    queue.task_done()
+
+    def _done(
+        self,
+        rtype: str,
+        rid: str,
+        attempt: int,
+        queued_at: float,
+        result: list[Assessment] | BaseException,
+    ) -> None:
+        """Count one notification handled, or retry it (a failure that is safe to repeat) or
+        report it."""
+        try:
+            if isinstance(result, BaseException):
+                raise result
+            self.stats.processed += 1
+            self.stats.latencies.append(time.monotonic() - queued_at)
+        except FhirImagesError as exc:
+            retry = getattr(exc, "retry_safe", False) and attempt < self.retries
+            log.warning(
+                "hook: %s/%s failed (%s)%s",
+                rtype,
+                rid,
+                type(exc).__name__,
+                "; will retry" if retry else "",
+            )
+            if retry:
+                asyncio.get_running_loop().call_later(
+                    self.retry_delay * (attempt + 1), self._enqueue, rtype, rid, attempt + 1
+                )
+            else:
                 self.stats.failed += 1
                 self.stats.recent_failures.append(f"{rtype}/{rid}: {type(exc).__name__}")
-            finally:
-                self._queue.task_done()
+        except Exception as exc:  # a bug must not kill the worker
+            log.exception("hook: %s/%s crashed: %s", rtype, rid, type(exc).__name__)
+            self.stats.failed += 1
+            self.stats.recent_failures.append(f"{rtype}/{rid}: {type(exc).__name__}")
 
     async def health(self, request: Request) -> Response:
         """Counts for anyone; the ids of recent failures only for callers with the secret."""

@@ -32,6 +32,30 @@ class Repository:
     def image(self, ref: str) -> ImageView:
         return self.version.image(self.client.read(ref))
 
+    def images(self, refs: list[str]) -> dict[str, ImageView]:
+        """Several images of the server's image type, read in one search (``_id``); those not
+        found are left out (a caller reads them one by one, as :meth:`image`)."""
+        rtype = self.version.image_type
+        ids = sorted({r.split("/", 1)[1] for r in refs if r.startswith(f"{rtype}/")})
+        if not ids:
+            return {}
+        params = {"_id": ",".join(ids), "_count": str(len(ids))}
+        found = (self.version.image(r) for r in self.client.search(rtype, params))
+        return {image.ref: image for image in found if image.ref in refs}
+
+    def patients(self, refs: list[str]) -> dict[str, PatientView | None]:
+        """Several Patients in one search (``_id``): each asked for, None where there is none
+        (as :meth:`patient` answers a Patient that is not on the server)."""
+        ids = sorted({r.split("/", 1)[1] for r in refs if r.startswith("Patient/")})
+        found: dict[str, PatientView | None] = {f"Patient/{i}": None for i in ids}
+        if ids:
+            params = {"_id": ",".join(ids), "_count": str(len(ids))}
+            for raw in self.client.search("Patient", params):
+                ref = f"Patient/{raw.get('id')}"
+                if ref in found:
+                    found[ref] = self.version.patient(raw)
+        return found
+
     def images_of_patient(self, patient: str) -> list[ImageView]:
         rtype, params = self.version.images_of_patient(patient)
         return [self.version.image(r) for r in self.client.search(rtype, params)]
@@ -107,6 +131,23 @@ class Repository:
             self.version.task(t)
             for t in self.client.search("Task", {"identifier": identifier, "_count": "10"})
         ]
+
+    def tasks_with_identifiers(self, identifiers: list[str]) -> dict[str, list[TaskView]]:
+        """The Tasks of each of several identifiers (``system|value``), found by one search
+        (the query of :meth:`tasks_with_identifier`, its values OR-ed)."""
+        found: dict[str, list[TaskView]] = {i: [] for i in identifiers}
+        if not identifiers:
+            return found
+        params = {"identifier": ",".join(identifiers), "_count": str(10 * len(identifiers))}
+        for raw in self.client.search("Task", params):
+            task = self.version.task(raw)
+            for ident in raw.get("identifier") or []:
+                if not isinstance(ident, dict):
+                    continue
+                key = f"{ident.get('system')}|{ident.get('value')}"
+                if key in found and task not in found[key]:
+                    found[key].append(task)
+        return found
 
     def approvals(
         self, *, image: str | None = None, patient: str | None = None, status: str

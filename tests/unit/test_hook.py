@@ -6,6 +6,7 @@ import time
 import pytest
 import requests
 import responses
+from responses import matchers
 from starlette.testclient import TestClient
 
 from fhir_images import FhirClient
@@ -227,7 +228,7 @@ def test_notification_labels_the_media_and_opens_a_task(service):
 def test_full_queue_answers_503_and_duplicates_are_coalesced(service, monkeypatch):
     import fhir_images._hook as hook
 
-    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.5) or [])
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i, **kw: time.sleep(0.5) or [])
     with TestClient(service.app) as client:
         h = {SECRET_HEADER: SECRET}
         statuses = [client.put(f"/hook/Media/{i}", headers=h).status_code for i in range(1, 5)]
@@ -302,7 +303,7 @@ def test_idle_connections_do_not_delay_a_real_notification(service, monkeypatch)
 
     import fhir_images._hook as hook
 
-    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: [])
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i, **kw: [])
     server, thread, port = _serve(service, header_timeout=60.0, max_idle=100)
     idle = []
     try:
@@ -379,7 +380,7 @@ def backport(kind: str, *focus: str) -> dict:
 def quiet_service(service, monkeypatch):
     import fhir_images._hook as hook
 
-    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.2) or [])
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i, **kw: time.sleep(0.2) or [])
     return service
 
 
@@ -440,7 +441,7 @@ def test_r5_notifications_authenticate_by_the_path_token(monkeypatch):
     import fhir_images._hook as hook
     from fhir_images.fhir.subscriptions import hook_path_token
 
-    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i: time.sleep(0.2) or [])
+    monkeypatch.setattr(hook.Labeller, "process", lambda self, t, i, **kw: time.sleep(0.2) or [])
     svc = HookService(FhirClient(BASE, profile="hapi", fhir_version="5.0"), SECRET, workers=1)
     token = hook_path_token(SECRET)
     assert SECRET not in token and len(token) >= 40
@@ -456,3 +457,217 @@ def test_r5_notifications_authenticate_by_the_path_token(monkeypatch):
         assert svc.stats.processed == 0
         assert client.post(f"/hook/t/{token}", content=event).status_code == 202
         wait_for(client, "processed", 1)
+
+
+# ------------------------------------------------------------- the echo of its own labelling
+
+
+class _Server:
+    """A stand-in for the server as the labeller reads it: one image, its version and labels."""
+
+    def __init__(self):
+        self.version = "1"
+        self.labels: list[dict] = []
+        self.assessed = 0
+
+    def image(self, ref):
+        return read.image(
+            media(id=ref.split("/")[1], meta={"versionId": self.version, "security": self.labels})
+        )
+
+    def consents(self, ref):
+        self.assessed += 1
+        return [read.consent(CONSENT)]
+
+
+@pytest.fixture()
+def echoing(monkeypatch):
+    """A labeller whose server keeps the labels it applies without a new version (as a meta
+    operation does on HAPI)."""
+    from fhir_images import _hook
+
+    server = _Server()
+    labeller = _hook.Labeller(FhirClient(BASE, profile="hapi", fhir_version="4.0"))
+    monkeypatch.setattr(labeller.records, "image", server.image)
+    monkeypatch.setattr(labeller.records, "patient", lambda ref: common.patient(ADULT))
+    monkeypatch.setattr(labeller.records, "consents_for_image", server.consents)
+    monkeypatch.setattr(
+        labeller.records,
+        "consent",
+        lambda ref: read.consent(
+            {
+                **CONSENT,
+                "provision": {
+                    **CONSENT["provision"],
+                    "data": [{"meaning": "instance", "reference": {"reference": "Media/m1"}}],
+                },
+            }
+        ),
+    )
+    monkeypatch.setattr(labeller, "_own_binary", lambda image, result: None)
+    monkeypatch.setattr(labeller, "_report", lambda image, result, tasks=None: None)
+
+    def apply(client, ref, desired, **kw):
+        server.labels = [dict(x) for x in desired]
+        return server.labels
+
+    monkeypatch.setattr(_hook, "apply_labels", apply)
+    return labeller, server
+
+
+def test_the_echo_of_its_own_labelling_is_not_assessed_again(echoing):
+    labeller, server = echoing
+    assert len(labeller.process("Media", "m1")) == 1 and server.assessed == 1
+    assert labeller.process("Media", "m1") == [] and server.assessed == 1
+    assert labeller.echoes == 1
+
+
+@pytest.mark.parametrize("change", ["label removed", "new version", "label added"])
+def test_an_image_changed_since_it_was_labelled_is_assessed_again(echoing, change):
+    labeller, server = echoing
+    labeller.process("Media", "m1")
+    if change == "label removed":
+        server.labels = server.labels[1:]
+    elif change == "new version":
+        server.version = "2"
+    else:
+        server.labels = [*server.labels, {"system": c.V3_ACT_CODE, "code": "DELAU"}]
+    assert len(labeller.process("Media", "m1")) == 1 and server.assessed == 2
+    assert labeller.echoes == 0
+
+
+def test_a_consent_change_reassesses_the_images_it_names_as_they_are(echoing):
+    labeller, server = echoing
+    labeller.process("Media", "m1")
+    assert len(labeller.process("Consent", "c1")) == 1 and server.assessed == 2
+
+
+# ------------------------------------------------------------------- notifications in a batch
+
+
+def _consent_naming(image: str, cid: str = "c1") -> dict:
+    provision = {
+        **CONSENT["provision"],
+        "data": [{"meaning": "instance", "reference": {"reference": image}}],
+    }
+    return {**CONSENT, "id": cid, "provision": provision}
+
+
+def _bundle(*resources):
+    return {
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "entry": [{"resource": r, "search": {"mode": "match"}} for r in resources],
+    }
+
+
+@pytest.fixture()
+def batch_labeller(monkeypatch):
+    """A labeller on a mocked server whose label writes are recorded, not sent."""
+    from fhir_images import _hook
+
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    labeller = _hook.Labeller(FhirClient(BASE, profile="hapi", fhir_version="4.0"))
+    applied: dict[str, set[str]] = {}
+
+    def apply(client, ref, desired, **kw):
+        applied[ref] = {x["code"] for x in desired}
+        return list(desired)
+
+    monkeypatch.setattr(_hook, "apply_labels", apply)
+    monkeypatch.setattr(labeller, "_own_binary", lambda image, result: None)
+    monkeypatch.setattr(labeller.records, "create_once", lambda task, cond: "Task/t1")
+    return labeller, applied
+
+
+def _mock_two_images(single: bool):
+    m1, m2 = media(id="m1"), media(id="m2")
+    if single:
+        responses.get(f"{BASE}/Media/m1", json=m1)
+        responses.get(f"{BASE}/Media/m2", json=m2)
+        responses.get(f"{BASE}/Patient/p1", json=ADULT)
+        for image, found in (("m1", _bundle(_consent_naming("Media/m1"))), ("m2", _bundle())):
+            responses.get(
+                f"{BASE}/Consent",
+                json=found,
+                match=[
+                    matchers.query_param_matcher({"data": f"Media/{image}"}, strict_match=False)
+                ],
+            )
+    responses.get(f"{BASE}/Media", json=_bundle(m1, m2))
+    responses.get(f"{BASE}/Patient", json=_bundle(ADULT))
+    responses.get(f"{BASE}/Consent", json=_bundle(_consent_naming("Media/m1")))
+    responses.get(f"{BASE}/Task", json=_bundle())
+
+
+@responses.activate
+def test_a_batch_reads_what_its_images_need_in_one_search_a_kind(batch_labeller):
+    labeller, applied = batch_labeller
+    _mock_two_images(single=False)
+    results = labeller.process_many([("Media", "m1"), ("Media", "m2")])
+    assert all(isinstance(r, list) and len(r) == 1 for r in results), results
+    reads = [c.request.url.split("?")[0].rsplit("/", 1)[-1] for c in responses.calls]
+    assert sorted(reads) == ["Consent", "Media", "Patient", "Task"], reads
+    # the Consent naming m1 counts for m1 only: m2 is labelled as having none
+    assert results[0][0].complete and not results[1][0].complete
+    assert applied["Media/m2"] - applied["Media/m1"], "m2, without consent, is restricted"
+
+
+@responses.activate
+def test_a_batch_decides_as_one_by_one_would(batch_labeller):
+    labeller, applied = batch_labeller
+    _mock_two_images(single=True)
+    one_by_one = [labeller.process("Media", i) for i in ("m1", "m2")]
+    alone = dict(applied)
+    labeller._left.clear()
+    batched = labeller.process_many([("Media", "m1"), ("Media", "m2")])
+    assert applied == alone
+    assert [r[0].labels for r in one_by_one] == [r[0].labels for r in batched]
+
+
+@responses.activate
+@pytest.mark.parametrize("failing", ["Patient", "Consent", "Task"])
+def test_a_batch_search_that_fails_is_read_one_by_one(batch_labeller, failing):
+    """Nothing is decided on less than a read would give: a failed batch search of Consents
+    does not mean no Consents."""
+    labeller, _ = batch_labeller
+    m1, m2 = media(id="m1"), media(id="m2")
+    responses.get(f"{BASE}/Media", json=_bundle(m1, m2))
+    for kind, answer in (
+        ("Patient", _bundle(ADULT)),
+        ("Consent", _bundle(_consent_naming("Media/m1"), _consent_naming("Media/m2", "c2"))),
+        ("Task", _bundle()),
+    ):
+        if kind == failing:
+            # the batch search (several values) fails; the search for one image answers
+            responses.get(
+                f"{BASE}/{kind}",
+                status=400,
+                json={"resourceType": "OperationOutcome"},
+                match=[_several_values()],
+            )
+        responses.get(f"{BASE}/{kind}", json=answer)
+    responses.get(f"{BASE}/Patient/p1", json=ADULT)
+    results = labeller.process_many([("Media", "m1"), ("Media", "m2")])
+    assert [r[0].complete for r in results] == [True, True], results
+
+
+def _several_values():
+    def match(request):
+        several = "%2C" in request.url or "," in request.url.split("?", 1)[-1]
+        return several, "" if several else "one value"
+
+    return match
+
+
+@responses.activate
+def test_one_failing_notification_does_not_stop_the_rest_of_its_batch(batch_labeller):
+    labeller, applied = batch_labeller
+    m2 = media(id="m2")
+    responses.get(f"{BASE}/Media", json=_bundle(m2))  # m1 is gone from the server
+    responses.get(f"{BASE}/Media/m1", status=404, json={"resourceType": "OperationOutcome"})
+    responses.get(f"{BASE}/Patient/p1", json=ADULT)
+    responses.get(f"{BASE}/Consent", json=_bundle())
+    responses.get(f"{BASE}/Task", json=_bundle())
+    first, second = labeller.process_many([("Media", "m1"), ("Media", "m2")])
+    assert isinstance(first, Exception) and isinstance(second, list) and "Media/m2" in applied
