@@ -2,14 +2,15 @@
 
     FHIR_BASE_URL=http://127.0.0.1:8080/fhir python bench/bench_push.py [--count 100] [--rounds 5]
 
-Same photos (synthetic, 0.5-4 MB), same server, same number of workers for all three, one run:
+Same photos (synthetic, 0.5-4 MB), same server, same number of workers for all, one run:
   ours:  ``push``: Binary upload (as the server allows), labels, transaction with conditional
-         creates, read-back of labels, links and every byte;
+         creates, read-back of labels and links (``--verify``, the default ``links``);
+  full:  ``push --verify full``: the same and every byte read back (on a patient of its own);
   naive: what most hand-written clients do: POST Media with the image inlined as base64,
          then POST Consent and POST Provenance (R4 servers only: R5 has no Media);
   floor: the least any client must send: each photo as a Binary (raw where the server takes
          raw bytes, else FHIR JSON with base64 data), nothing else.
-The server is warmed first; then the three run in rounds, their order alternating (A B C, C B A,
+The server is warmed first; then they run in rounds, their order alternating (A B C D, D C B A,
 ...), each round on a new patient (so push stores new records). One JSON line per round, then
 the median of each ratio and its spread. ``--video-mb`` adds the peak memory (VmHWM) of a child
 process pushing one video, against the same child idle. HAPI holds an uploaded Binary in its
@@ -301,9 +302,10 @@ def one_round(
     order: list[str],
     raw: bool,
     naive_ok: bool,
-    verify: str = "full",
+    verify: str = "links",
 ) -> dict[str, float]:
-    """Time floor, naive and push once each, in ``order``, on a new patient."""
+    """Time floor, naive and push once each, in ``order``, on a new patient; ``full`` in the
+    order is push verifying every byte, on a patient of its own."""
     pid = f"bench-{time.time_ns()}"
     patient = f"Patient/{pid}"
     seed_server(base, pid)
@@ -311,6 +313,14 @@ def one_round(
         outbox = Outbox(Path(d) / "outbox")
         for p in files:
             ingest(p, context(patient), parse_consent(CONSENT), outbox=outbox)
+        full_outbox = Outbox(Path(d) / "outbox-full")
+        if "full" in order:
+            full_pid = f"bench-full-{time.time_ns()}"
+            seed_server(base, full_pid)
+            for p in files:
+                ingest(
+                    p, context(f"Patient/{full_pid}"), parse_consent(CONSENT), outbox=full_outbox
+                )
         client = FhirClient(base, pool_size=workers)
         times: dict[str, float] = {}
         for name in order:
@@ -318,9 +328,14 @@ def one_round(
                 times[name] = concurrently(lambda f: floor(base, f, raw), files, workers)
             elif name == "naive" and naive_ok:
                 times[name] = concurrently(lambda f: naive(base, patient, f), files, workers)
-            elif name == "ours":
+            elif name in ("ours", "full"):
                 started = time.perf_counter()
-                results = push(client, outbox, workers=workers, verify=verify)  # type: ignore[arg-type]
+                results = push(
+                    client,
+                    outbox if name == "ours" else full_outbox,
+                    workers=workers,
+                    verify=verify if name == "ours" else "full",  # type: ignore[arg-type]
+                )
                 times[name] = time.perf_counter() - started
                 failed = [r for r in results if not r.delivered]
                 if failed:
@@ -340,7 +355,14 @@ def main() -> None:
         "--profile", action="store_true", help="Only profile one push by kind of request."
     )
     ap.add_argument(
-        "--verify", choices=["full", "links"], default="full", help="push's verification mode."
+        "--verify",
+        choices=["full", "links"],
+        default="links",
+        help="push's verification mode (the default: links); every round also times push "
+        "with --verify full on a patient of its own, unless --no-full.",
+    )
+    ap.add_argument(
+        "--no-full", action="store_true", help="Do not also time push with --verify full."
     )
     args = ap.parse_args()
     if not args.server:
@@ -367,10 +389,11 @@ def main() -> None:
             print(json.dumps(profile))
             return
         # a warm server: every path once, not counted
-        one_round(base, files[:8], args.workers, ["floor", "naive", "ours"], raw, naive_ok)
+        contenders = ["floor", "naive", "ours"] + ([] if args.no_full else ["full"])
+        one_round(base, files[:8], args.workers, contenders, raw, naive_ok)
         rounds = []
         for i in range(args.rounds):
-            order = ["floor", "naive", "ours"] if i % 2 == 0 else ["ours", "naive", "floor"]
+            order = contenders if i % 2 == 0 else list(reversed(contenders))
             t = one_round(base, files, args.workers, order, raw, naive_ok, args.verify)
             line = {
                 "bench": "push-round",
@@ -384,6 +407,8 @@ def main() -> None:
                 **{f"{k}_s": round(v, 2) for k, v in t.items()},
                 "ours_vs_floor": round(t["ours"] / t["floor"], 3),
             }
+            if "full" in t:
+                line["full_vs_floor"] = round(t["full"] / t["floor"], 3)
             if "naive" in t:
                 line["naive_vs_ours"] = round(t["naive"] / t["ours"], 3)
             print(json.dumps(line), flush=True)
@@ -416,6 +441,7 @@ def main() -> None:
         "verify": args.verify,
         "rounds": args.rounds,
         "ours_vs_floor": summary("ours_vs_floor"),
+        "full_vs_floor": summary("full_vs_floor"),
         "naive_vs_ours": summary("naive_vs_ours"),
     }
     if mem:
@@ -427,7 +453,13 @@ def main() -> None:
         f"(FHIR {report.fhir_version}), {machine}:"
     )
     assert isinstance(ovf, dict)
-    print(f"  ours / floor: median {ovf['median']} (min {ovf['min']}, max {ovf['max']})")
+    print(
+        f"  ours ({args.verify}) / floor: median {ovf['median']} "
+        f"(min {ovf['min']}, max {ovf['max']})"
+    )
+    fvf = figures["full_vs_floor"]
+    if isinstance(fvf, dict):
+        print(f"  full / floor: median {fvf['median']} (min {fvf['min']}, max {fvf['max']})")
     nvo = figures["naive_vs_ours"]
     if isinstance(nvo, dict):
         print(f"  naive / ours: median {nvo['median']} (min {nvo['min']}, max {nvo['max']})")
