@@ -713,10 +713,19 @@ class Gateway:
         req = self._disclosure_request(caller)
         if req is None:
             return False
-        try:
-            images = [await asyncio.to_thread(self.records.image, ref) for ref in named]
-        except ResourceNotFound:
-            return False
+
+        async def read(ref: str) -> ImageView:
+            async with self._lookups:
+                return await asyncio.to_thread(self.records.image, ref)
+
+        found = await asyncio.gather(*(read(ref) for ref in named), return_exceptions=True)
+        images: list[ImageView] = []
+        for image in found:
+            if isinstance(image, ResourceNotFound):
+                return False
+            if isinstance(image, BaseException):
+                raise image
+            images.append(image)
         records = await self._records([i.raw for i in images], False)
         now = datetime.now(UTC)
         for record in records:
