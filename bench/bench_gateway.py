@@ -11,15 +11,22 @@ gateway requests so both see the same server state:
   image read:       GET Media/{id}                (decided, audited, released)
   image search:     GET Media?subject=..&_count=100 (100 decided, audited in one go)
 
-For each, p50 and p95 of direct and gateway latency, the added p50/p95 and the ratio; then
-throughput (requests per second) at 4 and 16 concurrent clients for non-image and image reads,
-direct and through the gateway. No timing is asserted anywhere: the figures go in the README.
-Where the server refuses AuditEvents (HFS), audits go to a file (FHIR_IMAGES_AUDIT).
+For each, p50 and p95 of direct and gateway latency, the added p50/p95 and the ratio. Then the
+audit-first floor of the image search: timed straight against the server, one after another,
+the search, one Consent search for the images found (the gateway's query) and one AuditEvent
+stored (a create, or on HFS a line appended to a file and synced): the least any gateway that
+reads consent fresh and audits before release must do; printed with gateway/floor beside
+gateway/direct. Then throughput (requests per second) at 4 and 16 concurrent clients for
+non-image and image reads, direct and through the gateway. No timing is asserted anywhere: the
+figures go in the README. Where the server refuses AuditEvents (HFS), audits go to a file
+(FHIR_IMAGES_AUDIT).
 """
 
 from __future__ import annotations
 
 import argparse
+import fcntl
+import json
 import os
 import secrets
 import subprocess
@@ -33,6 +40,8 @@ from pathlib import Path
 
 import jwt
 import requests
+
+from fhir_images.fhir.r4 import R4
 
 CONF = "http://terminology.hl7.org/CodeSystem/v3-Confidentiality"
 IMAGES = 100
@@ -124,7 +133,7 @@ def timed(fn: Callable[[], requests.Response]) -> float:
 
 def latency(
     name: str, direct: Callable[[], requests.Response], via: Callable[[], requests.Response], n: int
-) -> None:
+) -> tuple[float, float, float]:
     for _ in range(5):  # warm both paths
         direct()
         via()
@@ -142,6 +151,74 @@ def latency(
         f"p95 {gp95:7.1f} | added p50 {gp50 - dp50:7.1f} p95 {gp95 - dp95:7.1f} ms | "
         f"ratio p50 {gp50 / dp50:5.2f}x p95 {gp95 / dp95:5.2f}x"
     )
+    return dp50, gp50, gp95
+
+
+def floor(
+    name: str, steps: Callable[[], None], figures: tuple[float, float, float], n: int
+) -> None:
+    """The least a gateway that reads consent fresh and audits before release must do, timed
+    against the server and printed beside the gateway's figures."""
+    for _ in range(3):
+        steps()
+    f = []
+    for _ in range(n):
+        start = time.perf_counter()
+        steps()
+        f.append((time.perf_counter() - start) * 1000)
+    fp50, fp95 = pct(f, 0.5), pct(f, 0.95)
+    direct, gp50, gp95 = figures
+    print(
+        f"{name:16s} floor  p50 {fp50:7.1f} ms p95 {fp95:7.1f} | gateway p50 {gp50:7.1f} "
+        f"p95 {gp95:7.1f} | gateway/floor p50 {gp50 / fp50:5.2f}x p95 {gp95 / fp95:5.2f}x | "
+        f"gateway/direct p50 {gp50 / direct:5.2f}x"
+    )
+
+
+def audit_first_floor(
+    base: str, s: requests.Session, search: dict[str, str], audit_file: Path | None
+) -> Callable[[], None]:
+    """Sequentially, straight to the server: the image search (uncounted, as the gateway asks
+    it), one Consent search for the images found (the gateway's query), and one AuditEvent
+    stored (a create; on a server that refuses them, a line appended to a file and synced, as
+    the gateway's file trail does). The AuditEvent is a copy of one the gateway wrote for this
+    search, so it is the same size."""
+    if audit_file is not None:
+        lines = audit_file.read_text().splitlines()[-50:]
+        events = [json.loads(line)["resource"] for line in lines]
+    else:
+        first = s.get(f"{base}/Media", params=search).json()["entry"][0]["resource"]["id"]
+        found = s.get(f"{base}/AuditEvent", params={"entity": f"Media/{first}", "_count": "50"})
+        events = [e["resource"] for e in found.json().get("entry", [])]
+    event = max(events, key=lambda e: len(e.get("entity", [])))
+    event = {k: v for k, v in event.items() if k != "id"}
+    event["meta"] = {"security": event.get("meta", {}).get("security", [])}
+    fhir = {"Content-Type": "application/fhir+json", "Accept": "application/fhir+json"}
+
+    def steps() -> None:
+        answer = s.get(f"{base}/Media", params={**search, "_total": "none"}, headers=fhir)
+        images = [f"Media/{e['resource']['id']}" for e in answer.json().get("entry", [])]
+        rtype, params = R4.consents_of_image(",".join(sorted(images)))
+        consents = s.get(f"{base}/{rtype}", params=params, headers=fhir)
+        if answer.status_code != 200 or consents.status_code != 200:
+            raise SystemExit(f"bench: status {answer.status_code}/{consents.status_code}")
+        if audit_file is None:
+            stored = s.post(f"{base}/AuditEvent", json=event, headers=fhir)
+            if stored.status_code != 201:
+                raise SystemExit(f"bench: AuditEvent create {stored.status_code}")
+            return
+        assert audit_file is not None
+        line = json.dumps({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": event}) + "\n"
+        floor_file = audit_file.with_name("floor-audit.jsonl")
+        fd = os.open(floor_file, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            os.write(fd, line.encode())
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    return steps
 
 
 def throughput(
@@ -239,10 +316,18 @@ def main() -> None:
             lambda: s.get(f"{gw}/{media[0]}", headers=auth),
             args.n,
         )
-        latency(
+        via = latency(
             "image search 100",
             lambda: s.get(f"{base}/Media", params=search),
             lambda: s.get(f"{gw}/Media", params=search, headers=auth),
+            args.search_n,
+        )
+        trail = env.get("FHIR_IMAGES_AUDIT", "")
+        audit_file = Path(trail[len("file:") :]) if trail.startswith("file:") else None
+        floor(
+            "image search 100",
+            audit_first_floor(base, s, search, audit_file),
+            via,
             args.search_n,
         )
         for clients in (4, 16):

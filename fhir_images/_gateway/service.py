@@ -98,6 +98,9 @@ _RESTRICTIVE = [
 ]
 _FORWARD_REQUEST = ("if-match", "if-none-match", "if-modified-since", "prefer", "x-request-id")
 _FORWARD_RESPONSE = ("etag", "last-modified", "location", "content-location", "x-request-id")
+#: a search whose answer's ``total`` is not wanted: servers that count by default (HAPI) need
+#: not (the count can cost as much as the search)
+_NO_TOTAL = ("_total", "none")
 _WRITE_LETTER = {"POST": "c", "PUT": "u", "DELETE": "d", "PATCH": "u"}
 
 
@@ -111,6 +114,10 @@ class GatewayLimits:
     max_binary: int = 256 << 20
     max_form: int = 64 << 10
     lookups: int = 16
+    #: the Binaries of an answer are looked up in at most this many searches at once, each of
+    #: at least ``binary_search_min`` ids (fewer only for the last)
+    binary_searches: int = 4
+    binary_search_min: int = 5
 
 
 class _Problem(Exception):
@@ -451,7 +458,10 @@ class Gateway:
             route.resource_type and caller.patient_only(route.resource_type, "r")
         ):
             return await self._forward_json(route, {}, filtered=False)
-        response = await self._send("GET", route, params=route.params)
+        params = route.params
+        if route.interaction == "search" and route.involves_images:
+            params = (*params, _NO_TOTAL)  # removed from the answer anyway: not counted at all
+        response = await self._send("GET", route, params=params)
         headers = self._response_headers(response)
         status = response.status_code
         body = await self._answer_json(response)
@@ -580,21 +590,22 @@ class Gateway:
         self, resources: list[dict[str, Any]], history: bool
     ) -> list[ImageRecord | None]:
         """Each resource's image as the disclosure rules see it (``_record``, as ``disclose``
-        reads it), the Consents of them all read in one search per 50 images."""
+        reads it): the Consents of them all (one search per 50 images) and their Binaries'
+        labels looked up at the same time."""
         images = await asyncio.gather(*(self._image_of(r, history) for r in resources))
         refs = sorted({found[0].ref for found in images if found is not None})
-        consents: dict[str, list[ConsentView]] = {}
-        error: str | None = None
-        try:
-            for i in range(0, len(refs), 50):
-                consents.update(
-                    await asyncio.to_thread(self.records.consents_for_images, refs[i : i + 50])
-                )
-        except ServerError as exc:
-            error = type(exc).__name__
-        binaries = await self._binaries(
-            [b for b in (self.records.binary_of(f[0]) for f in images if f) if b]
+        # both to the end, whatever happens to the other: an error is raised (nothing released)
+        # only once neither is still running
+        of_consents, binaries = await asyncio.gather(
+            self._consents(refs),
+            self._binaries([b for b in (self.records.binary_of(f[0]) for f in images if f) if b]),
+            return_exceptions=True,
         )
+        if isinstance(of_consents, BaseException):
+            raise of_consents
+        if isinstance(binaries, BaseException):
+            raise binaries
+        consents, error = of_consents
 
         async def one(
             resource: dict[str, Any], found: tuple[ImageView, BinaryView | None] | None
@@ -602,10 +613,13 @@ class Gateway:
             if found is None:
                 return None
             image, own = found
-            async with self._lookups:
-                record = await asyncio.to_thread(
-                    _record, self.records, image, (consents.get(image.ref, []), error), binaries
-                )
+            known = (consents.get(image.ref, []), error)
+            binary = self.records.binary_of(image)
+            if binary is None or binary in binaries:  # nothing left to read: no thread needed
+                record = _record(self.records, image, known, binaries)
+            else:  # read now, one by one, as ``disclose`` reads it
+                async with self._lookups:
+                    record = await asyncio.to_thread(_record, self.records, image, known, binaries)
             if own is None:
                 return record
             if record.binary is None or record.binary.ref != own.ref:
@@ -616,34 +630,74 @@ class Gateway:
             await asyncio.gather(*(one(r, f) for r, f in zip(resources, images, strict=True)))
         )
 
+    async def _consents(self, refs: list[str]) -> tuple[dict[str, list[ConsentView]], str | None]:
+        """The Consents of the images, one search per 50 of them (run at once), and the error
+        that stopped any of them (then every image is decided as one whose Consents are not
+        known)."""
+
+        async def chunk(part: list[str]) -> dict[str, list[ConsentView]]:
+            async with self._lookups:
+                return await asyncio.to_thread(self.records.consents_for_images, part)
+
+        found = await asyncio.gather(
+            *(chunk(refs[i : i + 50]) for i in range(0, len(refs), 50)), return_exceptions=True
+        )
+        consents: dict[str, list[ConsentView]] = {}
+        error: str | None = None
+        for result in found:
+            if isinstance(result, ServerError):
+                error = type(result).__name__
+            elif isinstance(result, BaseException):
+                raise result
+            else:
+                consents.update(result)
+        return consents, error
+
     async def _binaries(self, refs: list[str]) -> dict[str, BinaryView]:
-        """The labels and securityContext of many Binaries, 50 a search, without their bytes
-        (``_elements``); a bounded read, so a server that sends the bytes anyway costs at most
-        the answer limit. What is not found here is read one by one later, as ``disclose``
-        reads it."""
-        assert self._http is not None
-        version = self.client.version
+        """The labels and securityContext of many Binaries without their bytes (``_elements``),
+        in up to ``binary_searches`` searches run at once (a server's search by many ids can
+        cost more than linearly in them), at most 50 ids a search; each a bounded read, so a
+        server that sends the bytes anyway costs at most the answer limit. What is not found
+        here (a search that failed included) is read one by one later, as ``disclose`` reads
+        it."""
+        at_once = asyncio.Semaphore(max(1, self.limits.binary_searches))
+
+        async def search(part: list[str]) -> dict[str, BinaryView]:
+            async with at_once:
+                return await self._binary_search(part)
+
+        parts = _split(
+            sorted(set(refs)), self.limits.binary_searches, self.limits.binary_search_min
+        )
         found: dict[str, BinaryView] = {}
-        wanted = sorted(set(refs))
-        for i in range(0, len(wanted), 50):
-            ids = [ref.split("/", 1)[1] for ref in wanted[i : i + 50]]
-            params = [("_id", ",".join(ids)), ("_elements", "securityContext")]
-            params.append(("_count", str(len(ids))))
-            try:
+        for views in await asyncio.gather(*(search(part) for part in parts)):
+            found.update(views)
+        return found
+
+    async def _binary_search(self, refs: list[str]) -> dict[str, BinaryView]:
+        """One search of :meth:`_binaries`; an error finds nothing."""
+        version = self.client.version
+        wanted = set(refs)
+        ids = [ref.split("/", 1)[1] for ref in refs]
+        params = [("_id", ",".join(ids)), ("_elements", "securityContext"), _NO_TOTAL]
+        params.append(("_count", str(len(ids))))
+        try:
+            async with self._lookups:
                 response = await self._send("GET", Route("search", "Binary"), params=params)
                 if response.status_code != 200:
                     await response.aclose()
-                    continue
+                    return {}
                 bundle = await self._answer_json(response)
-            except (httpx.HTTPError, _Problem):
-                continue
-            for entry in (bundle or {}).get("entry", []) or []:
-                resource = entry.get("resource") if isinstance(entry, dict) else None
-                if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
-                    resource.pop("data", None)
-                    view = version.binary(resource)
-                    if view.ref in wanted:
-                        found[view.ref] = view
+        except (httpx.HTTPError, _Problem):
+            return {}
+        found: dict[str, BinaryView] = {}
+        for entry in (bundle or {}).get("entry", []) or []:
+            resource = entry.get("resource") if isinstance(entry, dict) else None
+            if isinstance(resource, dict) and resource.get("resourceType") == "Binary":
+                resource.pop("data", None)
+                view = version.binary(resource)
+                if view.ref in wanted:
+                    found[view.ref] = view
         return found
 
     async def _names_only_shown(self, caller: Caller, resources: list[dict[str, Any]]) -> bool:
@@ -659,10 +713,19 @@ class Gateway:
         req = self._disclosure_request(caller)
         if req is None:
             return False
-        try:
-            images = [await asyncio.to_thread(self.records.image, ref) for ref in named]
-        except ResourceNotFound:
-            return False
+
+        async def read(ref: str) -> ImageView:
+            async with self._lookups:
+                return await asyncio.to_thread(self.records.image, ref)
+
+        found = await asyncio.gather(*(read(ref) for ref in named), return_exceptions=True)
+        images: list[ImageView] = []
+        for image in found:
+            if isinstance(image, ResourceNotFound):
+                return False
+            if isinstance(image, BaseException):
+                raise image
+            images.append(image)
         records = await self._records([i.raw for i in images], False)
         now = datetime.now(UTC)
         for record in records:
@@ -1206,6 +1269,13 @@ def _merged(events: list[dict[str, Any]]) -> dict[str, Any]:
             x for x in merged["meta"]["security"] if x.get("system") != c.V3_CONFIDENTIALITY
         ] + [{"system": c.V3_CONFIDENTIALITY, "code": top}]
     return merged
+
+
+def _split(refs: list[str], searches: int, least: int, most: int = 50) -> list[list[str]]:
+    """``refs`` in about ``searches`` parts of at least ``least`` and at most ``most`` each
+    (more parts only when ``most`` needs them)."""
+    size = min(most, max(least, 1, -(-len(refs) // max(1, searches))))
+    return [refs[i : i + size] for i in range(0, len(refs), size)]
 
 
 def _with_labels(binary: BinaryView, labels: Labels) -> BinaryView:
