@@ -65,6 +65,7 @@ from ._outbox import DeliveryError, Entry, Outbox
 from ._requests import complete_request
 from ._result import Result
 from .fhir import FhirClient, Labels, Repository, get_version, label_image
+from .fhir.client import WrittenBinary
 from .fhir.keys import record_key
 from .fhir.labels import sync_declared_labels
 from .fhir.views import ImageView
@@ -89,6 +90,8 @@ class DeliveryResult(Result):
     status: int | None = None
     retry_safe: bool | None = None
     notes: list[str] = Field(default_factory=list)
+    #: the server stated the SHA-256 of the bytes it stored, and it was the image's
+    server_hash_checked: bool = False
 
     def as_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -253,11 +256,12 @@ class Deliverer:
             raise BadResponse("the transaction answer names no Binary")
         result.binary = binary_ref
 
+        written: WrittenBinary | None = None
         if rewrite_bytes:
-            client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
+            written = client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
         elif reused is None and not inline:
             try:
-                client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
+                written = client.write_binary(binary_ref, entry.content_path, entry.meta.media_type)
             except ServerError as exc:
                 if not exc.retry_safe and binary_ref in stored.created:
                     self._undo(list(stored.created), result)
@@ -266,7 +270,7 @@ class Deliverer:
             # a Consent can only have gone before for an image that was already there: a new
             # image has no older Consents to supersede (one search per image saved)
             self._supersede(result.consent, stored.image, result)
-        self._verify(entry, result, wanted)
+        self._verify(entry, result, wanted, written)
         request = entry.read_json("context.json").get("request")
         if isinstance(request, str) and complete_request(client, request):
             result.notes.append("the request it answers is now completed")
@@ -289,6 +293,11 @@ class Deliverer:
                 "binary link",
                 *(["consent link"] if result.consent else []),
                 *(["bytes (size and SHA-1 of every byte)"] if self.verify == "full" else []),
+                *(
+                    ["bytes (the SHA-256 the server stated for what it stored)"]
+                    if result.server_hash_checked
+                    else []
+                ),
             ],
             "verification": self.verify,
         }
@@ -391,7 +400,13 @@ class Deliverer:
                 "the resources created for it could not be removed; the next push completes them"
             )
 
-    def _verify(self, entry: Entry, result: DeliveryResult, wanted: Labels) -> None:
+    def _verify(
+        self,
+        entry: Entry,
+        result: DeliveryResult,
+        wanted: Labels,
+        written: WrittenBinary | None = None,
+    ) -> None:
         client, records = self.client, self.records
         assert result.media and result.binary
         image = records.image(result.media)
@@ -399,6 +414,17 @@ class Deliverer:
             raise BadResponse(f"{result.media} is not of the entry's patient")
         if records.binary_of(image) != result.binary:
             raise BadResponse(f"{result.media} does not point at {result.binary}")
+        if written is not None and f"Binary/{written.resource.get('id')}" != result.binary:
+            written = None  # an answer about another resource is not used
+        if written is not None and written.sha256 is not None:
+            # the server says what it stored (HAPI hashes the bytes as it stores them): bytes
+            # other than the image's are found here, without reading them back
+            if written.sha256 != entry.meta.sha256:
+                raise BadResponse(
+                    f"the bytes of {result.binary} do not match the image's hash "
+                    "(the SHA-256 the server stated for what it stored)"
+                )
+            result.server_hash_checked = True
         sha1, size = hashlib.sha1(), 0
         if self.verify == "full" and client.profile.binary_read.json_only:
             # a server that answers only FHIR JSON sends the bytes with the labels and the
@@ -412,6 +438,10 @@ class Deliverer:
 
             raw, with_bytes = client.binary_whole(result.binary, take)
             binary = records.version.binary(raw)
+        elif written is not None and self.verify != "full":
+            # the Binary as the server answered the write of its bytes: its labels and
+            # securityContext after the write, without another read
+            binary, with_bytes = records.version.binary(written.resource), False
         else:
             binary, with_bytes = records.binary(result.binary), False
         if binary.security_context != result.media:

@@ -16,7 +16,7 @@ and the views a policy reads. The integrator API is :mod:`fhir_images`.
 
 from __future__ import annotations
 
-from .client import FhirClient, RetryPolicy
+from .client import FhirClient, RetryPolicy, WrittenBinary
 from .labels import apply_labels, label_image, plan_label_change
 from .repository import Repository
 from .servers import PROFILES, BinaryRead, BinaryWrite, LabelUpdate, ServerProfile, register_server
@@ -50,6 +50,7 @@ __all__ = [
     "ServerProfile",
     "SubscriptionStyle",
     "TaskView",
+    "WrittenBinary",
     "apply_labels",
     "get_version",
     "label_image",

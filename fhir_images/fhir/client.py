@@ -22,6 +22,7 @@ caller; the FHIR version comes from the CapabilityStatement's ``fhirVersion``.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -641,13 +642,15 @@ class FhirClient:
 
     # ---------------------------------------------------------------- binaries
 
-    def write_binary(self, ref: str, path: Path, content_type: str) -> None:
+    def write_binary(self, ref: str, path: Path, content_type: str) -> WrittenBinary | None:
         """Stream a file's raw bytes into an existing Binary (the server keeps its labels and
-        securityContext). Only for servers with a binary write operation."""
+        securityContext). Only for servers with a binary write operation. The Binary as the
+        server answers it after the write, without its bytes, when it answers with it (None
+        otherwise); streamed, so an answer that carries the bytes costs no memory."""
         op = self.profile.binary_write.operation
         if op is None:
             raise IncompatibleServer("the server has no operation to write a Binary's bytes")
-        self.request(
+        response = self.request(
             "POST",
             f"{ref}/{op}",
             idempotent=True,  # the same bytes again: a repeat changes nothing
@@ -655,9 +658,25 @@ class FhirClient:
             headers={
                 "Content-Type": content_type,
                 "Content-Length": str(path.stat().st_size),
-                "Prefer": "return=minimal",
+                "Prefer": "return=representation",
             },
+            stream=True,
         )
+        with response:
+            got = response.headers.get("Content-Type", "").split(";")[0].strip()
+            if got not in (FHIR_JSON, "application/json"):
+                return None
+            digest = hashlib.sha256()
+            try:
+                reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
+                for piece in reader:
+                    digest.update(piece)
+            except BadResponse:
+                return None  # the write is acknowledged; what it answered is not used
+            return WrittenBinary(
+                {**reader.fields, "resourceType": "Binary"},
+                digest.hexdigest() if reader.has_data else stored_sha256(reader.fields),
+            )
 
     def binary_meta(self, ref: str) -> dict[str, Any]:
         """A Binary without its bytes: ``meta`` (labels) and ``securityContext``. The answer is
@@ -742,6 +761,33 @@ def _meta_from_parameters(data: Any) -> dict[str, Any]:
                 return meta
         return {}
     raise BadResponse("the $meta answer is not a Parameters resource")
+
+
+@dataclass(frozen=True)
+class WrittenBinary:
+    """A Binary as a server answered the write of its bytes: its elements but ``data``, and
+    the SHA-256 (hex) of the bytes it holds, where the answer tells (the bytes inline, or a
+    hash the server computed as it stored them); None where it does not."""
+
+    resource: dict[str, Any]
+    sha256: str | None
+
+
+#: HAPI states the SHA-256 of bytes it stores outside the resource in an extension on ``data``
+_STORED_SHA256 = "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-hash-sha256"
+
+
+def stored_sha256(binary: dict[str, Any]) -> str | None:
+    """The SHA-256 (hex) a server states for the bytes of a Binary it stores outside the
+    resource (HAPI), else None."""
+    data = binary.get("_data")
+    extensions = data.get("extension") if isinstance(data, dict) else None
+    for ext in extensions if isinstance(extensions, list) else []:
+        if isinstance(ext, dict) and ext.get("url") == _STORED_SHA256:
+            value = ext.get("valueString")
+            if isinstance(value, str) and len(value) == 64:
+                return value.lower()
+    return None
 
 
 def relative_reference(location: str) -> str:

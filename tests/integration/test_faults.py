@@ -193,7 +193,7 @@ def test_push_through_a_faulty_network_loses_and_duplicates_nothing(
         f"\nfault proxy: {IMAGES} images, {rounds} pushes, {elapsed:.1f} s, "
         f"{dict(sorted(faults.counts.items()))}"
     )
-    assert faults.counts["requests"] >= 900, faults.counts
+    assert faults.counts["requests"] >= 5 * IMAGES, faults.counts  # enough went through faults
     assert faults.counts["drop_after"] >= 30 and faults.counts["drop_before"] >= 30
     assert_accounted_for(direct, outbox, metas, since)
 

@@ -233,6 +233,57 @@ def test_bytes_written_into_the_labelled_binary_where_the_server_can(outbox, ent
     assert "data" not in binary["resource"] and binary["resource"]["meta"]["security"]
 
 
+def _written(entry, *, sha256=None):
+    """HAPI's answer to $binary-access-write with return=representation: the Binary after the
+    write, its bytes stored outside it, with the SHA-256 of what was stored."""
+    return {
+        "resourceType": "Binary",
+        "id": "b1",
+        "meta": {"versionId": "2", "security": labels_of(entry)},
+        "contentType": "image/jpeg",
+        "securityContext": {"reference": "Media/m1"},
+        "_data": {
+            "extension": [
+                {
+                    "url": "http://hapifhir.io/fhir/StructureDefinition/externalized-binary-hash-sha256",
+                    "valueString": sha256 or entry.meta.sha256,
+                }
+            ]
+        },
+    }
+
+
+@responses.activate
+@pytest.mark.parametrize("same", [True, False], ids=["same-bytes", "other-bytes"])
+def test_the_answer_to_the_byte_write_checks_labels_and_bytes(outbox, entry, monkeypatch, same):
+    """Where the server answers the write of the bytes with the Binary and the SHA-256 of what
+    it stored (HAPI), that answer is the read-back of the Binary: no other read of it, and
+    bytes other than the image's are refused."""
+    monkeypatch.setattr("time.sleep", lambda s: None)
+    hapi = FhirClient(BASE, retry=RetryPolicy(attempts=3, total_seconds=5), profile="hapi")
+    mock_before_transaction(software="HAPI FHIR Server")
+    responses.post(BASE + "/", json=answer(*LOCATIONS))
+    responses.post(
+        f"{BASE}/Binary/b1/$binary-access-write",
+        json=_written(entry, sha256=None if same else "0" * 64),
+        content_type="application/fhir+json",
+    )
+    mock_read_back(entry)
+    [result] = push(hapi, outbox)
+    if not same:
+        assert not result.delivered and "do not match" in result.error
+        assert outbox.get(entry.id).state == "ready"
+        return
+    assert result.delivered, result.error
+    assert not [
+        c_
+        for c_ in responses.calls
+        if c_.request.method == "GET" and "/Binary/b1" in c_.request.url
+    ], "the Binary is not read again"
+    [receipt] = outbox.receipts()
+    assert any("SHA-256 the server stated" in v for v in receipt["verified"])
+
+
 @responses.activate
 def test_bytes_refused_for_good_remove_what_the_transaction_created(outbox, entry, monkeypatch):
     monkeypatch.setattr("time.sleep", lambda s: None)
