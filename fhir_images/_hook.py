@@ -77,6 +77,9 @@ class Known:
     patients: dict[str, PatientView | None] = field(default_factory=dict)
     consents: dict[str, list[ConsentView]] = field(default_factory=dict)
     tasks: dict[str, list[TaskView]] = field(default_factory=dict)
+    #: Tasks to open for the batch's images, created together once they are all labelled:
+    #: (image, Task, identifier)
+    to_open: list[tuple[str, dict[str, Any], str]] | None = None
 
 
 def _task_identifier(image_ref: str) -> str:
@@ -112,13 +115,42 @@ class Labeller:
                 results.append(self.process(rtype, rid, known=known))
             except Exception as exc:  # reported per item by the caller
                 results.append(exc)
+        if known.to_open:
+            # an image whose Task could not be opened is not done: its notification is retried
+            failed = self._open_tasks(known.to_open)
+            for i, (rtype, rid) in enumerate(items):
+                why = failed.get(f"{rtype}/{rid}")
+                if why is not None and not isinstance(results[i], Exception):
+                    results[i] = why
+            with self._left_lock:  # assessed again when retried, not taken for an echo
+                for ref in failed:
+                    self._left.pop(ref, None)
         return results
+
+    def _open_tasks(
+        self, to_open: list[tuple[str, dict[str, Any], str]]
+    ) -> dict[str, FhirImagesError]:
+        """Create the Tasks of a batch in one transaction of conditional creates (one by one
+        if that fails); the images whose Task could not be created, with why."""
+        records = self.records
+        try:
+            records.create_many([(task, f"identifier={ident}") for _, task, ident in to_open])
+            return {}
+        except FhirImagesError:
+            pass
+        failed: dict[str, FhirImagesError] = {}
+        for image_ref, task, ident in to_open:
+            try:
+                records.create_once(task, f"identifier={ident}")
+            except FhirImagesError as exc:
+                failed[image_ref] = exc
+        return failed
 
     def prefetch(self, refs: list[str]) -> Known:
         """Read what :meth:`label_image` needs for several images, one search a kind. A search
         that fails leaves its kind to be read one by one: nothing is decided on less than a
         read would give."""
-        records, known = self.records, Known()
+        records, known = self.records, Known(to_open=[])
         try:
             known.images = records.images(refs)
         except FhirImagesError:
@@ -201,7 +233,7 @@ class Labeller:
                     client, result.media, result.labels, current=current, keep_higher=True
                 )
                 self._unlabelled_binary(result, f"{type(exc).__name__}")
-        self._report(image, result, known.tasks.get(_task_identifier(image.ref)))
+        self._report(image, result, known.tasks.get(_task_identifier(image.ref)), known.to_open)
         self._remember(image, left)
         return result
 
@@ -252,10 +284,15 @@ class Labeller:
         result.restrict()
 
     def _report(
-        self, image: ImageView, result: Assessment, tasks: list[TaskView] | None = None
+        self,
+        image: ImageView,
+        result: Assessment,
+        tasks: list[TaskView] | None = None,
+        to_open: list[tuple[str, dict[str, Any], str]] | None = None,
     ) -> None:
         """Open (or close) a Task so a clinician sees an image whose record is incomplete
-        (``tasks``: the hook's Tasks about the image, when already read)."""
+        (``tasks``: the hook's Tasks about the image, when already read; ``to_open``: where a
+        new Task goes to be created with the rest of its batch)."""
         records = self.records
         identifier = _task_identifier(result.media)
         if tasks is None:
@@ -272,7 +309,9 @@ class Labeller:
         )
         conf = Labels.of(result.labels).confidentiality
         task = records.version.review_task(image, conf, description, None)
-        if existing is None:
+        if existing is None and to_open is not None:
+            to_open.append((image.ref, task, identifier))
+        elif existing is None:
             records.create_once(task, f"identifier={identifier}")
         elif existing.description != description or existing.status != "requested":
             task["id"] = existing.ref.split("/", 1)[1]

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .._exceptions import ResourceNotFound, ServerError
+from .._exceptions import BadResponse, ResourceNotFound, ServerError
 from .client import FhirClient
 from .common import binary_reference
 from .labels import current_labels
@@ -176,6 +176,10 @@ class Repository:
         """Create a resource unless one matching ``if_none_exist`` exists; its reference either
         way. A conditional create inside a transaction, so a repeat after a lost reply creates
         nothing twice."""
+        return self.create_many([(resource, if_none_exist)])[0]
+
+    def create_many(self, resources: list[tuple[dict[str, Any], str]]) -> list[str]:
+        """:meth:`create_once` for several resources, in one transaction (all or none)."""
         response = self.client.transaction(
             {
                 "resourceType": "Bundle",
@@ -189,11 +193,17 @@ class Repository:
                             "ifNoneExist": if_none_exist,
                         },
                     }
+                    for resource, if_none_exist in resources
                 ],
             }
         )
-        location = str(response.get("entry", [{}])[0].get("response", {}).get("location", ""))
-        return "/".join(location.split("/")[:2])
+        entries = response.get("entry") or []
+        if len(entries) != len(resources):
+            raise BadResponse("the transaction answer has not one entry for each resource")
+        return [
+            "/".join(str((e.get("response") or {}).get("location", "")).split("/")[:2])
+            for e in entries
+        ]
 
     def update(self, resource: dict[str, Any], version_id: str | None) -> dict[str, Any]:
         """Write a changed resource back, failing with VersionConflict if it changed since."""

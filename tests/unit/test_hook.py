@@ -505,7 +505,7 @@ def echoing(monkeypatch):
         ),
     )
     monkeypatch.setattr(labeller, "_own_binary", lambda image, result: None)
-    monkeypatch.setattr(labeller, "_report", lambda image, result, tasks=None: None)
+    monkeypatch.setattr(labeller, "_report", lambda *args: None)
 
     def apply(client, ref, desired, **kw):
         server.labels = [dict(x) for x in desired]
@@ -577,6 +577,14 @@ def batch_labeller(monkeypatch):
     monkeypatch.setattr(_hook, "apply_labels", apply)
     monkeypatch.setattr(labeller, "_own_binary", lambda image, result: None)
     monkeypatch.setattr(labeller.records, "create_once", lambda task, cond: "Task/t1")
+    created: list[list[str]] = []
+
+    def create_many(resources):
+        created.append([cond for _, cond in resources])
+        return ["Task/t"] * len(resources)
+
+    monkeypatch.setattr(labeller.records, "create_many", create_many)
+    applied["__tasks__"] = created  # type: ignore[assignment]
     return labeller, applied
 
 
@@ -611,6 +619,26 @@ def test_a_batch_reads_what_its_images_need_in_one_search_a_kind(batch_labeller)
     # the Consent naming m1 counts for m1 only: m2 is labelled as having none
     assert results[0][0].complete and not results[1][0].complete
     assert applied["Media/m2"] - applied["Media/m1"], "m2, without consent, is restricted"
+    # one transaction opens the batch's Tasks: m2's
+    assert applied["__tasks__"] == [[f"identifier={c.SID_HOOK_TASK}|Media/m2"]]
+
+
+@responses.activate
+def test_a_task_that_cannot_be_opened_leaves_its_notification_to_retry(batch_labeller, monkeypatch):
+    from fhir_images._exceptions import ServerUnavailable
+
+    labeller, _ = batch_labeller
+    _mock_two_images(single=False)
+
+    def refuse(*args):
+        raise ServerUnavailable("down")
+
+    monkeypatch.setattr(labeller.records, "create_many", refuse)
+    monkeypatch.setattr(labeller.records, "create_once", refuse)
+    first, second = labeller.process_many([("Media", "m1"), ("Media", "m2")])
+    assert isinstance(first, list) and isinstance(second, ServerUnavailable)
+    # and when it comes again it is assessed again, not taken for the echo of its labelling
+    assert "Media/m2" not in labeller._left and "Media/m1" in labeller._left
 
 
 @responses.activate
