@@ -360,6 +360,12 @@ cmd_start() {
 			HFS_MAX_BODY_SIZE="$MAX_BODY_SIZE" HFS_REQUEST_TIMEOUT="$REQUEST_TIMEOUT" \
 			HFS_LOG_LEVEL="$LOG_LEVEL" HFS_NL_SEARCH_ENABLED=false \
 			HFS_SUBSCRIPTIONS_ENABLED=true HFS_SUBSCRIPTION_ALLOW_PRIVATE_ENDPOINTS=true
+		# HFS queues 32 notifications a Subscription and sheds what comes beyond ("drop-new"):
+		# a burst of images would leave most of them unannounced to the hook. Deeper queues
+		# (the caller may set others).
+		export HFS_SUBSCRIPTION_PER_SUBSCRIPTION_QUEUE_CAPACITY="${HFS_SUBSCRIPTION_PER_SUBSCRIPTION_QUEUE_CAPACITY:-8192}" \
+			HFS_SUBSCRIPTION_MAX_PENDING_NOTIFICATIONS="${HFS_SUBSCRIPTION_MAX_PENDING_NOTIFICATIONS:-16384}" \
+			HFS_SUBSCRIPTION_EVENT_QUEUE_CAPACITY="${HFS_SUBSCRIPTION_EVENT_QUEUE_CAPACITY:-16384}"
 		exec nohup "$BIN" >"$LOG_FILE" 2>&1 </dev/null
 	) &
 	pid=$!
