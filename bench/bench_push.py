@@ -192,6 +192,7 @@ print(hwm * 1024)
 
 
 def video_memory(base: str, patient: str, mb: int, work: Path) -> dict[str, int]:
+    seed_server(base, patient.split("/", 1)[1])  # a server may insist the patient exists
     video = synthetic.write_mp4(work / "video.mp4", mb << 20)
     outbox = Outbox(work / "video-outbox")
     ingest(video, context(patient, "video"), parse_consent(CONSENT), outbox=outbox)
