@@ -269,14 +269,22 @@ class _Run:
         """Run one check; what it could not find out goes in the notes. A server that is
         unavailable or busy makes the whole probe fail (to be run again later): a report made
         through a bad network would be wrong, and would be kept."""
-        try:
-            return fn()
-        except _Skip as exc:
-            self.notes.append(f"{name}: {exc}")
-        except (ServerUnavailable, RateLimited):
-            raise
-        except ServerError as exc:
-            self.notes.append(f"{name}: {type(exc).__name__} ({exc})")
+        for attempt in (1, 2):
+            try:
+                return fn()
+            except _Skip as exc:
+                self.notes.append(f"{name}: {exc}")
+            except (ServerUnavailable, RateLimited):
+                raise
+            except ServerError as exc:
+                if attempt == 1:
+                    # a busy server can answer one request with an error (a conflict with
+                    # its own background work): asked once more before it is written down,
+                    # as the report is kept
+                    time.sleep(0.5)
+                    continue
+                self.notes.append(f"{name}: {type(exc).__name__} ({exc})")
+            break
         return None
 
     def cleanup(self) -> None:

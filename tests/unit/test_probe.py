@@ -123,3 +123,29 @@ def test_the_cache_keeps_a_report_while_the_server_is_the_same(tmp_path):
     assert cache.get(SAFE.base_url, CAPS) is None
     file.write_text("not json")
     assert cache.get(SAFE.base_url, CAPS) is None
+
+
+def test_a_check_that_meets_one_server_error_is_asked_again(monkeypatch):
+    """A busy server's one-off error must not become a lasting 'labels do not work' in a
+    report that is kept; an error that stays is written down."""
+    from fhir_images._exceptions import VersionConflict
+    from fhir_images.fhir import probe as probe_module
+
+    monkeypatch.setattr(probe_module.time, "sleep", lambda s: None)
+    run = probe_module._Run.__new__(probe_module._Run)
+    run.notes = []
+    answers = iter([VersionConflict("busy"), "kept"])
+
+    def once_busy():
+        answer = next(answers)
+        if isinstance(answer, Exception):
+            raise answer
+        return answer
+
+    assert run.check("labels on create", once_busy) == "kept" and run.notes == []
+
+    def always_busy():
+        raise VersionConflict("busy")
+
+    assert run.check("labels on create", always_busy) is None
+    assert run.notes and run.notes[0].startswith("labels on create")
