@@ -662,34 +662,23 @@ class FhirClient:
             },
             stream=True,
         )
-        with response:
-            got = response.headers.get("Content-Type", "").split(";")[0].strip()
-            if got not in (FHIR_JSON, "application/json"):
-                return None
-            digest = hashlib.sha256()
-            try:
-                reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
-                for piece in reader:
-                    digest.update(piece)
-            except BadResponse:
-                return None  # the write is acknowledged; what it answered is not used
-            return WrittenBinary(
-                {**reader.fields, "resourceType": "Binary"},
-                digest.hexdigest() if reader.has_data else stored_sha256(reader.fields),
-            )
+        got = response.headers.get("Content-Type", "").split(";")[0].strip()
+        if got not in (FHIR_JSON, "application/json"):
+            response.close()
+            return None
+        digest = hashlib.sha256()
+        try:
+            fields, with_bytes = _binary_json(response, digest.update)
+        except BadResponse:
+            return None  # the write is acknowledged; what it answered is not used
+        return WrittenBinary(fields, digest.hexdigest() if with_bytes else stored_sha256(fields))
 
     def binary_meta(self, ref: str) -> dict[str, Any]:
         """A Binary without its bytes: ``meta`` (labels) and ``securityContext``. The answer is
         streamed, so a server that ignores ``_elements`` and sends the bytes costs time but
         not memory (they are decoded and dropped)."""
         response = self.request("GET", ref, params={"_elements": "securityContext"}, stream=True)
-        with response:
-            reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
-            for _ in reader:
-                pass
-            data = dict(reader.fields)
-        data["resourceType"] = "Binary"
-        return data
+        return _binary_json(response, lambda piece: None)[0]
 
     def binary_whole(
         self, ref: str, on_bytes: Callable[[bytes], None]
@@ -701,13 +690,7 @@ class FhirClient:
         bytes are to be read by :meth:`iter_binary`. On any exception, what ``on_bytes`` got
         is not valid content."""
         response = self.request("GET", ref, headers={"Accept": FHIR_JSON}, stream=True)
-        with response:
-            reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
-            for piece in reader:
-                on_bytes(piece)
-            data = dict(reader.fields)
-        data["resourceType"] = "Binary"
-        return data, reader.has_data
+        return _binary_json(response, on_bytes)
 
     def iter_binary(self, ref: str, content_type: str) -> Iterator[bytes]:
         """A Binary's raw bytes, streamed in chunks."""
@@ -761,6 +744,20 @@ def _meta_from_parameters(data: Any) -> dict[str, Any]:
                 return meta
         return {}
     raise BadResponse("the $meta answer is not a Parameters resource")
+
+
+def _binary_json(
+    response: requests.Response, on_bytes: Callable[[bytes], None]
+) -> tuple[dict[str, Any], bool]:
+    """A streamed Binary answer as FHIR JSON: its elements but ``data``, and whether it had
+    ``data``, whose decoded pieces go to ``on_bytes`` as they come."""
+    with response:
+        reader = BinaryJson(response.iter_content(_CHUNK), require_data=False)
+        for piece in reader:
+            on_bytes(piece)
+        data = dict(reader.fields)
+    data["resourceType"] = "Binary"
+    return data, reader.has_data
 
 
 @dataclass(frozen=True)
