@@ -409,7 +409,9 @@ class Deliverer:
     ) -> None:
         client, records = self.client, self.records
         assert result.media and result.binary
-        image = records.image(result.media)
+        # the image and its Consent in one request where the server takes a batch of reads
+        read = client.read_many([result.media, *([result.consent] if result.consent else [])])
+        image = records.version.image(read[result.media])
         if image.subject != entry.meta.patient:
             raise BadResponse(f"{result.media} is not of the entry's patient")
         if records.binary_of(image) != result.binary:
@@ -467,7 +469,7 @@ class Deliverer:
             ):
                 sync_declared_labels(client, result.media, result.labels)
         if result.consent:
-            consent = records.consent(result.consent)
+            consent = records.version.consent(read[result.consent])
             if result.media not in consent.images:
                 raise BadResponse(f"{result.consent} does not reference {result.media}")
         if self.verify == "full":

@@ -252,6 +252,8 @@ class FhirClient:
         self.audit = audit
         self._audit_token = audit_token
         self._choose = threading.Lock()
+        #: whether the server takes a batch of reads (None: not tried yet)
+        self._batch_reads: bool | None = None
 
     @classmethod
     def from_settings(
@@ -516,6 +518,50 @@ class FhirClient:
     def read(self, ref: str, *, timeout: Timeout | None = None) -> dict[str, Any]:
         data: dict[str, Any] = self._json(self.request("GET", ref, timeout=timeout))
         return data
+
+    def read_many(self, refs: list[str]) -> dict[str, dict[str, Any]]:
+        """Several resources read in one request (a batch of reads) where the server takes one,
+        else one by one. Each resource is the one asked for (type and id checked); a resource
+        the batch did not answer with is read on its own, so its error (not found, gone) is the
+        one a read raises."""
+        wanted = list(dict.fromkeys(refs))
+        got: dict[str, dict[str, Any]] = {}
+        if len(wanted) > 1 and self._batch_reads is not False:
+            try:
+                got = self._batch_read(wanted)
+                self._batch_reads = True
+            except ServerError as exc:
+                if not exc.retry_safe:
+                    self._batch_reads = False  # not taken here: reads one by one from now on
+                got = {}
+        for ref in wanted:
+            if ref not in got:
+                got[ref] = self.read(ref)
+        return got
+
+    def _batch_read(self, refs: list[str]) -> dict[str, dict[str, Any]]:
+        bundle = {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [{"request": {"method": "GET", "url": ref}} for ref in refs],
+        }
+        data = self._json(self.request("POST", "", json_body=bundle, idempotent=True))
+        answers = data.get("entry") if isinstance(data, dict) else None
+        if data.get("resourceType") != "Bundle" or not isinstance(answers, list):
+            raise BadResponse("the batch answer is not a Bundle")
+        if len(answers) != len(refs):
+            raise BadResponse("the batch answer does not have one entry per request")
+        got: dict[str, dict[str, Any]] = {}
+        for ref, answer in zip(refs, answers, strict=True):
+            status = str(((answer or {}).get("response") or {}).get("status", ""))
+            resource = (answer or {}).get("resource")
+            if not status.startswith("200") or not isinstance(resource, dict):
+                continue  # read on its own, for the error a read gives
+            rtype, rid = ref.split("/", 1)
+            if resource.get("resourceType") != rtype or str(resource.get("id")) != rid:
+                raise BadResponse("the batch answered with another resource than was asked for")
+            got[ref] = resource
+        return got
 
     def vread(self, ref: str, version: str, *, timeout: Timeout | None = None) -> dict[str, Any]:
         data: dict[str, Any] = self._json(

@@ -21,6 +21,7 @@ class Searches:
             "identifier": f"{c.SID_SHA256}|{sha256}",
             "subject": patient,
             "_count": "1",
+            "_total": "none",  # found or not; a server that counts by default (HAPI) need not
         }
 
     def consents_of_image(self, image: str) -> Search:

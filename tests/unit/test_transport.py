@@ -347,3 +347,74 @@ def test_meta_operations(client):
     }
     sent = json.loads(responses.calls[0].request.body)
     assert sent["parameter"][0]["valueMeta"]["security"] == [{"system": "s", "code": "R"}]
+
+
+def _batch_answer(*entries):
+    return {"resourceType": "Bundle", "type": "batch-response", "entry": list(entries)}
+
+
+@responses.activate
+def test_several_reads_go_in_one_batch_and_each_answer_is_the_resource_asked_for(client):
+    media = {"resourceType": "Media", "id": "1"}
+    consent = {"resourceType": "Consent", "id": "2"}
+    responses.post(
+        BASE + "/",
+        json=_batch_answer(
+            {"resource": media, "response": {"status": "200 OK"}},
+            {"resource": consent, "response": {"status": "200 OK"}},
+        ),
+        match=[
+            matchers.json_params_matcher(
+                {
+                    "resourceType": "Bundle",
+                    "type": "batch",
+                    "entry": [
+                        {"request": {"method": "GET", "url": "Media/1"}},
+                        {"request": {"method": "GET", "url": "Consent/2"}},
+                    ],
+                }
+            )
+        ],
+    )
+    assert client.read_many(["Media/1", "Consent/2"]) == {"Media/1": media, "Consent/2": consent}
+    assert len(responses.calls) == 1
+
+
+@responses.activate
+def test_a_batch_answering_with_another_resource_is_not_used(client):
+    responses.post(
+        BASE + "/",
+        json=_batch_answer(
+            {"resource": {"resourceType": "Media", "id": "9"}, "response": {"status": "200 OK"}},
+            {"resource": {"resourceType": "Consent", "id": "2"}, "response": {"status": "200 OK"}},
+        ),
+    )
+    responses.get(f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1"})
+    responses.get(f"{BASE}/Consent/2", json={"resourceType": "Consent", "id": "2"})
+    got = client.read_many(["Media/1", "Consent/2"])
+    assert got["Media/1"]["id"] == "1", "each resource read on its own instead"
+    assert [c.request.method for c in responses.calls] == ["POST", "GET", "GET"]
+
+
+@responses.activate
+def test_a_resource_the_batch_did_not_find_is_read_for_its_error(client):
+    responses.post(
+        BASE + "/",
+        json=_batch_answer(
+            {"resource": {"resourceType": "Media", "id": "1"}, "response": {"status": "200 OK"}},
+            {"response": {"status": "404 Not Found"}},
+        ),
+    )
+    responses.get(f"{BASE}/Consent/2", json=outcome("gone"), status=404)
+    with pytest.raises(ResourceNotFound):
+        client.read_many(["Media/1", "Consent/2"])
+
+
+@responses.activate
+def test_a_server_that_refuses_batches_is_read_one_by_one_from_then_on(client):
+    responses.post(BASE + "/", json=outcome("batch not supported", "not-supported"), status=405)
+    for rid in ("1", "2"):
+        responses.get(f"{BASE}/Media/{rid}", json={"resourceType": "Media", "id": rid})
+    for _ in range(2):
+        assert set(client.read_many(["Media/1", "Media/2"])) == {"Media/1", "Media/2"}
+    assert [c.request.method for c in responses.calls] == ["POST", "GET", "GET", "GET", "GET"]
