@@ -12,6 +12,8 @@ backwards, ...), one JSON line a round, then the median of the p95 ratios and th
   ours:     the real handler: creation -> labels applied and verified on the server.
 A smaller burst on every path warms the server first.
 Media are created in a burst by parallel clients, unlabelled, as another application would.
+A notification that comes late, about a Media of an earlier phase (the floor's label writes
+notify too), is not handled in the phase it falls into.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class Harness:
         self.wait = wait
         self.mode = "baseline"
         self.done: dict[str, float] = {}
+        self.earlier: set[str] = set()  # the Media of finished phases
         self.lock = threading.Lock()
         self.client = FhirClient(base, pool_size=8)
         self.original = Labeller.process
@@ -64,6 +67,10 @@ class Harness:
 
         def process(labeller: Labeller, rtype: str, rid: str, **kw: object) -> list:
             result: list = []
+            if rid in harness.earlier:
+                # a notification about a Media of an earlier phase, late (the floor's label
+                # writes notify too): not this phase's work, whatever the handler
+                return result
             if harness.mode == "ours":
                 result = harness.original(labeller, rtype, rid, **kw)  # type: ignore[arg-type]
             elif harness.mode == "floor" and rid not in harness.done:
@@ -154,6 +161,8 @@ class Harness:
             latencies = [self.done[rid] - created[rid] for rid in created if rid in self.done]
         finished = max(ends) if ends else time.monotonic()
         self.quiet(deadline)
+        with self.lock:
+            self.earlier |= set(created)
         return {
             "handled": len(latencies),
             "missing": len(created) - len(latencies),
@@ -161,6 +170,9 @@ class Harness:
             "median_s": round(statistics.median(latencies), 3),
             "p95_s": round(p95(latencies), 3),
             "failed": self.service.stats.failed - failed_before,
+            "received": self.service.stats.received,
+            "rejected": self.service.stats.rejected,
+            "coalesced": self.service.stats.coalesced,
         }
 
 

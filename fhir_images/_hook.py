@@ -44,6 +44,8 @@ import logging
 import threading
 import time
 from collections import OrderedDict, deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -102,6 +104,7 @@ class Labeller:
         self.echoes = 0
         self._left: OrderedDict[str, tuple[str | None, Labels]] = OrderedDict()
         self._left_lock = threading.Lock()
+        self._prefetch: ThreadPoolExecutor | None = None
 
     def process_many(self, items: list[tuple[str, str]]) -> list[list[Assessment] | Exception]:
         """:meth:`process` for several notifications, what their images need read in one
@@ -155,15 +158,21 @@ class Labeller:
             known.images = records.images(refs)
         except FhirImagesError:
             return known
-        found = sorted(known.images)
-        subjects = sorted({i.subject for i in known.images.values() if i.subject})
-        for kind, read in (
-            ("patients", lambda: records.patients(subjects)),
-            ("consents", lambda: records.consents_for_images(found)),
-            ("tasks", lambda: records.tasks_with_identifiers([_task_identifier(r) for r in found])),
-        ):
+        # an image as this labeller left it is an echo (see label_image): nothing more to read
+        found = sorted(r for r, image in known.images.items() if not self._as_left(image))
+        if not found:
+            return known
+        subjects = sorted({s for r in found if (s := known.images[r].subject)})
+        reads: dict[str, Callable[[], Any]] = {
+            "patients": lambda: records.patients(subjects),
+            "consents": lambda: records.consents_for_images(found),
+            "tasks": lambda: records.tasks_with_identifiers([_task_identifier(r) for r in found]),
+        }
+        # the three searches at once: each waits on the server, not on the others
+        futures = {kind: self._pool().submit(read) for kind, read in reads.items()}
+        for kind, future in futures.items():
             with contextlib.suppress(FhirImagesError):
-                setattr(known, kind, read())
+                setattr(known, kind, future.result())
         return known
 
     def process(
@@ -193,12 +202,9 @@ class Labeller:
         client, records = self.client, self.records
         known = known or Known()
         image = known.images.get(ref) or records.image(ref)
-        if skip_if_as_left:
-            with self._left_lock:
-                as_left = self._left.get(ref)
-            if as_left is not None and as_left == (image.version_id, image.labels):
-                self.echoes += 1
-                return None
+        if skip_if_as_left and self._as_left(image):
+            self.echoes += 1
+            return None
         patient = None
         if image.subject in known.patients:
             patient = known.patients[image.subject]
@@ -236,6 +242,20 @@ class Labeller:
         self._report(image, result, known.tasks.get(_task_identifier(image.ref)), known.to_open)
         self._remember(image, left)
         return result
+
+    def _pool(self) -> ThreadPoolExecutor:
+        """Threads for the reads of a batch that do not wait on each other (kept: each thread
+        keeps its connection to the server)."""
+        with self._left_lock:
+            if self._prefetch is None:
+                self._prefetch = ThreadPoolExecutor(6, thread_name_prefix="prefetch")
+            return self._prefetch
+
+    def _as_left(self, image: ImageView) -> bool:
+        """The image's version and labels are exactly as this labeller left them."""
+        with self._left_lock:
+            as_left = self._left.get(image.ref)
+        return as_left is not None and as_left == (image.version_id, image.labels)
 
     def _remember(self, image: ImageView, labels: list[dict[str, Any]]) -> None:
         """The image's state as left: its version (label changes by a meta operation make
