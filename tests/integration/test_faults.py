@@ -193,7 +193,9 @@ def test_push_through_a_faulty_network_loses_and_duplicates_nothing(
         f"\nfault proxy: {IMAGES} images, {rounds} pushes, {elapsed:.1f} s, "
         f"{dict(sorted(faults.counts.items()))}"
     )
-    assert faults.counts["requests"] >= 5 * IMAGES, faults.counts  # enough went through faults
+    # enough went through faults: a delivery on HAPI is at least four requests (the search,
+    # the transaction, the byte write, the batch of reads back), each fault one more
+    assert faults.counts["requests"] >= 4 * IMAGES, faults.counts
     assert faults.counts["drop_after"] >= 30 and faults.counts["drop_before"] >= 30
     assert_accounted_for(direct, outbox, metas, since)
 
