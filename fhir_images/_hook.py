@@ -217,9 +217,17 @@ class Labeller:
         current = image.labels.codings()
         own = self._own_binary(image, result)
         left: list[dict[str, str]]
+        # the image's version after its labels were written (a server where that makes a new
+        # version): its echo is then known for one too
+        versions: list[str] = []
         if own is None:
             left = apply_labels(
-                client, result.media, result.labels, current=current, keep_higher=True
+                client,
+                result.media,
+                result.labels,
+                current=current,
+                keep_higher=True,
+                on_version=versions.append,
             )
         else:
             binary, binary_current = own
@@ -232,15 +240,21 @@ class Labeller:
                     binary=binary,
                     current=current,
                     binary_current=binary_current,
+                    on_version=versions.append,
                 )
             except FhirImagesError as exc:
                 # the image still gets its labels; the Binary is reported, not forgotten
                 left = apply_labels(
-                    client, result.media, result.labels, current=current, keep_higher=True
+                    client,
+                    result.media,
+                    result.labels,
+                    current=current,
+                    keep_higher=True,
+                    on_version=versions.append,
                 )
                 self._unlabelled_binary(result, f"{type(exc).__name__}")
         self._report(image, result, known.tasks.get(_task_identifier(image.ref)), known.to_open)
-        self._remember(image, left)
+        self._remember(image, left, versions[-1] if versions else image.version_id)
         return result
 
     def _pool(self) -> ThreadPoolExecutor:
@@ -257,11 +271,13 @@ class Labeller:
             as_left = self._left.get(image.ref)
         return as_left is not None and as_left == (image.version_id, image.labels)
 
-    def _remember(self, image: ImageView, labels: list[dict[str, Any]]) -> None:
-        """The image's state as left: its version (label changes by a meta operation make
-        none) and the labels read back after labelling."""
+    def _remember(
+        self, image: ImageView, labels: list[dict[str, Any]], version: str | None
+    ) -> None:
+        """The image's state as left: its version (as read, or as the label write answered
+        where that made one) and the labels read back after labelling."""
         with self._left_lock:
-            self._left[image.ref] = (image.version_id, Labels.of(labels))
+            self._left[image.ref] = (version, Labels.of(labels))
             self._left.move_to_end(image.ref)
             while len(self._left) > self.REMEMBERED:
                 self._left.popitem(last=False)
@@ -369,6 +385,7 @@ class HookService:
         max_notification: int = 1 << 20,
         max_events: int = 1000,
         batch: int = 20,
+        gather: float = 0.05,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
@@ -383,6 +400,9 @@ class HookService:
         self.max_events = max_events
         #: at most this many queued notifications are taken at once (their reads batched)
         self.batch = max(1, batch)
+        #: seconds a worker waits, after the first, for more notifications to batch with it
+        #: (a burst arrives over time: without waiting, each worker takes one or two)
+        self.gather = max(0.0, gather)
         self.stats = HookStats()
         self._path_token = hook_path_token(secret)
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
@@ -540,8 +560,17 @@ class HookService:
         assert queue is not None
         while True:
             batch = [await queue.get()]
-            while len(batch) < self.batch and not queue.empty():
-                batch.append(queue.get_nowait())
+            until = time.monotonic() + self.gather
+            while len(batch) < self.batch:
+                if not queue.empty():
+                    batch.append(queue.get_nowait())
+                    continue
+                left = until - time.monotonic()
+                if left <= 0:
+                    break
+                # a short sleep, not a get with a timeout: a get cancelled as it is answered
+                # must never take an item off the queue and drop it
+                await asyncio.sleep(min(left, 0.005))
             for rtype, rid, _, _ in batch:
                 self._pending.discard((rtype, rid))
             try:

@@ -12,7 +12,7 @@ Servers differ (HAPI merges labels on update, others replace them, some lack
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -135,11 +135,14 @@ def apply_labels(
     allow_lower: bool = False,
     keep_higher: bool = False,
     current: list[dict[str, Any]] | None = None,
+    on_version: Callable[[str], None] | None = None,
 ) -> list[dict[str, str]]:
     """Change a resource's labels on the server and verify the result; return the labels.
 
     ``current`` may be given when the caller has just read (or created) the resource;
-    ``allow_lower`` and ``keep_higher`` are as in :func:`plan_label_change`.
+    ``allow_lower`` and ``keep_higher`` are as in :func:`plan_label_change`. ``on_version``
+    is told the resource's version after the change, where the change made one and the server
+    said which.
     """
     if current is None:
         current = current_labels(client, ref)
@@ -154,7 +157,10 @@ def apply_labels(
         added = ds4p.annotate(_codings(delta.add))
         kept = {_key(x): x for x in current if _key(x) in expected}
         full = sorted([*kept.values(), *added], key=_key)
-        after = client.profile.labels.write(client, ref, added, _codings(delta.delete), full)
+        written = client.profile.labels.write(client, ref, added, _codings(delta.delete), full)
+        after = written.labels
+        if on_version is not None and written.version is not None:
+            on_version(written.version)
     if after is None:  # the server did not answer with the resulting labels: read them back
         after = current_labels(client, ref)
     got = {_key(c) for c in after}
@@ -204,12 +210,14 @@ def label_image(
     binary: str | None = None,
     current: list[dict[str, Any]] | None = None,
     binary_current: list[dict[str, Any]] | None = None,
+    on_version: Callable[[str], None] | None = None,
 ) -> list[dict[str, str]]:
     """Label an image and its bytes alike: the Media and its Binary both end with every label
     either had plus ``desired``, and the highest confidentiality code of them all (labels are
     only added or raised here). Returns the labels, read back from both.
 
-    ``binary`` is the Binary's reference (read from the Media when not given; a Media whose
+    ``on_version`` is as in :func:`apply_labels`, for the image. ``binary`` is the Binary's
+    reference (read from the Media when not given; a Media whose
     content is not a Binary on this server has only its own labels changed).
     """
     from .common import binary_reference
@@ -224,7 +232,9 @@ def label_image(
     if binary is not None and binary_current is None:
         binary_current = current_labels(client, binary)
     target = _common_labels(desired, current, binary_current or [])
-    after = apply_labels(client, media_ref, target, current=current, keep_higher=True)
+    after = apply_labels(
+        client, media_ref, target, current=current, keep_higher=True, on_version=on_version
+    )
     if binary is not None:
         after_binary = apply_labels(
             client, binary, target, current=binary_current, keep_higher=True

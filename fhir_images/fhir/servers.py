@@ -46,9 +46,37 @@ class LabelUpdate(Protocol):
         add: list[dict[str, Any]],
         delete: list[dict[str, str]],
         expected: list[dict[str, Any]],
-    ) -> list[dict[str, Any]] | None:
-        """Apply the change; the labels afterwards if the server said, else None."""
+    ) -> Written:
+        """Apply the change; the labels and version afterwards, as far as the server said."""
         ...
+
+
+@dataclass(frozen=True)
+class Written:
+    """What a server answered to a change of labels: the labels afterwards and the resource's
+    version afterwards (each None where the answer did not say)."""
+
+    labels: list[dict[str, Any]] | None = None
+    version: str | None = None
+
+    @classmethod
+    def from_answer(cls, ref: str, answer: Any) -> Written:
+        """From the resource a write answered with, if it is the resource written."""
+        rtype, rid = ref.split("/", 1)
+        if (
+            not isinstance(answer, dict)
+            or answer.get("resourceType") != rtype
+            or str(answer.get("id")) != rid
+        ):
+            return cls()
+        meta = answer.get("meta")
+        meta = meta if isinstance(meta, dict) else {}
+        labels = meta.get("security", [])
+        version = meta.get("versionId")
+        return cls(
+            list(labels) if isinstance(labels, list) else None,
+            str(version) if version is not None else None,
+        )
 
 
 def _read_meta(client: FhirClient, ref: str) -> dict[str, Any]:
@@ -66,7 +94,7 @@ _SERVER_META = ("versionId", "lastUpdated")
 _SUBSETTED = ("http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "SUBSETTED")
 
 
-def _patch(client: FhirClient, ref: str, expected: list[dict[str, Any]]) -> None:
+def _patch(client: FhirClient, ref: str, expected: list[dict[str, Any]]) -> dict[str, Any]:
     """JSON Patch the whole ``meta`` (with If-Match): a server may hold a resource without the
     ``meta`` it shows on reads, so a patch of ``/meta/security`` alone has no parent to add to.
     The tags and profiles read are kept, less what the read itself added (SUBSETTED)."""
@@ -79,7 +107,7 @@ def _patch(client: FhirClient, ref: str, expected: list[dict[str, Any]]) -> None
     else:
         value.pop("tag", None)
     value["security"] = expected
-    client.patch(ref, [{"op": "add", "path": "/meta", "value": value}], if_match=version)
+    return client.patch(ref, [{"op": "add", "path": "/meta", "value": value}], if_match=version)
 
 
 @dataclass(frozen=True)
@@ -96,13 +124,13 @@ class MetaOperations:
         add: list[dict[str, Any]],
         delete: list[dict[str, str]],
         expected: list[dict[str, Any]],
-    ) -> list[dict[str, Any]] | None:
+    ) -> Written:
         after: list[dict[str, Any]] | None = None
         if add:
             after = client.meta_add(ref, add).get("security")
         if delete:
             after = client.meta_delete(ref, delete).get("security")
-        return after
+        return Written(after)  # a meta operation makes no new version
 
 
 @dataclass(frozen=True)
@@ -124,15 +152,15 @@ class ReplaceByUpdate(_ReadsResource):
         add: list[dict[str, Any]],
         delete: list[dict[str, str]],
         expected: list[dict[str, Any]],
-    ) -> list[dict[str, Any]] | None:
+    ) -> Written:
         if ref.startswith("Binary/"):  # never re-send a Binary's bytes to change its labels
-            _patch(client, ref, expected)
-            return None
+            return Written(version=Written.from_answer(ref, _patch(client, ref, expected)).version)
         resource = client.read(ref)
         version = resource.get("meta", {}).get("versionId")
         resource.setdefault("meta", {})["security"] = expected
-        client.update(resource, if_match=version, replace_labels=True)
-        return None
+        answer = client.update(resource, if_match=version, replace_labels=True)
+        # the labels are read back (an update answer may show them as sent, not as stored)
+        return Written(version=Written.from_answer(ref, answer).version)
 
 
 @dataclass(frozen=True)
@@ -144,9 +172,9 @@ class JsonPatchLabels(_ReadsResource):
         add: list[dict[str, Any]],
         delete: list[dict[str, str]],
         expected: list[dict[str, Any]],
-    ) -> list[dict[str, Any]] | None:
-        _patch(client, ref, expected)
-        return None
+    ) -> Written:
+        # the labels are read back (a patch answer may show them as sent, not as stored)
+        return Written(version=Written.from_answer(ref, _patch(client, ref, expected)).version)
 
 
 @dataclass(frozen=True)

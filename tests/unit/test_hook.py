@@ -138,6 +138,7 @@ def service():
         queue_size=2,
         workers=1,
         retries=0,
+        gather=0,  # a worker takes what is queued and no more: the queue can fill
     )
 
 
@@ -536,6 +537,44 @@ def test_an_image_changed_since_it_was_labelled_is_assessed_again(echoing, chang
     assert labeller.echoes == 0
 
 
+@pytest.fixture()
+def versioning(echoing, monkeypatch):
+    """The same, on a server where a label write makes a new version (as a patch does on HFS),
+    and answers with it (``says``) or not."""
+    from fhir_images import _hook
+
+    labeller, server = echoing
+    says = {"version": True}
+
+    def apply(client, ref, desired, *, on_version=None, **kw):
+        server.labels = [dict(x) for x in desired]
+        server.version = str(int(server.version) + 1)
+        if says["version"] and on_version is not None:
+            on_version(server.version)
+        return server.labels
+
+    monkeypatch.setattr(_hook, "apply_labels", apply)
+    return labeller, server, says
+
+
+def test_the_echo_of_a_label_write_that_made_a_version_is_known_by_that_version(versioning):
+    labeller, server, _ = versioning
+    labeller.process("Media", "m1")
+    assert server.version == "2"
+    assert labeller.process("Media", "m1") == [] and server.assessed == 1
+    assert labeller.echoes == 1
+    server.version = "3"  # changed by someone else since: news, assessed again
+    assert len(labeller.process("Media", "m1")) == 1 and server.assessed == 2
+
+
+def test_a_new_version_the_server_did_not_name_is_assessed_again(versioning):
+    labeller, server, says = versioning
+    says["version"] = False
+    labeller.process("Media", "m1")
+    assert len(labeller.process("Media", "m1")) == 1 and server.assessed == 2
+    assert labeller.echoes == 0
+
+
 def test_a_consent_change_reassesses_the_images_it_names_as_they_are(echoing):
     labeller, server = echoing
     labeller.process("Media", "m1")
@@ -699,3 +738,27 @@ def test_one_failing_notification_does_not_stop_the_rest_of_its_batch(batch_labe
     responses.get(f"{BASE}/Task", json=_bundle())
     first, second = labeller.process_many([("Media", "m1"), ("Media", "m2")])
     assert isinstance(first, Exception) and isinstance(second, list) and "Media/m2" in applied
+
+
+@responses.activate
+def test_a_worker_gathers_notifications_that_come_soon_after_into_one_batch(monkeypatch):
+    import fhir_images._hook as hook
+
+    batches: list[list] = []
+    monkeypatch.setattr(
+        hook.Labeller,
+        "process_many",
+        lambda self, items: batches.append(items) or [[]] * len(items),
+    )
+    service = HookService(
+        FhirClient(BASE, profile="hapi", fhir_version="4.0"), SECRET, workers=1, gather=1.0
+    )
+    with TestClient(service.app) as client:
+        h = {SECRET_HEADER: SECRET}
+        for i in range(1, 4):
+            assert client.put(f"/hook/Media/{i}", headers=h).status_code == 202
+        deadline = time.monotonic() + 5
+        while service.stats.processed < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert batches == [[("Media", "1"), ("Media", "2"), ("Media", "3")]]
+    assert service.stats.processed == 3
