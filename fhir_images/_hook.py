@@ -220,8 +220,9 @@ class Labeller:
         # the image's version after its labels were written (a server where that makes a new
         # version): its echo is then known for one too
         versions: list[str] = []
-        if own is None:
-            left = apply_labels(
+
+        def image_only() -> list[dict[str, str]]:
+            return apply_labels(
                 client,
                 result.media,
                 result.labels,
@@ -229,6 +230,9 @@ class Labeller:
                 keep_higher=True,
                 on_version=versions.append,
             )
+
+        if own is None:
+            left = image_only()
         else:
             binary, binary_current = own
             try:
@@ -244,14 +248,7 @@ class Labeller:
                 )
             except FhirImagesError as exc:
                 # the image still gets its labels; the Binary is reported, not forgotten
-                left = apply_labels(
-                    client,
-                    result.media,
-                    result.labels,
-                    current=current,
-                    keep_higher=True,
-                    on_version=versions.append,
-                )
+                left = image_only()
                 self._unlabelled_binary(result, f"{type(exc).__name__}")
         self._report(image, result, known.tasks.get(_task_identifier(image.ref)), known.to_open)
         self._remember(image, left, versions[-1] if versions else image.version_id)
