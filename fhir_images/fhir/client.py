@@ -670,10 +670,22 @@ class FhirClient:
         return data
 
     def patch(
-        self, ref: str, operations: list[dict[str, Any]], *, if_match: str | None = None
+        self,
+        ref: str,
+        operations: list[dict[str, Any]],
+        *,
+        if_match: str | None = None,
+        answer: bool | None = None,
     ) -> dict[str, Any]:
-        """JSON Patch a resource (with If-Match when a version is given)."""
-        headers = {"Content-Type": "application/json-patch+json", "Prefer": "return=representation"}
+        """JSON Patch a resource (with If-Match when a version is given); the resource as the
+        server answers it. Not for a Binary (unless ``answer=True``): a Binary's answer would
+        carry its bytes, so it is asked for none and whatever comes is not read ({})."""
+        if answer is None:
+            answer = not ref.startswith("Binary/")
+        headers = {
+            "Content-Type": "application/json-patch+json",
+            "Prefer": "return=representation" if answer else "return=minimal",
+        }
         if if_match is not None:
             headers["If-Match"] = f'W/"{if_match}"'
         response = self.request(
@@ -682,7 +694,11 @@ class FhirClient:
             idempotent=if_match is not None,
             data_factory=lambda: json.dumps(operations).encode(),
             headers=headers,
+            stream=not answer,
         )
+        if not answer:
+            response.close()  # a server that sends the Binary anyway: its bytes are not read
+            return {}
         data: dict[str, Any] = self._json(response)
         return data
 

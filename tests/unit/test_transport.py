@@ -418,3 +418,17 @@ def test_a_server_that_refuses_batches_is_read_one_by_one_from_then_on(client):
     for _ in range(2):
         assert set(client.read_many(["Media/1", "Media/2"])) == {"Media/1", "Media/2"}
     assert [c.request.method for c in responses.calls] == ["POST", "GET", "GET", "GET", "GET"]
+
+
+@responses.activate
+def test_a_binary_is_patched_without_asking_for_its_bytes_back(client):
+    responses.patch(
+        f"{BASE}/Binary/b1",
+        json={"resourceType": "Binary", "id": "b1", "data": "AAAA" * 1000},
+    )
+    responses.patch(f"{BASE}/Media/m1", json={"resourceType": "Media", "id": "m1"})
+    ops = [{"op": "add", "path": "/securityContext", "value": {"reference": "Media/m1"}}]
+    assert client.patch("Binary/b1", ops, if_match="1") == {}
+    assert responses.calls[0].request.headers["Prefer"] == "return=minimal"
+    assert client.patch("Media/m1", ops)["id"] == "m1"
+    assert responses.calls[1].request.headers["Prefer"] == "return=representation"
