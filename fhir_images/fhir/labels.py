@@ -217,8 +217,8 @@ def label_image(
     only added or raised here). Returns the labels, read back from both.
 
     ``on_version`` is as in :func:`apply_labels`, for the image. ``binary`` is the Binary's
-    reference (read from the Media when not given; a Media whose
-    content is not a Binary on this server has only its own labels changed).
+    reference (read from the Media when not given; a Media whose content is not a Binary on
+    this server has only its own labels changed).
     """
     from .common import binary_reference
 
