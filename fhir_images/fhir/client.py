@@ -547,14 +547,16 @@ class FhirClient:
         }
         data = self._json(self.request("POST", "", json_body=bundle, idempotent=True))
         answers = data.get("entry") if isinstance(data, dict) else None
-        if data.get("resourceType") != "Bundle" or not isinstance(answers, list):
+        if not isinstance(answers, list) or data.get("resourceType") != "Bundle":
             raise BadResponse("the batch answer is not a Bundle")
         if len(answers) != len(refs):
             raise BadResponse("the batch answer does not have one entry per request")
         got: dict[str, dict[str, Any]] = {}
         for ref, answer in zip(refs, answers, strict=True):
-            status = str(((answer or {}).get("response") or {}).get("status", ""))
-            resource = (answer or {}).get("resource")
+            answer = answer if isinstance(answer, dict) else {}
+            response = answer.get("response")
+            status = str(response.get("status", "")) if isinstance(response, dict) else ""
+            resource = answer.get("resource")
             if not status.startswith("200") or not isinstance(resource, dict):
                 continue  # read on its own, for the error a read gives
             rtype, rid = ref.split("/", 1)

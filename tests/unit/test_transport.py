@@ -353,6 +353,10 @@ def _batch_answer(*entries):
     return {"resourceType": "Bundle", "type": "batch-response", "entry": list(entries)}
 
 
+def _found(rtype, rid):
+    return {"resource": {"resourceType": rtype, "id": rid}, "response": {"status": "200 OK"}}
+
+
 @responses.activate
 def test_several_reads_go_in_one_batch_and_each_answer_is_the_resource_asked_for(client):
     media = {"resourceType": "Media", "id": "1"}
@@ -384,10 +388,7 @@ def test_several_reads_go_in_one_batch_and_each_answer_is_the_resource_asked_for
 def test_a_batch_answering_with_another_resource_is_not_used(client):
     responses.post(
         BASE + "/",
-        json=_batch_answer(
-            {"resource": {"resourceType": "Media", "id": "9"}, "response": {"status": "200 OK"}},
-            {"resource": {"resourceType": "Consent", "id": "2"}, "response": {"status": "200 OK"}},
-        ),
+        json=_batch_answer(_found("Media", "9"), _found("Consent", "2")),
     )
     responses.get(f"{BASE}/Media/1", json={"resourceType": "Media", "id": "1"})
     responses.get(f"{BASE}/Consent/2", json={"resourceType": "Consent", "id": "2"})
@@ -400,10 +401,7 @@ def test_a_batch_answering_with_another_resource_is_not_used(client):
 def test_a_resource_the_batch_did_not_find_is_read_for_its_error(client):
     responses.post(
         BASE + "/",
-        json=_batch_answer(
-            {"resource": {"resourceType": "Media", "id": "1"}, "response": {"status": "200 OK"}},
-            {"response": {"status": "404 Not Found"}},
-        ),
+        json=_batch_answer(_found("Media", "1"), {"response": {"status": "404 Not Found"}}),
     )
     responses.get(f"{BASE}/Consent/2", json=outcome("gone"), status=404)
     with pytest.raises(ResourceNotFound):
@@ -432,3 +430,16 @@ def test_a_binary_is_patched_without_asking_for_its_bytes_back(client):
     assert responses.calls[0].request.headers["Prefer"] == "return=minimal"
     assert client.patch("Media/m1", ops)["id"] == "m1"
     assert responses.calls[1].request.headers["Prefer"] == "return=representation"
+
+
+@responses.activate
+@pytest.mark.parametrize(
+    "answer",
+    [[], {"resourceType": "Bundle", "entry": ["x", {"response": "200 OK", "resource": 1}]}],
+)
+def test_a_malformed_batch_answer_leads_to_reads_one_by_one(client, answer):
+    responses.post(BASE + "/", json=answer)
+    for rid in ("1", "2"):
+        responses.get(f"{BASE}/Media/{rid}", json={"resourceType": "Media", "id": rid})
+    assert set(client.read_many(["Media/1", "Media/2"])) == {"Media/1", "Media/2"}
+    assert [c.request.method for c in responses.calls] == ["POST", "GET", "GET"]
