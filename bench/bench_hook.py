@@ -54,7 +54,14 @@ class Harness:
     a deleted Subscription for a while, into the next phase); the handler's mode changes
     between phases."""
 
-    def __init__(self, base: str, workers: int, queue_size: int, wait: float = 60) -> None:
+    def __init__(
+        self,
+        base: str,
+        workers: int,
+        queue_size: int,
+        wait: float = 60,
+        **service: float,
+    ) -> None:
         self.base = base
         self.wait = wait
         self.mode = "baseline"
@@ -85,7 +92,13 @@ class Harness:
 
         Labeller.process = process  # type: ignore[method-assign]
         secret = secrets.token_urlsafe(24)
-        self.service = HookService(self.client, secret, workers=workers, queue_size=queue_size)
+        self.service = HookService(
+            self.client,
+            secret,
+            workers=workers,
+            queue_size=queue_size,
+            **service,  # type: ignore[arg-type]
+        )
         port = free_port()
         self.server = uvicorn.Server(
             uvicorn.Config(self.service.app, host="127.0.0.1", port=port, log_level="error")
@@ -163,6 +176,14 @@ class Harness:
         self.quiet(deadline)
         with self.lock:
             self.earlier |= set(created)
+        if not latencies:
+            # the server delivered nothing in time: a failed phase, reported as such
+            stats = self.service.stats
+            raise SystemExit(
+                f"{mode}: none of {len(created)} Media handled within {self.wait:.0f} s "
+                f"(received {stats.received}, processed {stats.processed}, failed "
+                f"{stats.failed}: {list(stats.recent_failures)[-3:]})"
+            )
         return {
             "handled": len(latencies),
             "missing": len(created) - len(latencies),
@@ -182,6 +203,15 @@ def main() -> None:
     ap.add_argument("--count", type=int, default=200)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--workers", type=int, default=4, help="The hook's workers.")
+    ap.add_argument(
+        "--parallel", type=int, default=4, help="Images the hook labels at once (all workers)."
+    )
+    ap.add_argument(
+        "--gather",
+        type=float,
+        default=0.05,
+        help="Seconds a worker waits after a notification for more to batch with it.",
+    )
     ap.add_argument(
         "--wait",
         type=float,
@@ -204,7 +234,14 @@ def main() -> None:
             headers={"Content-Type": "application/fhir+json"},
             timeout=60,
         ).raise_for_status()
-    harness = Harness(base, args.workers, args.count * 4, args.wait)
+    harness = Harness(
+        base,
+        args.workers,
+        args.count * 4,
+        args.wait,
+        parallel=args.parallel,
+        gather=args.gather,
+    )
     try:
         rounds = run_rounds(harness, args, f"Patient/{pid}")
     finally:
@@ -270,6 +307,8 @@ def report(rounds: list[dict], args: argparse.Namespace) -> None:
                 "count": args.count,
                 "rounds": args.rounds,
                 "workers": args.workers,
+                "parallel": args.parallel,
+                "gather": args.gather,
                 "machine": f"{os.cpu_count()} cores",
                 **summary,
             }

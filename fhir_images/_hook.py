@@ -8,9 +8,13 @@ handshake that is answered 200. The service answers at once (202) and does the
 work in the background, from a bounded queue:
 
 * it re-reads the Media from the server (a notification's content is never
-  trusted: only the type and id of what it names are used, and a classic
-  notification's body is not even kept), with the Patient's birth date and the
-  Consents that reference it;
+  trusted: only the type and id of what it names are used), with the Patient's
+  birth date and the Consents that reference it. Of a classic notification's
+  body only the version and labels it claims are kept, and used for one thing
+  only: when they are exactly as the hook left that image, the notification is
+  the echo of its own labelling and nothing is read or done (a claim that is
+  false can only make the image be read and assessed, never skipped: a change
+  since the hook's labelling notifies on its own, with its own state);
 * it works out the labels with the same label function as ``ingest``, failing
   closed on what the server does not say (intimacy unknown counts as intimate,
   an unknown maker as someone without parental responsibility);
@@ -84,6 +88,10 @@ class Known:
     to_open: list[tuple[str, dict[str, Any], str]] | None = None
 
 
+#: an image's version and its labels: as the labeller left it, or as a notification says it is
+State = tuple[str | None, Labels]
+
+
 def _task_identifier(image_ref: str) -> str:
     return f"{SID_HOOK_TASK}|{image_ref}"
 
@@ -96,28 +104,38 @@ class Labeller:
     #: labelling when it comes back)
     REMEMBERED = 10_000
 
-    def __init__(self, client: FhirClient, policy: str | Policy = "default") -> None:
+    def __init__(
+        self, client: FhirClient, policy: str | Policy = "default", *, parallel: int = 4
+    ) -> None:
         self.client = client
+        #: how many images are labelled at once, over all batches
+        self.parallel = max(1, parallel)
+        self._labelling: ThreadPoolExecutor | None = None
         self.records = Repository(client)
         self.policy = get_policy(policy)
         self.unlabelled_binaries = 0
         self.echoes = 0
-        self._left: OrderedDict[str, tuple[str | None, Labels]] = OrderedDict()
+        self._left: OrderedDict[str, State] = OrderedDict()
         self._left_lock = threading.Lock()
         self._prefetch: ThreadPoolExecutor | None = None
 
-    def process_many(self, items: list[tuple[str, str]]) -> list[list[Assessment] | Exception]:
+    def process_many(
+        self, items: list[tuple[str, str]], claims: dict[str, State] | None = None
+    ) -> list[list[Assessment] | Exception]:
         """:meth:`process` for several notifications, what their images need read in one
         search a kind (one by one where a search fails or leaves something out); each item's
-        result, or the exception that stopped it (the others go on)."""
-        images = [f"{t}/{i}" for t, i in items if t != "Consent"]
+        result, or the exception that stopped it (the others go on). ``claims``: the state
+        (version and labels) a notification says an image is in; an image claimed to be
+        exactly as this labeller left it is the echo of its labelling, and is not read."""
+        claims = claims or {}
+        echo = [
+            t != "Consent" and self._left_as(f"{t}/{i}", claims.get(f"{t}/{i}")) for t, i in items
+        ]
+        images = [
+            f"{t}/{i}" for (t, i), e in zip(items, echo, strict=True) if t != "Consent" and not e
+        ]
         known = self.prefetch(images) if len(images) > 1 else Known()
-        results: list[list[Assessment] | Exception] = []
-        for rtype, rid in items:
-            try:
-                results.append(self.process(rtype, rid, known=known))
-            except Exception as exc:  # reported per item by the caller
-                results.append(exc)
+        results = self._each(items, echo, known)
         if known.to_open:
             # an image whose Task could not be opened is not done: its notification is retried
             failed = self._open_tasks(known.to_open)
@@ -128,6 +146,39 @@ class Labeller:
             with self._left_lock:  # assessed again when retried, not taken for an echo
                 for ref in failed:
                     self._left.pop(ref, None)
+        return results
+
+    def _each(
+        self, items: list[tuple[str, str]], echo: list[bool], known: Known
+    ) -> list[list[Assessment] | Exception]:
+        """Process a batch's items: different images side by side (up to ``parallel`` at once
+        over all batches), the items about one image one after another, and Consents after the
+        images (a Consent's images may be among them: never two writers of one image)."""
+        results: list[list[Assessment] | Exception] = [[] for _ in items]
+        lanes: dict[str, list[int]] = {}
+        consents: list[int] = []
+        for k, ((rtype, rid), is_echo) in enumerate(zip(items, echo, strict=True)):
+            if is_echo:
+                with self._left_lock:
+                    self.echoes += 1
+            elif rtype == "Consent":
+                consents.append(k)
+            else:
+                lanes.setdefault(f"{rtype}/{rid}", []).append(k)
+
+        def run(ks: list[int]) -> None:
+            for k in ks:
+                try:
+                    results[k] = self.process(*items[k], known=known)
+                except Exception as exc:  # reported per item by the caller
+                    results[k] = exc
+
+        if len(lanes) > 1 and self.parallel > 1:
+            list(self._lanes().map(run, lanes.values()))
+        else:
+            for ks in lanes.values():
+                run(ks)
+        run(consents)
         return results
 
     def _open_tasks(
@@ -203,7 +254,8 @@ class Labeller:
         known = known or Known()
         image = known.images.get(ref) or records.image(ref)
         if skip_if_as_left and self._as_left(image):
-            self.echoes += 1
+            with self._left_lock:
+                self.echoes += 1
             return None
         patient = None
         if image.subject in known.patients:
@@ -254,6 +306,14 @@ class Labeller:
         self._remember(image, left, versions[-1] if versions else image.version_id)
         return result
 
+    def _lanes(self) -> ThreadPoolExecutor:
+        """Threads that label the images of batches side by side, ``parallel`` of them for all
+        batches (kept: each keeps its connection to the server)."""
+        with self._left_lock:
+            if self._labelling is None:
+                self._labelling = ThreadPoolExecutor(self.parallel, thread_name_prefix="label")
+            return self._labelling
+
     def _pool(self) -> ThreadPoolExecutor:
         """Threads for the reads of a batch that do not wait on each other (kept: each thread
         keeps its connection to the server)."""
@@ -264,9 +324,15 @@ class Labeller:
 
     def _as_left(self, image: ImageView) -> bool:
         """The image's version and labels are exactly as this labeller left them."""
+        return self._left_as(image.ref, (image.version_id, image.labels))
+
+    def _left_as(self, ref: str, state: State | None) -> bool:
+        """This labeller left the image ``ref`` in exactly this state."""
+        if state is None:
+            return False
         with self._left_lock:
-            as_left = self._left.get(image.ref)
-        return as_left is not None and as_left == (image.version_id, image.labels)
+            as_left = self._left.get(ref)
+        return as_left is not None and as_left == state
 
     def _remember(
         self, image: ImageView, labels: list[dict[str, Any]], version: str | None
@@ -312,7 +378,8 @@ class Labeller:
         return binary, view.labels.codings()
 
     def _unlabelled_binary(self, result: Assessment, why: str) -> None:
-        self.unlabelled_binaries += 1
+        with self._left_lock:
+            self.unlabelled_binaries += 1
         result.problems.append(f"the image's bytes (its Binary) could not be labelled ({why})")
         result.restrict()
 
@@ -383,10 +450,11 @@ class HookService:
         max_events: int = 1000,
         batch: int = 20,
         gather: float = 0.05,
+        parallel: int = 4,
     ) -> None:
         if len(secret) < 16:
             raise ValueError("the hook secret must be at least 16 characters")
-        self.labeller = Labeller(client, policy)
+        self.labeller = Labeller(client, policy, parallel=parallel)
         self.secret = secret
         self.queue_size = queue_size
         self.workers = workers
@@ -404,6 +472,8 @@ class HookService:
         self._path_token = hook_path_token(secret)
         self._queue: asyncio.Queue[tuple[str, str, int, float]] | None = None
         self._pending: set[tuple[str, str]] = set()
+        #: what a queued notification's body says of its image's state (None: nothing usable)
+        self._claims: dict[tuple[str, str], State | None] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self.app = Starlette(
             routes=[
@@ -445,18 +515,24 @@ class HookService:
         given = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(given.encode(), self.secret.encode())
 
-    async def _drain(self, request: Request) -> bool:
-        """Read and discard the body (the resource is re-read from the server instead); False,
-        without reading further, when it is over ``max_body`` bytes."""
+    async def _drain(self, request: Request, keep: int = 0) -> tuple[bool, bytes | None]:
+        """Read the body to its end: whether it is within ``max_body`` bytes (False, without
+        reading further, when it is not) and the body itself when it is within ``keep`` bytes
+        (None when larger: the resource is re-read from the server in any case)."""
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > self.max_body:
-            return False
+            return False, None
+        kept: bytearray | None = bytearray()
         seen = 0
         async for chunk in request.stream():
             seen += len(chunk)
             if seen > self.max_body:
-                return False
-        return True
+                return False, None
+            if kept is not None:
+                kept += chunk
+                if len(kept) > keep:
+                    kept = None
+        return True, (bytes(kept) if kept is not None else None)
 
     async def notify(self, request: Request) -> Response:
         self.stats.received += 1
@@ -477,10 +553,11 @@ class HookService:
                 "are handled",
                 status_code=400,
             )
-        if not await self._drain(request):
+        fits, body = await self._drain(request, keep=self.max_notification)
+        if not fits:
             self.stats.rejected += 1
             return _outcome("the notification body is too large", status_code=413)
-        return self._enqueue(rtype, rid)
+        return self._enqueue(rtype, rid, claim=_claimed_state(body, rtype, rid))
 
     async def bare_notify(self, request: Request) -> Response:
         """A topic-based notification (R4 Subscriptions Backport): a history Bundle naming what
@@ -536,17 +613,25 @@ class HookService:
                 return None
         return bytes(data)
 
-    def _enqueue(self, rtype: str, rid: str, attempt: int = 0) -> Response:
+    def _enqueue(
+        self, rtype: str, rid: str, attempt: int = 0, *, claim: State | None = None
+    ) -> Response:
+        """Queue a notification (``claim``: the state its body says the image is in). One for
+        a resource already queued is coalesced with it; if the two claim different states,
+        neither claim is kept: the image is read."""
         assert self._queue is not None, "the service is not started"
         key = (rtype, rid)
         if key in self._pending and attempt == 0:
             self.stats.coalesced += 1
+            if self._claims.get(key) != claim:
+                self._claims[key] = None
             return _outcome("already queued", status_code=202)
         try:
             self._queue.put_nowait((rtype, rid, attempt, time.monotonic()))
         except asyncio.QueueFull:
             return _outcome("busy", status_code=503, headers={"Retry-After": "5"})
         self._pending.add(key)
+        self._claims[key] = claim
         return _outcome("queued", status_code=202)
 
     async def _worker(self) -> None:
@@ -568,11 +653,16 @@ class HookService:
                 # a short sleep, not a get with a timeout: a get cancelled as it is answered
                 # must never take an item off the queue and drop it
                 await asyncio.sleep(min(left, 0.005))
+            claims: dict[str, State] = {}
             for rtype, rid, _, _ in batch:
                 self._pending.discard((rtype, rid))
+                if (claim := self._claims.pop((rtype, rid), None)) is not None:
+                    claims[f"{rtype}/{rid}"] = claim
             try:
                 results = await asyncio.to_thread(
-                    self.labeller.process_many, [(rtype, rid) for rtype, rid, _, _ in batch]
+                    self.labeller.process_many,
+                    [(rtype, rid) for rtype, rid, _, _ in batch],
+                    claims,
                 )
             except Exception as exc:  # a bug must not kill the worker
                 results = [exc] * len(batch)
@@ -751,6 +841,30 @@ def install_subscriptions(
         resource_types=resource_types,
         timeout=timeout,
     )
+
+
+def _claimed_state(body: bytes | None, rtype: str, rid: str) -> State | None:
+    """The version and labels a classic notification's body claims for the resource it is
+    about; None when the body is not that resource or its meta is not well formed."""
+    if not body:
+        return None
+    try:
+        resource = json.loads(body, object_pairs_hook=_no_duplicate_keys)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(resource, dict):
+        return None
+    if resource.get("resourceType") != rtype or resource.get("id") != rid:
+        return None
+    meta = resource.get("meta", {})
+    if not isinstance(meta, dict):
+        return None
+    version, security = meta.get("versionId"), meta.get("security", [])
+    if not (version is None or isinstance(version, str)) or not isinstance(security, list):
+        return None
+    if not all(isinstance(x, dict) for x in security):
+        return None
+    return version, Labels.of(security)
 
 
 def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:

@@ -575,6 +575,53 @@ def test_a_new_version_the_server_did_not_name_is_assessed_again(versioning):
     assert labeller.echoes == 0
 
 
+def _left_state(labeller, ref="Media/m1"):
+    return labeller._left[ref]
+
+
+def test_a_notification_that_says_the_image_is_as_left_is_not_read(echoing, monkeypatch):
+    labeller, _ = echoing
+    labeller.process("Media", "m1")
+    reads: list[str] = []
+    monkeypatch.setattr(labeller.records, "image", lambda ref: reads.append(ref) or 1 / 0)
+    claim = _left_state(labeller)
+    assert labeller.process_many([("Media", "m1")], {"Media/m1": claim}) == [[]]
+    assert reads == [] and labeller.echoes == 1
+
+
+@pytest.mark.parametrize("change", ["label removed", "new version", "label added", "no version"])
+def test_a_notification_that_says_anything_else_is_read(echoing, monkeypatch, change):
+    """What the image is really in decides: a claim other than exactly as left only makes it
+    read (here it is still as left on the server, so the read finds the echo)."""
+    from fhir_images.fhir import Labels
+
+    labeller, server = echoing
+    labeller.process("Media", "m1")
+    reads: list[str] = []
+    monkeypatch.setattr(
+        labeller.records, "image", lambda ref: reads.append(ref) or server.image(ref)
+    )
+    version, labels = _left_state(labeller)
+    keys = sorted(labels.keys)
+    claim = {
+        "label removed": (version, Labels(frozenset(keys[1:]))),
+        "new version": ("2", labels),
+        "label added": (version, Labels(frozenset({*keys, (c.V3_ACT_CODE, "DELAU")}))),
+        "no version": (None, labels),
+    }[change]
+    assert labeller.process_many([("Media", "m1")], {"Media/m1": claim}) == [[]]
+    assert reads == ["Media/m1"] and labeller.echoes == 1
+
+
+def test_an_image_never_labelled_is_read_whatever_its_notification_says(echoing):
+    from fhir_images.fhir import Labels
+
+    labeller, server = echoing
+    claim = ("1", Labels.of([{"system": c.V3_CONFIDENTIALITY, "code": "R"}]))
+    assert len(labeller.process_many([("Media", "m1")], {"Media/m1": claim})[0]) == 1
+    assert server.assessed == 1 and labeller.echoes == 0
+
+
 def test_a_consent_change_reassesses_the_images_it_names_as_they_are(echoing):
     labeller, server = echoing
     labeller.process("Media", "m1")
@@ -748,7 +795,7 @@ def test_a_worker_gathers_notifications_that_come_soon_after_into_one_batch(monk
     monkeypatch.setattr(
         hook.Labeller,
         "process_many",
-        lambda self, items: batches.append(items) or [[]] * len(items),
+        lambda self, items, claims=None: batches.append(items) or [[]] * len(items),
     )
     service = HookService(
         FhirClient(BASE, profile="hapi", fhir_version="4.0"), SECRET, workers=1, gather=1.0
@@ -762,3 +809,117 @@ def test_a_worker_gathers_notifications_that_come_soon_after_into_one_batch(monk
             time.sleep(0.05)
     assert batches == [[("Media", "1"), ("Media", "2"), ("Media", "3")]]
     assert service.stats.processed == 3
+
+
+def _claims_seen(monkeypatch):
+    import fhir_images._hook as hook
+
+    seen: list[dict] = []
+
+    def process_many(self, items, claims=None):
+        seen.append(dict(claims or {}))
+        return [[]] * len(items)
+
+    monkeypatch.setattr(hook.Labeller, "process_many", process_many)
+    return seen
+
+
+def _notified(body) -> bytes:
+    return body if isinstance(body, bytes) else json.dumps(body).encode()
+
+
+def test_a_classic_notification_passes_on_the_version_and_labels_its_body_claims(monkeypatch):
+    from fhir_images.fhir import Labels
+
+    seen = _claims_seen(monkeypatch)
+    labels = [{"system": c.V3_CONFIDENTIALITY, "code": "R"}]
+    body = media(id="m1", meta={"versionId": "3", "security": labels})
+    service = HookService(FhirClient(BASE, profile="hapi", fhir_version="4.0"), SECRET)
+    with TestClient(service.app) as client:
+        r = client.put("/hook/Media/m1", headers={SECRET_HEADER: SECRET}, content=_notified(body))
+        assert r.status_code == 202
+        wait_for(client, "processed", 1)
+    assert seen == [{"Media/m1": ("3", Labels.of(labels))}]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"",
+        b"not json",
+        b"[]",
+        b'{"resourceType": "Media", "id": "m1", "id": "m2", "meta": {"versionId": "1"}}',
+        b"[" * 100_000 + b"]" * 100_000,
+        {"resourceType": "Media", "id": "m2", "meta": {"versionId": "1"}},  # another image
+        {"resourceType": "Consent", "id": "m1", "meta": {"versionId": "1"}},
+        {"resourceType": "Media", "id": "m1", "meta": []},
+        {"resourceType": "Media", "id": "m1", "meta": {"versionId": 1}},
+        {"resourceType": "Media", "id": "m1", "meta": {"security": {"code": "R"}}},
+        {"resourceType": "Media", "id": "m1", "meta": {"security": ["R"]}},
+        {"resourceType": "Media", "id": "m1", "meta": {"versionId": "1", "x": "y" * 2_000_000}},
+    ],
+)
+def test_a_body_that_is_not_this_image_well_formed_claims_nothing(monkeypatch, body):
+    seen = _claims_seen(monkeypatch)
+    service = HookService(FhirClient(BASE, profile="hapi", fhir_version="4.0"), SECRET)
+    with TestClient(service.app) as client:
+        r = client.put("/hook/Media/m1", headers={SECRET_HEADER: SECRET}, content=_notified(body))
+        assert r.status_code == 202
+        wait_for(client, "processed", 1)
+    assert seen == [{}]
+
+
+@pytest.mark.parametrize("second", ["same", "other", "none"])
+def test_notifications_coalesced_keep_a_claim_only_when_they_agree(monkeypatch, second):
+    """A notification coalesced with a queued one that claims another state (or none) must not
+    let the first one's claim stand: the image is read."""
+    seen = _claims_seen(monkeypatch)
+    first = media(id="m1", meta={"versionId": "1"})
+    then = {
+        "same": first,
+        "other": media(id="m1", meta={"versionId": "2"}),
+        "none": b"",
+    }[second]
+    service = HookService(
+        FhirClient(BASE, profile="hapi", fhir_version="4.0"), SECRET, workers=1, gather=1.0
+    )
+    with TestClient(service.app) as client:
+        h = {SECRET_HEADER: SECRET}
+        assert client.put("/hook/Media/m1", headers=h, content=_notified(first)).status_code == 202
+        assert client.put("/hook/Media/m1", headers=h, content=_notified(then)).status_code == 202
+        wait_for(client, "processed", 1)
+    assert service.stats.coalesced == 1
+    assert (seen == [{}]) is (second != "same"), seen
+
+
+def test_a_batch_labels_different_images_side_by_side_and_never_one_image_twice_at_once(
+    monkeypatch,
+):
+    """Two notifications of one image in a batch (a retry beside a new one) are handled one
+    after the other, never by two writers at once; a Consent (which may name any of the
+    batch's images) after every image."""
+    import threading
+
+    from fhir_images import _hook
+
+    labeller = _hook.Labeller(FhirClient(BASE, profile="hapi", fhir_version="4.0"), parallel=4)
+    monkeypatch.setattr(labeller, "prefetch", lambda refs: _hook.Known(to_open=[]))
+    spans: list[tuple[str, float, float]] = []
+    lock = threading.Lock()
+
+    def process(rtype, rid, **kw):
+        start = time.monotonic()
+        time.sleep(0.2)
+        with lock:
+            spans.append((f"{rtype}/{rid}", start, time.monotonic()))
+        return [rid]
+
+    monkeypatch.setattr(labeller, "process", process)
+    items = [("Media", "a"), ("Media", "b"), ("Media", "a"), ("Consent", "c")]
+    assert labeller.process_many(items) == [["a"], ["b"], ["a"], ["c"]]
+    by = {ref: [(s, e) for r, s, e in spans if r == ref] for ref in ("Media/a", "Media/b")}
+    (a1, a2), (b,) = sorted(by["Media/a"]), by["Media/b"]
+    assert a1[1] <= a2[0], "one image, two writers at once"
+    assert b[0] < a1[1] and a1[0] < b[1], "different images are labelled side by side"
+    consent = next(s for r, s, _ in spans if r == "Consent/c")
+    assert consent >= max(e for r, _, e in spans if r != "Consent/c")
