@@ -23,6 +23,13 @@ def hook_group() -> None:
 @click.option("--port", default=8765, show_default=True, type=int)
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 16))
 @click.option("--queue-size", default=1000, show_default=True, type=click.IntRange(1, 100000))
+@click.option(
+    "--parallel",
+    default=4,
+    show_default=True,
+    type=click.IntRange(1, 32),
+    help="Images labelled at once, over all workers.",
+)
 @policy_option("'default'")
 @click.pass_context
 def hook_serve(
@@ -32,6 +39,7 @@ def hook_serve(
     port: int,
     workers: int,
     queue_size: int,
+    parallel: int,
     policy_name: str | None,
 ) -> None:
     """Run the labelling service (GET /health; the server calls PUT /hook/{type}/{id})."""
@@ -43,6 +51,7 @@ def hook_serve(
         secret,
         workers=workers,
         queue_size=queue_size,
+        parallel=parallel,
         policy=policy_name or "default",
     )
     run_service(service, host=host, port=port)

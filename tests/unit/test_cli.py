@@ -331,6 +331,10 @@ def test_the_hook_service_gets_the_chosen_pack(monkeypatch):
     result = run("hook", "serve", "--server", "http://fhir.test/fhir", "--policy", "strict")
     assert result.exit_code == 0, result.output
     assert seen["pack"].labeller.policy.name == "strict"
+    assert seen["pack"].labeller.parallel == 4
+    result = run("hook", "serve", "--server", "http://fhir.test/fhir", "--parallel", "2")
+    assert result.exit_code == 0 and seen["pack"].labeller.parallel == 2, result.output
+    assert run("hook", "serve", "--server", "http://x/fhir", "--parallel", "0").exit_code == 2
 
 
 def test_ingest_with_a_request_file(tmp_path):
