@@ -173,23 +173,29 @@ def apply_labels(
         )
     version = client.version
     if version.declares_confidentiality and ref.startswith(f"{version.image_type}/"):
-        sync_declared_labels(client, ref, _codings(got))
+        synced = sync_declared_labels(client, ref, _codings(got))
+        if on_version is not None and synced is not None:
+            on_version(synced)
     return _codings(got)
 
 
-def sync_declared_labels(client: FhirClient, ref: str, labels: list[dict[str, str]]) -> None:
+def sync_declared_labels(client: FhirClient, ref: str, labels: list[dict[str, str]]) -> str | None:
     """Bring what an image states about its confidentiality in its content (R5's
-    securityLabel) into line with its labels (If-Match), and verify it."""
+    securityLabel) into line with its labels (If-Match), and verify it; the image's version
+    afterwards where that made one (None when nothing needed changing)."""
     resource = client.read(ref)
     patch = client.version.declared_labels_patch(resource, labels)
     if patch is None:
-        return
+        return None
     version = (resource.get("meta") or {}).get("versionId")
     client.patch(ref, patch, if_match=str(version) if version is not None else None)
-    if client.version.declared_labels_patch(client.read(ref), labels) is not None:
+    after = client.read(ref)
+    if client.version.declared_labels_patch(after, labels) is not None:
         raise LabelVerificationFailed(
             f"{ref.split('/')[0]} states another confidentiality than its labels on the server"
         )
+    made = (after.get("meta") or {}).get("versionId")
+    return str(made) if made is not None else None
 
 
 def _common_labels(*sets: Iterable[dict[str, Any]]) -> list[dict[str, str]]:

@@ -255,6 +255,28 @@ def test_consent_recorded_later_closes_the_task_without_lowering_labels(hook, pa
     assert labels_of(client, ref)[CONF] == {"R"}, "labels are never lowered by the hook"
 
 
+def test_its_own_echo_is_let_be_but_a_label_removed_after_is_put_back(hook, patients):
+    """The notification of the hook's own label write is known as its echo (on HAPI R4 from
+    the state the notification claims, elsewhere from a read); a label someone removes
+    afterwards notifies too, claims another state, and is assessed: the label comes back."""
+    client, service = hook
+    labeller = service.labeller
+    echoes = labeller.echoes
+    ref = create_media(client, patients["adult"])
+    wait_labelled(client, ref, extra="HUAPRV")
+    deadline = time.monotonic() + LABEL_TIMEOUT
+    while labeller.echoes == echoes:
+        assert time.monotonic() < deadline, "the echo of the hook's labelling never came"
+        time.sleep(0.2)
+    current = client.read(ref)["meta"]["security"]
+    gone = [x for x in current if x["code"] == "HUAPRV"]
+    left = [x for x in current if x["code"] != "HUAPRV"]
+    written = client.profile.labels.write(client, ref, [], gone, left)
+    if written.labels is not None:  # the server said what it left (reading now would race)
+        assert "HUAPRV" not in {x["code"] for x in written.labels}
+    wait_labelled(client, ref, extra="HUAPRV")
+
+
 def care_consent(client: FhirClient, patient: str, image_ref: str) -> dict:
     """The patient's Consent to care use of one image, as another system records it."""
     data = [{"meaning": "instance", "reference": {"reference": image_ref}}]

@@ -7,6 +7,7 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+import responses
 from fhir.resources.bundle import Bundle
 
 from fhir_images import Outbox, decide, ingest, synthetic
@@ -281,3 +282,32 @@ def test_disclosure_uses_the_declared_confidentiality(workdir):
     doc = _stored(_entries(mapped)["DocumentReference"], "d1")
     doc["securityLabel"] = [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]}]
     assert ImageRecord(R5.image(doc)).confidentiality is Confidentiality.V
+
+
+@responses.activate
+def test_bringing_the_declared_confidentiality_into_line_says_the_version_it_made(workdir):
+    """On R5 the image states its confidentiality in its content too; the patch that brings it
+    into line with the labels makes a version, and whoever labelled it is told which (so the
+    notification of that change is known as the labeller's own)."""
+    from fhir_images import FhirClient
+    from fhir_images.fhir.labels import apply_labels
+
+    base = "http://fhir.test/fhir"
+    mapped, _ = _mapped(make_context(), make_consent(), workdir)
+    doc = _stored(_entries(mapped)["DocumentReference"], "d1")
+    labels = doc["meta"]["security"]
+    stale = {
+        **doc,
+        "meta": {**doc["meta"], "versionId": "1"},
+        "securityLabel": [{"coding": [{"system": c.V3_CONFIDENTIALITY, "code": "V"}]}],
+    }
+    synced = {**doc, "meta": {**doc["meta"], "versionId": "2"}}
+    responses.get(f"{base}/DocumentReference/d1", json=stale)
+    responses.get(f"{base}/DocumentReference/d1", json=synced)
+    responses.patch(f"{base}/DocumentReference/d1", json=synced)
+    client = FhirClient(base, profile="hapi", fhir_version="5.0")
+    made: list[str] = []
+    apply_labels(client, "DocumentReference/d1", labels, current=labels, on_version=made.append)
+    assert made == ["2"]
+    patched = [call for call in responses.calls if call.request.method == "PATCH"]
+    assert len(patched) == 1 and patched[0].request.headers["If-Match"] == 'W/"1"'
