@@ -60,7 +60,9 @@ class Harness:
         workers: int,
         queue_size: int,
         wait: float = 60,
-        **service: float,
+        *,
+        parallel: int = 4,
+        gather: float = 0.05,
     ) -> None:
         self.base = base
         self.wait = wait
@@ -97,7 +99,8 @@ class Harness:
             secret,
             workers=workers,
             queue_size=queue_size,
-            **service,  # type: ignore[arg-type]
+            parallel=parallel,
+            gather=gather,
         )
         port = free_port()
         self.server = uvicorn.Server(

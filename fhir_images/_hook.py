@@ -110,14 +110,13 @@ class Labeller:
         self.client = client
         #: how many images are labelled at once, over all batches
         self.parallel = max(1, parallel)
-        self._labelling: ThreadPoolExecutor | None = None
         self.records = Repository(client)
         self.policy = get_policy(policy)
         self.unlabelled_binaries = 0
         self.echoes = 0
         self._left: OrderedDict[str, State] = OrderedDict()
         self._left_lock = threading.Lock()
-        self._prefetch: ThreadPoolExecutor | None = None
+        self._threads: dict[str, ThreadPoolExecutor] = {}
 
     def process_many(
         self, items: list[tuple[str, str]], claims: dict[str, State] | None = None
@@ -174,7 +173,8 @@ class Labeller:
                     results[k] = exc
 
         if len(lanes) > 1 and self.parallel > 1:
-            list(self._lanes().map(run, lanes.values()))
+            # kept threads, each with its connection to the server
+            list(self._kept_threads("label", self.parallel).map(run, lanes.values()))
         else:
             for ks in lanes.values():
                 run(ks)
@@ -220,7 +220,8 @@ class Labeller:
             "tasks": lambda: records.tasks_with_identifiers([_task_identifier(r) for r in found]),
         }
         # the three searches at once: each waits on the server, not on the others
-        futures = {kind: self._pool().submit(read) for kind, read in reads.items()}
+        pool = self._kept_threads("prefetch", 6)
+        futures = {kind: pool.submit(read) for kind, read in reads.items()}
         for kind, future in futures.items():
             with contextlib.suppress(FhirImagesError):
                 setattr(known, kind, future.result())
@@ -306,21 +307,15 @@ class Labeller:
         self._remember(image, left, versions[-1] if versions else image.version_id)
         return result
 
-    def _lanes(self) -> ThreadPoolExecutor:
-        """Threads that label the images of batches side by side, ``parallel`` of them for all
-        batches (kept: each keeps its connection to the server)."""
+    def _kept_threads(self, name: str, count: int) -> ThreadPoolExecutor:
+        """Threads kept for the service's life (each keeps its connection to the server), by
+        use: ``label`` labels the images of all batches side by side, ``prefetch`` runs a
+        batch's reads that do not wait on each other."""
         with self._left_lock:
-            if self._labelling is None:
-                self._labelling = ThreadPoolExecutor(self.parallel, thread_name_prefix="label")
-            return self._labelling
-
-    def _pool(self) -> ThreadPoolExecutor:
-        """Threads for the reads of a batch that do not wait on each other (kept: each thread
-        keeps its connection to the server)."""
-        with self._left_lock:
-            if self._prefetch is None:
-                self._prefetch = ThreadPoolExecutor(6, thread_name_prefix="prefetch")
-            return self._prefetch
+            pool = self._threads.get(name)
+            if pool is None:
+                pool = self._threads[name] = ThreadPoolExecutor(count, thread_name_prefix=name)
+            return pool
 
     def _as_left(self, image: ImageView) -> bool:
         """The image's version and labels are exactly as this labeller left them."""
@@ -515,18 +510,18 @@ class HookService:
         given = request.headers.get(SECRET_HEADER, "")
         return hmac.compare_digest(given.encode(), self.secret.encode())
 
-    async def _drain(self, request: Request, keep: int = 0) -> tuple[bool, bytes | None]:
-        """Read the body to its end: whether it is within ``max_body`` bytes (False, without
+    async def _body(self, request: Request, limit: int, keep: int) -> tuple[bool, bytes | None]:
+        """Read the body to its end: whether it is within ``limit`` bytes (False, without
         reading further, when it is not) and the body itself when it is within ``keep`` bytes
-        (None when larger: the resource is re-read from the server in any case)."""
+        (None when larger)."""
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body:
+        if declared.isdigit() and int(declared) > limit:
             return False, None
         kept: bytearray | None = bytearray()
         seen = 0
         async for chunk in request.stream():
             seen += len(chunk)
-            if seen > self.max_body:
+            if seen > limit:
                 return False, None
             if kept is not None:
                 kept += chunk
@@ -553,7 +548,8 @@ class HookService:
                 "are handled",
                 status_code=400,
             )
-        fits, body = await self._drain(request, keep=self.max_notification)
+        # the resource is re-read from the server: only what the body claims is kept
+        fits, body = await self._body(request, self.max_body, keep=self.max_notification)
         if not fits:
             self.stats.rejected += 1
             return _outcome("the notification body is too large", status_code=413)
@@ -567,7 +563,7 @@ class HookService:
         if not self._authorised(request):
             self.stats.rejected += 1
             return _outcome("unauthorised", status_code=401)
-        body = await self._read(request, self.max_notification)
+        _, body = await self._body(request, self.max_notification, keep=self.max_notification)
         if body is None:
             self.stats.rejected += 1
             return _outcome("the notification body is too large", status_code=413)
@@ -601,17 +597,6 @@ class HookService:
         answers = [self._enqueue(rtype, rid) for rtype, rid in found]
         busy = [a for a in answers if a.status_code == 503]
         return busy[0] if busy else _received(202)
-
-    async def _read(self, request: Request, limit: int) -> bytes | None:
-        declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > limit:
-            return None
-        data = bytearray()
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > limit:
-                return None
-        return bytes(data)
 
     def _enqueue(
         self, rtype: str, rid: str, attempt: int = 0, *, claim: State | None = None
